@@ -1,0 +1,1 @@
+"""Development helpers: embedded data stores and the `make run` launcher."""

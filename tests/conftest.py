@@ -1,0 +1,59 @@
+"""Session-wide real data stores: embedded servers, or REDIS_URL / MONGODB_URI when set."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pymongo
+import pytest
+import redis
+
+from devtools import stores
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """Return the URL of a real Redis-protocol server for the whole run."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    server = stores.valkey(tmp_path_factory.mktemp("valkey")).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongodb_uri(tmp_path_factory):
+    """Return the URI of a real MongoDB-wire server for the whole run."""
+    if os.environ.get("MONGODB_URI"):
+        yield os.environ["MONGODB_URI"]
+        return
+    server = stores.secantus(tmp_path_factory.mktemp("secantus")).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    """Give a client on a flushed database, flushed again afterwards."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def mongo_client(mongodb_uri):
+    client = pymongo.MongoClient(mongodb_uri)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def mongo_db(mongo_client):
+    """Give a database of its own to one test, dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    yield mongo_client[name]
+    mongo_client.drop_database(name)
