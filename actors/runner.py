@@ -1,0 +1,74 @@
+"""Run one job: claim it, call its vendor, and record what happened."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import requests
+
+from service.cleaning import Cleaner
+from service.states import JobStatus
+from service.store import JobStore, utcnow
+from service.webhooks import WebhookAuth
+from vendors.client import VendorRejected, VendorUnavailable, call_vendor
+from vendors.registry import Registry, Vendor
+
+log = logging.getLogger(__name__)
+
+
+class JobRunner:
+    """Carry a job from queued to complete, awaiting_webhook or failed; safe to run twice."""
+
+    def __init__(
+        self, store: JobStore, registry: Registry, session: requests.Session,
+        webhook_auth: WebhookAuth, public_url: str, cleaner: Cleaner,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.session = session
+        self.webhook_auth = webhook_auth
+        self.public_url = public_url
+        self.cleaner = cleaner
+
+    def run(self, request_id: str, message_id: str) -> None:
+        """Process the job once; raise VendorUnavailable to have the message retried later."""
+        job = self.store.claim(request_id, message_id)
+        if job is None:
+            log.info("job %s: nothing to do (already handled or unknown)", request_id)
+            return
+        vendor = self.registry.get(job["vendor"])
+        if vendor is None:
+            self.store.fail(request_id, f"vendor {job['vendor']!r} is no longer in the registry")
+            return
+        try:
+            reply = call_vendor(self.session, vendor, request_id, job["payload"], self.callback_url(vendor, request_id))
+        except VendorRejected as error:
+            self.store.fail(request_id, str(error))
+            return
+        except VendorUnavailable as error:
+            attempts = job["attempts"]
+            if attempts > vendor.max_retries:
+                self.store.fail(request_id, f"gave up after {attempts} attempts: {error}")
+                return
+            self.store.note(request_id, f"attempt {attempts} failed: {error}", error=str(error))
+            raise
+        if vendor.is_async:
+            self.await_webhook(vendor, request_id)
+        else:
+            result, removed = self.cleaner.clean(reply.data)
+            self.store.complete(request_id, result, removed, detail=f"{vendor.name} answered {reply.status_code}")
+
+    def await_webhook(self, vendor: Vendor, request_id: str) -> None:
+        """Record that the vendor accepted the job; its webhook may already have completed it."""
+        deadline = utcnow() + timedelta(seconds=vendor.webhook_timeout_s)
+        self.store.transition(
+            request_id, JobStatus.AWAITING_WEBHOOK,
+            detail=f"{vendor.name} accepted; webhook due by {deadline.isoformat()}",
+            fields={"webhook_deadline": deadline},
+        )
+
+    def callback_url(self, vendor: Vendor, request_id: str) -> str:
+        """Return the URL the vendor calls back, carrying this job's token."""
+        token = self.webhook_auth.callback_token(request_id, vendor.name)
+        return f"{self.public_url}/vendor-webhook/{vendor.name}?token={token}"

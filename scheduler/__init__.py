@@ -1,0 +1,1 @@
+"""The clock process and its sweeps."""

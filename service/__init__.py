@@ -1,0 +1,1 @@
+"""The HTTP API, the job store and its state machine, result cleaning and configuration."""

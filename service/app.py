@@ -1,0 +1,94 @@
+"""The Falcon app factory: build the parts, add the routes, map errors to HTTP."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import falcon
+import orjson
+import pymongo.errors
+import redis
+
+from actors.queue import enqueue_fetch
+from actors.setup import build_broker, connect_redis
+from service import errors
+from service.cleaning import Cleaner
+from service.config import Config
+from service.jobs import Jobs
+from service.logs import configure_logging
+from service.middleware import BodyLimit
+from service.resources import JobCollection, JobItem, VendorWebhook
+from service.store import JobStore, open_store
+from service.webhooks import WebhookAuth
+from vendors.registry import load_registry
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5
+ROUTES = "POST /jobs, GET /jobs/{request_id}, POST /vendor-webhook/{vendor}"
+
+
+def create_app(config: Config | None = None) -> falcon.App:
+    """Build the WSGI app; with no config, read it from the environment."""
+    config = config or Config.from_env()
+    configure_logging(config.log_level)
+    registry = load_registry(config.vendors_file)
+    store = open_store(config)
+    redis_client = connect_redis(config.redis_url)
+    broker = build_broker(redis_client)
+    jobs = Jobs(store, registry, partial(enqueue_fetch, broker), Cleaner(config.pii_keys))
+    warn_at_start(store, registry)
+
+    app = falcon.App(middleware=[BodyLimit(config.max_body_bytes)])
+    json_handler = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
+    app.resp_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json_handler})
+    app.add_route("/jobs", JobCollection(jobs))
+    app.add_route("/jobs/{request_id}", JobItem(jobs))
+    app.add_route("/vendor-webhook/{vendor}", VendorWebhook(jobs, WebhookAuth(config.encryption_key, redis_client)))
+    app.add_sink(unknown_route)
+    add_error_handlers(app)
+    return app
+
+
+def warn_at_start(store: JobStore, registry) -> None:
+    """Create indexes if the store is up, and warn about unauthenticated webhooks."""
+    try:
+        store.ensure_indexes()
+    except pymongo.errors.ConnectionFailure:
+        log.warning("MongoDB is unreachable at start-up; requests will answer 503 until it returns")
+    for name in registry.unsigned_webhook_vendors():
+        log.warning("vendor %r accepts unauthenticated webhooks (webhook_auth = none)", name)
+
+
+def unknown_route(req: falcon.Request, resp: falcon.Response) -> None:
+    raise falcon.HTTPNotFound(description=f"no route for {req.method} {req.path}; the API has {ROUTES}")
+
+
+def add_error_handlers(app: falcon.App) -> None:
+    """Map the service's errors and data-store outages to HTTP answers."""
+
+    def job_not_found(req, resp, error, params):
+        raise falcon.HTTPNotFound(title="Job not found", description=f"no job has request_id {error.args[0]!r}")
+
+    def webhook_rejected(req, resp, error, params):
+        raise falcon.HTTPError(error.status, title="Webhook rejected", description=str(error))
+
+    def unknown_vendor(req, resp, error, params):
+        if req.path.startswith("/jobs"):
+            raise falcon.HTTPBadRequest(title="Unknown vendor", description=str(error))
+        raise falcon.HTTPNotFound(title="Unknown vendor", description=str(error))
+
+    def unavailable(req, resp, error, params):
+        which = "MongoDB" if isinstance(error, pymongo.errors.PyMongoError) else "Redis"
+        log.warning("%s unavailable during %s %s: %s", which, req.method, req.path, type(error).__name__)
+        raise falcon.HTTPServiceUnavailable(
+            description=f"the data store ({which}) is unavailable; try again shortly", retry_after=RETRY_AFTER_S,
+        )
+
+    app.add_error_handler(errors.JobNotFound, job_not_found)
+    app.add_error_handler(errors.UnknownVendor, unknown_vendor)
+    app.add_error_handler(errors.WebhookRejected, webhook_rejected)
+    app.add_error_handler(pymongo.errors.ConnectionFailure, unavailable)
+    app.add_error_handler(redis.ConnectionError, unavailable)
+    app.add_error_handler(redis.TimeoutError, unavailable)

@@ -1,0 +1,81 @@
+"""Read the service's settings from the environment, once, with defaults for one machine."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_PII_KEYS = (
+    "pii", "ssn", "password", "email", "phone", "card_number", "credit_card", "cc_number", "pan", "cvv",
+)
+
+
+class ConfigError(Exception):
+    """A required setting is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings shared by the web, worker and clock processes."""
+
+    encryption_key: str
+    port: int = 4000
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    mongodb_uri: str = "mongodb://127.0.0.1:27017/vendorfetch"
+    vendors_file: str | None = None
+    public_url: str = "http://127.0.0.1:4000"
+    log_level: str = "INFO"
+    max_body_bytes: int = 64 * 1024
+    pii_keys: tuple[str, ...] = DEFAULT_PII_KEYS
+    store_timeout_ms: int = 2_000
+    retention_days: float = 7.0
+    pending_requeue_after_s: float = 30.0
+    sweep_interval_s: float = 15.0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Config:
+        """Build the settings from environment variables; fail early on a missing key."""
+        env = os.environ if environ is None else environ
+        key = env.get("ENCRYPTION_KEY", "").strip()
+        if not key:
+            raise ConfigError(
+                "ENCRYPTION_KEY is not set; generate one with "
+                "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+            )
+        port = _int(env, "PORT", 4000)
+        return cls(
+            encryption_key=key,
+            port=port,
+            redis_url=env.get("REDIS_URL") or cls.redis_url,
+            mongodb_uri=env.get("MONGODB_URI") or cls.mongodb_uri,
+            vendors_file=env.get("VENDORS_FILE") or None,
+            public_url=(env.get("PUBLIC_URL") or f"http://127.0.0.1:{port}").rstrip("/"),
+            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes),
+            pii_keys=_list(env, "PII_KEYS", DEFAULT_PII_KEYS),
+            store_timeout_ms=_int(env, "STORE_TIMEOUT_MS", cls.store_timeout_ms),
+            retention_days=_float(env, "JOB_RETENTION_DAYS", cls.retention_days),
+            pending_requeue_after_s=_float(env, "PENDING_REQUEUE_AFTER_S", cls.pending_requeue_after_s),
+            sweep_interval_s=_float(env, "SWEEP_INTERVAL_S", cls.sweep_interval_s),
+        )
+
+
+def _int(env, name: str, default: int) -> int:
+    return int(_float(env, name, default))
+
+
+def _float(env, name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _list(env, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())

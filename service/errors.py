@@ -1,0 +1,51 @@
+"""Errors of the service, mapped to HTTP in one place (service/app.py).
+
+    VendorfetchError
+    ├── JobNotFound          404  no job has this request_id
+    ├── UnknownVendor        404  the registry has no vendor of that name
+    ├── WebhookRejected      401/403/409  a webhook that must not change its job
+    │   ├── WebhookUnauthorized   401  missing or invalid signature or token
+    │   ├── WebhookWrongVendor    403  the job was sent to another vendor
+    │   └── WebhookTooLate        409  the job already ended without this vendor's data
+
+pymongo's ConnectionFailure (MongoDB unreachable) is answered 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+
+class VendorfetchError(Exception):
+    """Base class of every error the service raises on purpose."""
+
+
+class JobNotFound(VendorfetchError):
+    """No job has this request_id."""
+
+
+class UnknownVendor(VendorfetchError):
+    """The vendor registry has no vendor of that name."""
+
+
+class WebhookRejected(VendorfetchError):
+    """A webhook call that must not change its job."""
+
+    status = "409 Conflict"
+
+
+class WebhookUnauthorized(WebhookRejected):
+    """The webhook's signature or token is missing or invalid."""
+
+    status = "401 Unauthorized"
+
+
+class WebhookWrongVendor(WebhookRejected):
+    """The webhook came from a vendor the job was not sent to."""
+
+    status = "403 Forbidden"
+
+
+class WebhookTooLate(WebhookRejected):
+    """The job already ended (timed out or failed) before this webhook came."""
+
+    status = "409 Conflict"
+

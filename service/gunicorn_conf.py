@@ -1,0 +1,11 @@
+"""Gunicorn settings for the API, read from the environment like everything else."""
+
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '4000')}"
+# Sync workers: requests are short and I/O-bound on one store; see the README's benchmarks.
+workers = int(os.environ.get("WEB_CONCURRENCY", "3"))
+worker_class = "sync"
+timeout = 30
+graceful_timeout = 20
+accesslog = "-" if os.environ.get("ACCESS_LOG") else None

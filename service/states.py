@@ -1,0 +1,38 @@
+"""The job state machine: the states and, for each, the states it may be entered from.
+
+    pending ─> queued ─> processing ─┬─> complete
+                                     ├─> awaiting_webhook ─┬─> complete
+                                     │                     └─> timed_out
+                                     └─> failed
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class JobStatus(str, Enum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    AWAITING_WEBHOOK = "awaiting_webhook"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.TIMED_OUT})
+
+# processing may also be re-entered by a redelivery of the message that claimed it (JobStore.claim).
+ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.PENDING}),
+    JobStatus.PROCESSING: frozenset({JobStatus.PENDING, JobStatus.QUEUED}),
+    JobStatus.AWAITING_WEBHOOK: frozenset({JobStatus.PROCESSING}),
+    JobStatus.COMPLETE: frozenset({JobStatus.PROCESSING, JobStatus.AWAITING_WEBHOOK}),
+    JobStatus.FAILED: frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING}),
+    JobStatus.TIMED_OUT: frozenset({JobStatus.AWAITING_WEBHOOK}),
+}

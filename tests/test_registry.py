@@ -1,0 +1,62 @@
+import pytest
+
+from vendors.registry import RegistryError, load_registry, parse_rate_limit, parse_registry
+
+
+@pytest.mark.parametrize("text, expected", [
+    pytest.param("60/minute", (60, 60.0), id="per-minute"),
+    pytest.param("10/second", (10, 1.0), id="per-second"),
+    pytest.param(" 1000 / hours ", (1000, 3600.0), id="plural-and-spaces"),
+])
+def test_rate_limits_parse_into_count_and_period(text, expected):
+    assert parse_rate_limit(text) == expected
+
+
+@pytest.mark.parametrize("text", ["60", "0/minute", "60/day", "ten/second"])
+def test_malformed_rate_limits_are_refused(text):
+    with pytest.raises(RegistryError, match="rate_limit"):
+        parse_rate_limit(text)
+
+
+def test_builtin_registry_has_both_mock_vendors_and_an_unsigned_async_one():
+    registry = load_registry()
+    assert {name: vendor.mode for name, vendor in registry.vendors.items()} == {"sync": "sync", "async": "async"}
+    assert registry.unsigned_webhook_vendors() == ["async"]
+
+
+def test_round_robin_skips_disabled_vendors():
+    registry = parse_registry({"vendors": {
+        "a": {"mode": "sync", "url": "http://a/fetch"},
+        "b": {"mode": "sync", "url": "http://b/fetch", "enabled": False},
+        "c": {"mode": "async", "url": "http://c/fetch"},
+    }}, "test")
+    assert [registry.choose().name for _ in range(4)] == ["a", "c", "a", "c"]
+
+
+def test_vendor_with_a_secret_defaults_to_signature_auth_and_hides_it_from_repr():
+    registry = parse_registry({"vendors": {"v": {"mode": "async", "url": "http://v/", "webhook_secret": "whsec_c2VjcmV0"}}}, "t")
+    vendor = registry.get("v")
+    assert vendor.webhook_auth == "signature"
+    assert "whsec_" not in repr(vendor)
+
+
+def test_vendor_without_a_secret_defaults_to_token_auth():
+    registry = parse_registry({"vendors": {"v": {"mode": "async", "url": "http://v/"}}}, "t")
+    assert registry.get("v").webhook_auth == "token"
+
+
+@pytest.mark.parametrize("table, message", [
+    pytest.param({"mode": "push", "url": "http://v/"}, "mode", id="bad-mode"),
+    pytest.param({"mode": "sync", "url": "ftp://v/"}, "url", id="bad-url"),
+    pytest.param({"mode": "async", "url": "http://v/", "webhook_auth": "signature"}, "needs a webhook_secret", id="signature-without-secret"),
+    pytest.param({"mode": "sync", "url": "http://v/", "colour": "red"}, "unknown setting", id="unknown-key"),
+    pytest.param({"mode": "sync", "url": "http://v/", "timeout_s": "soon"}, "vendors.v", id="bad-number"),
+])
+def test_invalid_vendor_tables_name_the_problem(table, message):
+    with pytest.raises(RegistryError, match=message):
+        parse_registry({"vendors": {"v": table}}, "test")
+
+
+def test_a_missing_registry_file_is_a_clear_error(tmp_path):
+    with pytest.raises(RegistryError, match="cannot read vendor registry"):
+        load_registry(str(tmp_path / "nope.toml"))

@@ -1,0 +1,109 @@
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+
+from service.errors import JobNotFound
+from service.states import JobStatus
+from service.store import HISTORY_LIMIT
+
+PAYLOAD = {"name": "John", "email": "john@example.com", "password": "hunter2"}
+
+
+def new_job(store, vendor="sync"):
+    request_id = str(uuid.uuid4())
+    store.create(request_id, vendor, PAYLOAD)
+    return request_id
+
+
+def test_payload_is_stored_encrypted_and_hidden_from_get(store):
+    request_id = new_job(store)
+    raw = store.collection.find_one({"_id": request_id})
+    assert "hunter2" not in repr(raw) and "john@example.com" not in repr(raw)
+    assert "payload" not in store.get(request_id)
+    assert store.get(request_id)["status"] == "queued"
+
+
+def test_claim_decrypts_the_payload_and_counts_the_attempt(store):
+    request_id = new_job(store)
+    job = store.claim(request_id, "m1")
+    assert job["payload"] == PAYLOAD
+    assert job["status"] == "processing" and job["attempts"] == 1
+
+
+def test_the_same_message_may_reclaim_but_another_may_not(store):
+    request_id = new_job(store)
+    assert store.claim(request_id, "m1") is not None
+    assert store.claim(request_id, "m2") is None
+    again = store.claim(request_id, "m1")
+    assert again is not None and again["attempts"] == 2
+
+
+def test_terminal_transition_erases_the_payload_and_sets_retention(store):
+    request_id = new_job(store)
+    store.claim(request_id, "m1")
+    assert store.complete(request_id, {"account": "xyz"}, ["email"], detail="done")
+    raw = store.collection.find_one({"_id": request_id})
+    assert "payload" not in raw
+    assert raw["result"] == {"account": "xyz"} and raw["removed_keys"] == ["email"]
+    assert raw["expires_at"] > raw["updated_at"]
+    assert [entry["state"] for entry in raw["history"]] == ["queued", "processing", "complete"]
+
+
+@pytest.mark.parametrize("status, target", [
+    pytest.param(JobStatus.COMPLETE, JobStatus.PROCESSING, id="complete-never-reopens"),
+    pytest.param(JobStatus.COMPLETE, JobStatus.FAILED, id="complete-never-fails"),
+    pytest.param(JobStatus.QUEUED, JobStatus.COMPLETE, id="queued-cannot-skip-processing"),
+    pytest.param(JobStatus.QUEUED, JobStatus.TIMED_OUT, id="only-awaiting-times-out"),
+])
+def test_disallowed_transitions_change_nothing(store, status, target):
+    request_id = new_job(store)
+    store.collection.update_one({"_id": request_id}, {"$set": {"status": status.value}})
+    before = store.collection.find_one({"_id": request_id})
+    assert not store.transition(request_id, target)
+    assert store.collection.find_one({"_id": request_id}) == before
+
+
+def test_concurrent_completions_apply_exactly_one_result(store):
+    request_id = new_job(store, vendor="async")
+    store.claim(request_id, "m1")
+    store.transition(request_id, JobStatus.AWAITING_WEBHOOK)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        outcomes = list(pool.map(lambda n: store.complete(request_id, {"n": n}, [], detail=f"webhook {n}"), range(32)))
+    assert outcomes.count(True) == 1
+    job = store.get(request_id)
+    assert job["result"] == {"n": outcomes.index(True)}
+    assert [entry["state"] for entry in job["history"]].count("complete") == 1
+
+
+def test_concurrent_claims_by_different_messages_let_one_win(store):
+    request_id = new_job(store)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        claims = list(pool.map(lambda n: store.claim(request_id, f"m{n}"), range(16)))
+    assert sum(claim is not None for claim in claims) == 1
+    assert store.get(request_id)["attempts"] == 1
+
+
+def test_history_is_bounded(store):
+    request_id = new_job(store)
+    for n in range(HISTORY_LIMIT + 10):
+        store.note(request_id, f"event {n}")
+    history = store.get(request_id)["history"]
+    assert len(history) == HISTORY_LIMIT
+    assert history[-1]["event"] == f"event {HISTORY_LIMIT + 9}"
+
+
+def test_unknown_job_is_not_found(store):
+    with pytest.raises(JobNotFound):
+        store.get("no-such-job")
+
+
+def test_stale_ids_finds_only_old_jobs_in_that_state(store):
+    old, fresh, other = new_job(store), new_job(store), new_job(store)
+    for request_id in (old, fresh, other):
+        store.transition(request_id, JobStatus.PENDING, allowed_from=frozenset({JobStatus.QUEUED}))
+    store.collection.update_many({"_id": {"$in": [old, other]}}, {"$set": {"updated_at": store.get(old)["updated_at"] - timedelta(minutes=5)}})
+    store.claim(other, "m1")
+    store.collection.update_one({"_id": other}, {"$set": {"updated_at": store.get(old)["updated_at"]}})
+    assert store.stale_ids(JobStatus.PENDING, timedelta(minutes=1), 10) == [old]

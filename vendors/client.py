@@ -1,0 +1,94 @@
+"""Call a vendor over HTTP and turn what happens into a reply or a vendor error.
+
+    VendorError
+    ├── VendorUnavailable     timeout, connection error or 5xx: worth retrying
+    │   └── VendorRateLimited 429: wait `retry_after_s`, then retry
+    └── VendorRejected        any other 4xx, or an unusable answer: retrying will not help
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from vendors.registry import Vendor
+
+
+class VendorError(Exception):
+    """A vendor call did not give us what we need."""
+
+
+class VendorUnavailable(VendorError):
+    """The vendor timed out, could not be reached, or answered 5xx."""
+
+
+class VendorRateLimited(VendorUnavailable):
+    """The vendor answered 429."""
+
+    def __init__(self, message: str, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class VendorRejected(VendorError):
+    """The vendor refused the request (4xx) or answered something unusable."""
+
+
+@dataclass(frozen=True)
+class VendorReply:
+    """What a vendor answered: its data (sync) or only an acknowledgement (async)."""
+
+    status_code: int
+    data: dict[str, Any] | None
+
+
+def call_vendor(
+    session: requests.Session, vendor: Vendor, request_id: str, payload: dict[str, Any], callback_url: str,
+) -> VendorReply:
+    """POST the job to the vendor and return its reply, or raise a VendorError."""
+    body = {"request_id": request_id, "payload": payload, "callback_url": callback_url}
+    try:
+        response = session.post(vendor.url, json=body, timeout=vendor.timeout_s)
+    except requests.Timeout as error:
+        raise VendorUnavailable(f"{vendor.name} did not answer within {vendor.timeout_s:g} s") from error
+    except requests.RequestException as error:
+        raise VendorUnavailable(f"{vendor.name} could not be reached: {type(error).__name__}") from error
+    return _reply(vendor, response)
+
+
+def _reply(vendor: Vendor, response: requests.Response) -> VendorReply:
+    status = response.status_code
+    if status == 429:
+        retry_after_s = parse_retry_after(response.headers.get("Retry-After"))
+        raise VendorRateLimited(f"{vendor.name} answered 429 Too Many Requests", retry_after_s)
+    if status >= 500:
+        raise VendorUnavailable(f"{vendor.name} answered {status}")
+    if status >= 400:
+        raise VendorRejected(f"{vendor.name} rejected the request with {status}")
+    if vendor.is_async:
+        return VendorReply(status, None)
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise VendorRejected(f"{vendor.name} answered {status} without a JSON object")
+    return VendorReply(status, data)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Read a Retry-After header (delay in seconds or an HTTP date) as seconds from now."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))

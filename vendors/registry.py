@@ -1,0 +1,150 @@
+"""The vendor registry: which vendors exist, how to call them, and which one gets a new job."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 3600}
+WEBHOOK_AUTH_MODES = ("signature", "token", "none")
+
+# The development registry: the two mock vendors on their default ports.
+DEFAULT_REGISTRY_TOML = """
+[vendors.sync]
+mode = "sync"
+url = "http://127.0.0.1:6001/fetch"
+rate_limit = "600/minute"
+timeout_s = 5
+max_retries = 5
+
+[vendors.async]
+mode = "async"
+url = "http://127.0.0.1:6002/fetch"
+rate_limit = "600/minute"
+timeout_s = 5
+max_retries = 5
+webhook_auth = "none"    # the original README's curl examples post unsigned webhooks
+webhook_timeout_s = 300
+"""
+
+
+class RegistryError(Exception):
+    """The vendor registry file is missing, unreadable or invalid."""
+
+
+def parse_rate_limit(text: str) -> tuple[int, float]:
+    """Parse `N/second|minute|hour` into (count, period in seconds)."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(second|minute|hour)s?\s*", text)
+    if not match or int(match.group(1)) < 1:
+        raise RegistryError(f"rate_limit must look like '60/minute' (N/second|minute|hour), got {text!r}")
+    return int(match.group(1)), float(PERIOD_SECONDS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class Vendor:
+    """One vendor's settings."""
+
+    name: str
+    mode: str
+    url: str
+    rate_limit: str = "60/minute"
+    timeout_s: float = 5.0
+    max_retries: int = 5
+    enabled: bool = True
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    webhook_auth: str = "token"
+    webhook_timeout_s: float = 300.0
+    webhook_retries: int = 0
+    limit: tuple[int, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "limit", parse_rate_limit(self.rate_limit))
+
+    @property
+    def is_async(self) -> bool:
+        return self.mode == "async"
+
+
+class Registry:
+    """The configured vendors, and the round-robin routing policy over the enabled ones."""
+
+    def __init__(self, vendors: list[Vendor]) -> None:
+        self.vendors = {vendor.name: vendor for vendor in vendors}
+        enabled = [vendor for vendor in vendors if vendor.enabled]
+        if not enabled:
+            raise RegistryError("the vendor registry has no enabled vendor")
+        self._rotation = itertools.cycle(enabled)
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Vendor | None:
+        """Return the vendor called `name`, or None."""
+        return self.vendors.get(name)
+
+    def choose(self) -> Vendor:
+        """Pick the vendor for a new job: the next enabled one in turn."""
+        with self._lock:
+            return next(self._rotation)
+
+    def unsigned_webhook_vendors(self) -> list[str]:
+        """Name the async vendors whose webhooks carry no authentication."""
+        return [v.name for v in self.vendors.values() if v.is_async and v.webhook_auth == "none"]
+
+
+def load_registry(path: str | None = None) -> Registry:
+    """Load the registry from a TOML file, or the built-in development registry."""
+    if path is None:
+        return parse_registry(tomllib.loads(DEFAULT_REGISTRY_TOML), "built-in registry")
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise RegistryError(f"cannot read vendor registry {path}: {error}") from error
+    return parse_registry(data, path)
+
+
+def parse_registry(data: dict, source: str) -> Registry:
+    """Build a Registry from the parsed TOML, with errors that name the vendor and the field."""
+    tables = data.get("vendors")
+    if not isinstance(tables, dict) or not tables:
+        raise RegistryError(f"{source}: expected at least one [vendors.NAME] table")
+    return Registry([_vendor(name, table, source) for name, table in tables.items()])
+
+
+def _vendor(name: str, table: dict, source: str) -> Vendor:
+    where = f"{source}: vendors.{name}"
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise RegistryError(f"{where}: a vendor name may hold only letters, digits, '-' and '_'")
+    if table.get("mode") not in ("sync", "async"):
+        raise RegistryError(f"{where}.mode must be 'sync' or 'async'")
+    if not str(table.get("url", "")).startswith(("http://", "https://")):
+        raise RegistryError(f"{where}.url must be an http(s) URL")
+    secrets = table.get("webhook_secret", ())
+    secrets = (secrets,) if isinstance(secrets, str) else tuple(secrets)
+    if any(not secret.startswith("whsec_") for secret in secrets):
+        raise RegistryError(f"{where}.webhook_secret must start with 'whsec_'")
+    auth = table.get("webhook_auth", "signature" if secrets else "token")
+    if auth not in WEBHOOK_AUTH_MODES:
+        raise RegistryError(f"{where}.webhook_auth must be one of {', '.join(WEBHOOK_AUTH_MODES)}")
+    if auth == "signature" and not secrets:
+        raise RegistryError(f"{where}: webhook_auth 'signature' needs a webhook_secret")
+    known = {"mode", "url", "rate_limit", "timeout_s", "max_retries", "enabled", "webhook_secret",
+             "webhook_auth", "webhook_timeout_s", "webhook_retries"}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise RegistryError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    try:
+        return Vendor(
+            name=name, mode=table["mode"], url=table["url"],
+            rate_limit=str(table.get("rate_limit", Vendor.rate_limit)),
+            timeout_s=float(table.get("timeout_s", Vendor.timeout_s)),
+            max_retries=int(table.get("max_retries", Vendor.max_retries)),
+            enabled=bool(table.get("enabled", True)),
+            webhook_secrets=secrets, webhook_auth=auth,
+            webhook_timeout_s=float(table.get("webhook_timeout_s", Vendor.webhook_timeout_s)),
+            webhook_retries=int(table.get("webhook_retries", Vendor.webhook_retries)),
+        )
+    except (TypeError, ValueError) as error:
+        raise RegistryError(f"{where}: {error}") from error
