@@ -1,0 +1,148 @@
+import uuid
+
+import dramatiq
+import falcon.testing
+import pytest
+
+from actors.queue import QUEUE_NAME
+from service.app import create_app
+
+
+@pytest.fixture
+def client(config):
+    return falcon.testing.TestClient(create_app(config))
+
+
+@pytest.fixture
+def jobs(store):
+    return store.collection
+
+
+def submit(client, body=None, **kwargs):
+    return client.simulate_post("/jobs", json={"name": "testUser", "email": "test@mail.com", "password": "pw"} if body is None else body, **kwargs)
+
+
+def test_submit_answers_202_with_a_request_id_and_location(client, jobs, redis_client):
+    response = submit(client)
+    assert response.status_code == 202
+    request_id = response.json["request_id"]
+    assert str(uuid.UUID(request_id, version=4)) == request_id
+    assert response.headers["Location"] == f"/jobs/{request_id}"
+    stored = jobs.find_one({"_id": request_id})
+    assert stored["status"] == "queued" and stored["vendor"] in ("sync", "async")
+    [(_, fields)] = redis_client.xrange(QUEUE_NAME)
+    message = dramatiq.Message.decode(fields[b"message"])
+    assert (message.actor_name, message.args) == ("fetch_job", (request_id,))
+
+
+def test_any_json_object_is_accepted_and_never_returned(client):
+    request_id = submit(client, {"anything": [1, 2], "secret": "s3cret"}).json["request_id"]
+    body = client.simulate_get(f"/jobs/{request_id}").text
+    assert "s3cret" not in body and "anything" not in body
+
+
+def test_round_robin_spreads_jobs_and_vendor_can_be_pinned(client, jobs):
+    ids = [submit(client).json["request_id"] for _ in range(4)]
+    assert sorted(jobs.find_one({"_id": i})["vendor"] for i in ids) == ["async", "async", "sync", "sync"]
+    pinned = submit(client, params={"vendor": "async"}).json["request_id"]
+    assert jobs.find_one({"_id": pinned})["vendor"] == "async"
+
+
+def test_get_shows_status_and_null_result_before_completion(client):
+    request_id = submit(client).json["request_id"]
+    response = client.simulate_get(f"/jobs/{request_id}")
+    assert response.status_code == 200
+    assert response.json["status"] == "queued" and response.json["result"] is None
+    assert response.json["attempts"] == 0 and "created_at" in response.json
+
+
+def test_original_webhook_example_completes_an_async_job(client, jobs):
+    request_id = submit(client, params={"vendor": "async"}).json["request_id"]
+    jobs.update_one({"_id": request_id}, {"$set": {"status": "awaiting_webhook"}})
+    response = client.simulate_post("/vendor-webhook/async", json={"request_id": request_id, "account": "xyz", "balance": 5000})
+    assert response.status_code == 200 and response.json == {"message": "Result saved"}
+    job = client.simulate_get(f"/jobs/{request_id}").json
+    assert job["status"] == "complete" and job["result"] == {"account": "xyz", "balance": 5000}
+    assert jobs.find_one({"_id": request_id}).get("payload") is None
+
+
+def test_duplicate_webhook_keeps_first_result(client, jobs):
+    request_id = submit(client, params={"vendor": "async"}).json["request_id"]
+    jobs.update_one({"_id": request_id}, {"$set": {"status": "awaiting_webhook"}})
+    client.simulate_post("/vendor-webhook/async", json={"request_id": request_id, "account": "first"})
+    second = client.simulate_post("/vendor-webhook/async", json={"request_id": request_id, "account": "second"})
+    assert second.status_code == 200 and second.json == {"message": "Result saved"}
+    assert client.simulate_get(f"/jobs/{request_id}").json["result"] == {"account": "first"}
+
+
+def test_webhook_for_another_vendors_job_is_refused_and_recorded(client, jobs):
+    request_id = submit(client, params={"vendor": "sync"}).json["request_id"]
+    response = client.simulate_post("/vendor-webhook/async", json={"request_id": request_id, "account": "x"})
+    assert response.status_code == 403 and "not sent to vendor 'async'" in response.json["description"]
+    job = jobs.find_one({"_id": request_id})
+    assert job["status"] == "queued" and "webhook refused" in job["history"][-1]["event"]
+
+
+def test_webhook_after_a_job_failed_is_refused_with_409(client, jobs, store):
+    request_id = submit(client, params={"vendor": "async"}).json["request_id"]
+    store.fail(request_id, "vendor rejected")
+    response = client.simulate_post("/vendor-webhook/async", json={"request_id": request_id, "account": "late"})
+    assert response.status_code == 409
+    assert jobs.find_one({"_id": request_id}).get("result") is None
+
+
+@pytest.mark.parametrize("path, body, status, words", [
+    pytest.param("/vendor-webhook/async", {"request_id": "nope", "a": 1}, 404, "no job has request_id", id="unknown-job"),
+    pytest.param("/vendor-webhook/acme", {"request_id": "nope"}, 404, "no vendor is called 'acme'", id="unknown-vendor"),
+    pytest.param("/vendor-webhook/async", {"account": "x"}, 400, "request_id", id="missing-request-id"),
+    pytest.param("/vendor-webhook/async", {"request_id": 7}, 400, "request_id", id="non-string-request-id"),
+])
+def test_bad_webhooks_get_clear_errors(client, path, body, status, words):
+    response = client.simulate_post(path, json=body)
+    assert response.status_code == status
+    assert words in response.json["description"]
+
+
+@pytest.mark.parametrize("kwargs, status, words", [
+    pytest.param({"body": "{not json", "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON", id="malformed"),
+    pytest.param({"json": [1, 2]}, 400, "must be a JSON object, not a list", id="array"),
+    pytest.param({"json": "text"}, 400, "not a str", id="string"),
+    pytest.param({"body": "", "headers": {"Content-Type": "application/json"}}, 400, "must be a JSON object", id="empty"),
+    pytest.param({"body": "a=1", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415, "application/json", id="form"),
+    pytest.param({"json": {"big": "x" * 70_000}}, 413, "limit is 65536 bytes", id="too-large"),
+    pytest.param({"json": {}, "params": {"vendor": "acme"}}, 400, "no vendor is called 'acme'", id="unknown-vendor"),
+])
+def test_bad_submissions_get_clear_4xx_errors(client, jobs, kwargs, status, words):
+    response = client.simulate_post("/jobs", **kwargs)
+    assert response.status_code == status
+    assert words in response.json["description"]
+    assert jobs.count_documents({}) == 0
+
+
+def test_unknown_job_and_unknown_route_are_404_json(client):
+    assert client.simulate_get(f"/jobs/{uuid.uuid4()}").json["title"] == "Job not found"
+    response = client.simulate_get("/nowhere")
+    assert response.status_code == 404 and "POST /jobs" in response.json["description"]
+
+
+def test_mongodb_outage_answers_503_with_retry_after(config):
+    from dataclasses import replace
+
+    from devtools.stores import free_port
+
+    down = replace(config, mongodb_uri=f"mongodb://127.0.0.1:{free_port()}/x?directConnection=true", store_timeout_ms=300)
+    response = submit(falcon.testing.TestClient(create_app(down)))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5" and "MongoDB" in response.json["description"]
+
+
+def test_redis_outage_still_stores_the_job_as_pending(config, mongo_client):
+    from dataclasses import replace
+
+    from devtools.stores import free_port
+
+    down = replace(config, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    response = submit(falcon.testing.TestClient(create_app(down)))
+    assert response.status_code == 202
+    db = mongo_client.get_database(config.mongodb_uri.split("/")[-1].split("?")[0])
+    assert db.jobs.find_one({"_id": response.json["request_id"]})["status"] == "pending"
