@@ -15,6 +15,7 @@ from actors.setup import build_broker, connect_redis
 from service import errors
 from service.cleaning import Cleaner
 from service.config import Config
+from service.health import Liveness, Readiness
 from service.jobs import Jobs
 from service.logs import configure_logging
 from service.middleware import BodyLimit
@@ -26,7 +27,7 @@ from vendors.registry import load_registry
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
-ROUTES = "POST /jobs, GET /jobs/{request_id}, POST /vendor-webhook/{vendor}"
+ROUTES = "POST /jobs, GET /jobs/{request_id}, POST /vendor-webhook/{vendor}, GET /healthz, GET /readyz"
 
 
 def create_app(config: Config | None = None) -> falcon.App:
@@ -46,6 +47,8 @@ def create_app(config: Config | None = None) -> falcon.App:
     app.add_route("/jobs", JobCollection(jobs))
     app.add_route("/jobs/{request_id}", JobItem(jobs))
     app.add_route("/vendor-webhook/{vendor}", VendorWebhook(jobs, WebhookAuth(config.encryption_key, redis_client)))
+    app.add_route("/healthz", Liveness())
+    app.add_route("/readyz", Readiness(store, redis_client, registry))
     app.add_sink(unknown_route)
     add_error_handlers(app)
     return app

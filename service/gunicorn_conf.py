@@ -9,3 +9,5 @@ worker_class = "sync"
 timeout = 30
 graceful_timeout = 20
 accesslog = "-" if os.environ.get("ACCESS_LOG") else None
+# The runtime control socket defaults to one path per user, shared by every gunicorn on the host.
+control_socket_disable = True

@@ -40,6 +40,8 @@ class Jobs:
         the scheduler enqueues it later; the client still gets its request_id.
         """
         vendor = self.vendor(vendor_name) if vendor_name else self.registry.choose()
+        if not vendor.enabled:
+            raise UnknownVendor(f"vendor {vendor.name!r} is disabled")
         request_id = str(uuid.uuid4())
         self.store.create(request_id, vendor.name, payload)
         try:

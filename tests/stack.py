@@ -1,0 +1,134 @@
+"""Run the real processes of the service (API, worker, clock, mock vendors) for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from devtools.stores import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05):
+    """Poll `predicate` until it returns something truthy; fail with `what` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+class ManagedProcess:
+    """A child process in its own session, logging to a file, stopped like a platform would."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self.process = subprocess.Popen(
+            argv, env=env, cwd=ROOT, start_new_session=True,
+            stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout_s: float = 20.0) -> None:
+        """Send SIGTERM to the process only (not its group), then SIGKILL the group if it lingers."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once, as a crash would."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+
+class Stack:
+    """The service's processes on free ports, sharing one environment."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.log_dir = log_dir
+        self.processes: list[ManagedProcess] = []
+
+    def start(self, name: str, argv: list[str], health_url: str | None = None, timeout_s: float = 30.0) -> ManagedProcess:
+        """Start a process and, if given, wait until its health URL answers 200."""
+        process = ManagedProcess(name, argv, self.env, self.log_dir)
+        self.processes.append(process)
+        if health_url:
+            wait_until(lambda: answers(health_url) or process.process.poll() is not None, timeout_s, f"{name} to answer")
+            if process.process.poll() is not None:
+                raise AssertionError(f"{name} exited early:\n{process.log()[-3000:]}")
+        return process
+
+    def start_api(self, port: int) -> ManagedProcess:
+        argv = [str(BIN / "gunicorn"), "--config", "service/gunicorn_conf.py", "--workers", "2", "service.app:create_app()"]
+        self.env["PORT"] = str(port)
+        return self.start("api", argv, f"http://127.0.0.1:{port}/healthz")
+
+    def start_worker(self, name: str = "worker", processes: int = 1, threads: int = 4) -> ManagedProcess:
+        argv = [str(BIN / "dramatiq"), "actors.worker", "--processes", str(processes), "--threads", str(threads)]
+        return self.start(name, argv)
+
+    def start_mock(self, kind: str, port: int, *flags: str) -> ManagedProcess:
+        argv = [sys.executable, "-m", f"vendors.mock_{kind}", "--port", str(port), *flags]
+        return self.start(f"vendor-{kind}", argv, f"http://127.0.0.1:{port}/healthz")
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.terminate()
+        self.processes.clear()
+
+
+def vendors_toml(sync_port: int, async_port: int, **overrides: str) -> str:
+    """Write a registry of the two mock vendors on their test ports."""
+    sync_extra = overrides.get("sync", "")
+    async_extra = overrides.get("async", 'webhook_auth = "token"')
+    return f"""
+[vendors.sync]
+mode = "sync"
+url = "http://127.0.0.1:{sync_port}/fetch"
+rate_limit = "6000/minute"
+max_retries = 3
+{sync_extra}
+
+[vendors.async]
+mode = "async"
+url = "http://127.0.0.1:{async_port}/fetch"
+rate_limit = "6000/minute"
+webhook_timeout_s = 60
+{async_extra}
+"""
+
+
+def free_ports(count: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_port())
+    return sorted(ports)

@@ -1,0 +1,93 @@
+"""The real processes together: gunicorn API, dramatiq worker, both mock vendors."""
+
+import pytest
+import requests
+
+from tests.conftest import with_database
+from tests.stack import Stack, free_ports, vendors_toml, wait_until
+
+DOWN_VENDOR = """
+[vendors.down]
+mode = "sync"
+url = "http://127.0.0.1:{port}/fetch"
+timeout_s = 1
+max_retries = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, redis_url, mongodb_uri, mongo_client):
+    from cryptography.fernet import Fernet
+
+    folder = tmp_path_factory.mktemp("e2e")
+    api_port, sync_port, async_port, closed_port = free_ports(4)
+    registry = folder / "vendors.toml"
+    registry.write_text(vendors_toml(sync_port, async_port) + DOWN_VENDOR.format(port=closed_port))
+    database = "e2e_jobs"
+    stack = Stack({
+        "REDIS_URL": redis_url,
+        "MONGODB_URI": with_database(mongodb_uri, database),
+        "VENDORS_FILE": str(registry),
+        "ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "PUBLIC_URL": f"http://127.0.0.1:{api_port}",
+    }, folder)
+    try:
+        stack.start_mock("sync", sync_port)
+        stack.start_mock("async", async_port, "--callback-delay-s", "0.2")
+        stack.start_api(api_port)
+        stack.start_worker(threads=8)
+        stack.url = f"http://127.0.0.1:{api_port}"
+        yield stack
+    finally:
+        stack.stop()
+        mongo_client.drop_database(database)
+
+
+def submit(stack, vendor=None, body=None):
+    params = {"vendor": vendor} if vendor else None
+    response = requests.post(f"{stack.url}/jobs", json=body or {"name": "TestUser", "email": "test@mail.com", "password": "pass"}, params=params, timeout=5)
+    assert response.status_code == 202, response.text
+    return response.json()["request_id"]
+
+
+def final_state(stack, request_id, timeout_s=30):
+    def finished():
+        job = requests.get(f"{stack.url}/jobs/{request_id}", timeout=5).json()
+        return job if job["status"] in ("complete", "failed", "timed_out") else None
+    return wait_until(finished, timeout_s, f"job {request_id} to finish", interval_s=0.1)
+
+
+def test_sync_job_completes_with_a_cleaned_result(stack):
+    job = final_state(stack, submit(stack, "sync", {"name": "  Ann  ", "password": "pw"}))
+    assert job["status"] == "complete"
+    assert job["result"]["account"] == "xyz" and job["result"]["balance"] == 5000
+    assert not {"email", "phone", "pii", "ssn", "request_id"} & set(job["result"])
+    assert all(value == value.strip() for value in job["result"].values() if isinstance(value, str))
+    assert "pw" not in str(job)
+
+
+def test_async_job_completes_through_the_token_callback(stack):
+    job = final_state(stack, submit(stack, "async"))
+    assert job["status"] == "complete" and job["vendor"] == "async"
+    assert job["result"]["account"] == "xyz"
+
+
+def test_a_webhook_without_the_job_token_is_refused(stack):
+    request_id = submit(stack, "async")
+    response = requests.post(f"{stack.url}/vendor-webhook/async", json={"request_id": request_id, "account": "forged"}, timeout=5)
+    assert response.status_code == 401
+    assert final_state(stack, request_id)["result"]["account"] == "xyz"
+
+
+def test_a_hundred_round_robin_jobs_all_finish_and_every_working_vendor_completes_them(stack):
+    ids = [submit(stack) for _ in range(100)]
+    jobs = [final_state(stack, request_id, timeout_s=60) for request_id in ids]
+    outcomes = {(job["vendor"], job["status"]) for job in jobs}
+    assert outcomes == {("sync", "complete"), ("async", "complete"), ("down", "failed")}
+
+
+def test_an_unreachable_vendor_is_retried_then_the_job_fails_with_the_reason(stack):
+    job = final_state(stack, submit(stack, "down"), timeout_s=30)
+    assert job["status"] == "failed"
+    assert job["attempts"] == 2
+    assert job["error"].startswith("gave up after 2 attempts: down could not be reached")

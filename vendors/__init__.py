@@ -1,0 +1,1 @@
+"""Vendor registry, vendor HTTP clients and the mock vendors."""
