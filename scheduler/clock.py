@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+import sys
 from datetime import timedelta
 from functools import partial
 
@@ -19,6 +22,10 @@ def main() -> None:
     """Schedule every sweep and block until interrupted."""
     config = Config.from_env()
     configure_logging(config.log_level)
+    # APScheduler logs every run at INFO; the sweeps log what they changed.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # A platform stops processes with SIGTERM; leave the blocking loop as Ctrl-C would.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     store = open_store(config)
     broker = build_broker(connect_redis(config.redis_url))
     scheduler = BlockingScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})

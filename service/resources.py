@@ -69,4 +69,5 @@ class VendorWebhook:
             raise falcon.HTTPBadRequest(title="Missing request_id", description="the body must carry a string request_id")
         self.auth.verify(registered, request_id, raw, req.headers, req.get_param("token"))
         self.jobs.receive_webhook(registered, request_id, data)
+        self.auth.remember(registered, req.headers)
         resp.media = {"message": "Result saved"}

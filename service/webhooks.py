@@ -60,9 +60,22 @@ class WebhookAuth:
                 reason = str(error) or "invalid signature headers"
         else:
             raise WebhookUnauthorized(f"webhook signature rejected: {reason}")
-        seen_key = f"webhook:seen:{vendor.name}:{lowered['webhook-id']}"
-        if not self.seen_ids.set(seen_key, 1, nx=True, ex=REPLAY_WINDOW_S):
+        if self.seen_ids.exists(self._seen_key(vendor, lowered["webhook-id"])):
             raise WebhookRejected(f"webhook-id {lowered['webhook-id']!r} was already received; replay refused")
+
+    def remember(self, vendor: Vendor, headers: Mapping[str, str]) -> None:
+        """Record a signed webhook's id once it took effect, so a replay is refused.
+
+        Recorded only after success: a vendor retrying a delivery that failed here (say, MongoDB
+        was down) must get through.
+        """
+        if vendor.webhook_auth == "signature":
+            webhook_id = {key.lower(): value for key, value in headers.items()}["webhook-id"]
+            self.seen_ids.set(self._seen_key(vendor, webhook_id), 1, ex=REPLAY_WINDOW_S)
+
+    @staticmethod
+    def _seen_key(vendor: Vendor, webhook_id: str) -> str:
+        return f"webhook:seen:{vendor.name}:{webhook_id}"
 
     @staticmethod
     def _token(key: bytes, request_id: str, vendor: str) -> str:
