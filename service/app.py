@@ -19,6 +19,7 @@ from service.health import Liveness, Readiness
 from service.jobs import Jobs
 from service.logs import configure_logging
 from service.middleware import BodyLimit
+from service.openapi import OpenAPIDocument, build_spec
 from service.resources import JobCollection, JobItem, VendorWebhook
 from service.store import JobStore, open_store
 from service.webhooks import WebhookAuth
@@ -27,7 +28,7 @@ from vendors.registry import load_registry
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
-ROUTES = "POST /jobs, GET /jobs/{request_id}, POST /vendor-webhook/{vendor}, GET /healthz, GET /readyz"
+ROUTES = ", ".join(f"{method.upper()} {path}" for path, operations in build_spec([])["paths"].items() for method in operations)
 
 
 def create_app(config: Config | None = None) -> falcon.App:
@@ -42,6 +43,7 @@ def create_app(config: Config | None = None) -> falcon.App:
     warn_at_start(store, registry)
 
     app = falcon.App(middleware=[BodyLimit(config.max_body_bytes)])
+    app.req_options.keep_blank_qs_values = True  # `?vendor=` names no vendor: a 400, not the default route
     json_handler = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.resp_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json_handler})
     app.add_route("/jobs", JobCollection(jobs))
@@ -49,6 +51,7 @@ def create_app(config: Config | None = None) -> falcon.App:
     app.add_route("/vendor-webhook/{vendor}", VendorWebhook(jobs, WebhookAuth(config.encryption_key, redis_client)))
     app.add_route("/healthz", Liveness())
     app.add_route("/readyz", Readiness(store, redis_client, registry))
+    app.add_route("/openapi.json", OpenAPIDocument(build_spec(list(registry.vendors))))
     app.add_sink(unknown_route)
     add_error_handlers(app)
     return app

@@ -1,0 +1,150 @@
+"""The OpenAPI 3.1 description of the API, served at /openapi.json and checked by the tests."""
+
+from __future__ import annotations
+
+import falcon
+
+JSON = "application/json"
+
+
+def error(description: str, retry_after: bool = False) -> dict:
+    """Describe an error response: falcon's JSON error body, maybe with Retry-After."""
+    response = {"description": description, "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    if retry_after:
+        response["headers"] = {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}
+    return response
+
+
+def ok(description: str, schema_name: str, headers: dict | None = None) -> dict:
+    response = {"description": description, "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+BODY_ERRORS = {
+    "411": error("A chunked body without Content-Length"),
+    "413": error("The body is larger than MAX_BODY_BYTES"),
+    "415": error("The Content-Type is not JSON"),
+}
+UNAVAILABLE = {"503": error("A data store is unavailable; try again after Retry-After seconds", retry_after=True)}
+
+
+def build_spec(vendor_names: list[str]) -> dict:
+    """Describe the API for a registry with these vendors."""
+    vendor = {"type": "string", "enum": sorted(vendor_names)}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "vendorfetch",
+            "version": "1.0.0",
+            "description": "Fetch account data from third-party vendors within their rate limits.",
+        },
+        "paths": {
+            "/jobs": {"post": {
+                "operationId": "submitJob",
+                "summary": "Submit a job; any JSON object is passed to the vendor",
+                "parameters": [{
+                    "name": "vendor", "in": "query", "required": False, "schema": vendor,
+                    "description": "Pin the job to this vendor instead of the round-robin choice",
+                }],
+                "requestBody": {"required": True, "content": {JSON: {"schema": {"type": "object"}}}},
+                "responses": {
+                    "202": ok("Stored and queued", "Submitted", {"Location": {"schema": {"type": "string"}}}),
+                    "400": error("Malformed JSON, a body that is not a JSON object, or an unknown or disabled vendor"),
+                    **BODY_ERRORS,
+                    **UNAVAILABLE,
+                },
+            }},
+            "/jobs/{request_id}": {"get": {
+                "operationId": "getJob",
+                "summary": "Read a job's status and, once complete, its cleaned result",
+                "parameters": [{"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": ok("The job", "Job"), "404": error("No job has this request_id"), **UNAVAILABLE},
+            }},
+            "/vendor-webhook/{vendor}": {"post": {
+                "operationId": "vendorWebhook",
+                "summary": "An async vendor delivers a job's data",
+                "parameters": [
+                    {"name": "vendor", "in": "path", "required": True, "schema": vendor},
+                    {"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "The per-job token our callback_url carried (webhook_auth = token)"},
+                ],
+                "requestBody": {"required": True, "content": {JSON: {"schema": {"$ref": "#/components/schemas/WebhookBody"}}}},
+                "responses": {
+                    "200": ok("The result was saved, or had been saved by an earlier identical delivery", "Saved"),
+                    "400": error("Malformed JSON, a body that is not a JSON object, or no string request_id"),
+                    **BODY_ERRORS,
+                    "401": error("Missing or invalid signature or token, or a stale timestamp"),
+                    "403": error("The job was sent to another vendor"),
+                    "404": error("Unknown vendor or unknown request_id"),
+                    "409": error("The job already failed or timed out, or the webhook-id was replayed"),
+                    **UNAVAILABLE,
+                },
+            }},
+            "/healthz": {"get": {
+                "operationId": "liveness", "summary": "The process is alive",
+                "responses": {"200": ok("Alive", "Liveness")},
+            }},
+            "/readyz": {"get": {
+                "operationId": "readiness", "summary": "Redis and MongoDB answer and the registry is loaded",
+                "responses": {"200": ok("Ready", "Readiness"), "503": ok("Not ready", "Readiness")},
+            }},
+            "/openapi.json": {"get": {
+                "operationId": "openapi", "summary": "This document",
+                "responses": {"200": {"description": "The OpenAPI document", "content": {JSON: {"schema": {"type": "object"}}}}},
+            }},
+        },
+        "components": {
+            "headers": {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "string"}}},
+            "schemas": {
+                "Error": {
+                    "type": "object", "required": ["title"],
+                    "properties": {"title": {"type": "string"}, "description": {"type": "string"}},
+                },
+                "Submitted": {
+                    "type": "object", "required": ["request_id"],
+                    "properties": {"request_id": {"type": "string", "format": "uuid"}},
+                },
+                "Job": {
+                    "type": "object", "required": ["request_id", "status", "result"],
+                    "properties": {
+                        "request_id": {"type": "string"},
+                        "status": {"enum": ["pending", "queued", "processing", "awaiting_webhook", "complete", "failed", "timed_out"]},
+                        "result": {"type": ["object", "null"], "description": "The cleaned vendor data once complete"},
+                        "vendor": {"type": "string"},
+                        "attempts": {"type": "integer", "minimum": 0},
+                        "error": {"type": "string"},
+                        "removed_keys": {"type": "array", "items": {"type": "string"}},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "updated_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "WebhookBody": {
+                    "type": "object", "required": ["request_id"],
+                    "properties": {"request_id": {"type": "string", "minLength": 1}},
+                    "additionalProperties": True,
+                },
+                "Saved": {"type": "object", "required": ["message"], "properties": {"message": {"const": "Result saved"}}},
+                "Liveness": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+                "Readiness": {
+                    "type": "object", "required": ["status", "checks", "warnings"],
+                    "properties": {
+                        "status": {"enum": ["ready", "unavailable"]},
+                        "checks": {"type": "object"},
+                        "warnings": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+        },
+    }
+
+
+class OpenAPIDocument:
+    """GET /openapi.json: the API's OpenAPI 3.1 description."""
+
+    def __init__(self, spec: dict) -> None:
+        self.spec = spec
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.spec

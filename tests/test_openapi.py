@@ -1,0 +1,70 @@
+"""The OpenAPI document stays true: it lists every route, and fuzzed requests match it."""
+
+import falcon.inspect
+import falcon.testing
+import hypothesis
+import pytest
+import schemathesis
+
+from service.app import create_app
+from service.openapi import build_spec
+
+SPEC = build_spec(["async", "sync"])
+
+
+@pytest.fixture(scope="module")
+def app(redis_url, mongodb_uri, tmp_path_factory):
+    from cryptography.fernet import Fernet
+
+    from service.config import Config
+    from tests.conftest import with_database
+
+    return create_app(Config(
+        encryption_key=Fernet.generate_key().decode(), redis_url=redis_url,
+        mongodb_uri=with_database(mongodb_uri, "openapi_fuzz"),
+    ))
+
+
+@pytest.fixture(scope="module")
+def api_schema(app):
+    return schemathesis.openapi.from_wsgi("/openapi.json", app)
+
+
+def served_operations(app):
+    return {
+        (route.path, method.method.lower())
+        for route in falcon.inspect.inspect_routes(app)
+        for method in route.methods
+        if method.internal is False
+    }
+
+
+def test_the_document_lists_exactly_the_routes_the_app_serves(app):
+    documented = {(path, method) for path, operations in SPEC["paths"].items() for method in operations}
+    assert documented == served_operations(app)
+
+
+def test_the_served_document_is_the_spec(app):
+    assert falcon.testing.TestClient(app).simulate_get("/openapi.json").json == SPEC
+
+
+# Schema-violating requests can be made only where there is a body or a constrained parameter.
+FUZZ_CASES = [
+    pytest.param(path, method, mode, id=f"{method.upper()} {path} {mode.value}")
+    for path, operations in SPEC["paths"].items()
+    for method, operation in operations.items()
+    for mode in schemathesis.GenerationMode
+    if mode is schemathesis.GenerationMode.POSITIVE or "requestBody" in operation
+]
+
+
+@pytest.mark.parametrize("path, method, mode", FUZZ_CASES)
+def test_fuzzed_requests_get_documented_answers_and_never_a_5xx(api_schema, path, method, mode):
+    operation = api_schema[path][method]
+
+    @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+    @hypothesis.settings(max_examples=40, deadline=None, suppress_health_check=list(hypothesis.HealthCheck), database=None)
+    def fuzz(case):
+        case.call_and_validate()
+
+    fuzz()
