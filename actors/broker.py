@@ -52,6 +52,8 @@ DEFAULT_GROUP = "dramatiq"
 DELAY_BATCH_SIZE = 500
 #: How often a consumer deletes dead consumers of its group, at most.
 PRUNE_INTERVAL_MS = 60_000
+#: The longest XREADGROUP BLOCK, kept well under redis-py's default 5 s socket timeout.
+MAX_BLOCK_MS = 1_000
 
 _CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
@@ -110,7 +112,7 @@ class StreamsBroker(Broker):
         # register_script only hashes the source; nothing touches the server until first use.
         self.scripts = {
             name: client.register_script(getattr(broker_lua, name))
-            for name in ("MOVE_DUE", "RECOVER", "REFRESH", "REQUEUE", "DEAD_LETTER", "PRUNE_CONSUMERS")
+            for name in ("ACK", "MOVE_DUE", "RECOVER", "REFRESH", "REQUEUE", "DEAD_LETTER", "PRUNE_CONSUMERS")
         }
 
     def close(self) -> None:
@@ -225,6 +227,60 @@ def failure_reason(message: MessageProxy) -> str:
     return f"{type(exception).__name__}: {exception}"
 
 
+class _Pending:
+    """One item waiting in a GroupCommit."""
+
+    __slots__ = ("item", "done", "error")
+
+    def __init__(self, item: str) -> None:
+        self.item = item
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Send the items of concurrent callers in one call, each caller returning once its item is sent.
+
+    The first caller sends at once; those arriving meanwhile are sent together by the next one,
+    so a busy worker acks many messages per round trip and an idle one adds no latency.
+    """
+
+    def __init__(self, send: Callable[[list[str]], object]) -> None:
+        self.send = send
+        self.cond = threading.Condition()
+        self.waiting: list[_Pending] = []
+        self.sending = False
+
+    def commit(self, item: str) -> None:
+        """Send item, alone or with others; raise what sending raised."""
+        pending = _Pending(item)
+        with self.cond:
+            self.waiting.append(pending)
+            while self.sending and not pending.done:
+                self.cond.wait()
+            leader = not pending.done
+            if leader:
+                self.sending = True
+                batch, self.waiting = self.waiting, []
+        if leader:
+            self.send_batch(batch)
+        if pending.error is not None:
+            raise pending.error
+
+    def send_batch(self, batch: list[_Pending]) -> None:
+        """Send a batch and wake its callers with the outcome."""
+        error = None
+        try:
+            self.send([pending.item for pending in batch])
+        except BaseException as e:
+            error = e
+        with self.cond:
+            for pending in batch:
+                pending.done, pending.error = True, error
+            self.sending = False
+            self.cond.notify_all()
+
+
 class StreamsConsumer(Consumer):
     """Iterate over one queue's stream as a member of its consumer group."""
 
@@ -234,11 +290,13 @@ class StreamsConsumer(Consumer):
         self.queue_name = queue_name
         self.stream = stream_key(queue_name)
         self.prefetch = max(prefetch, 1)
+        self.batch_size = max(self.prefetch // 2, 1)
         self.timeout_ms = max(timeout, 1)
         self.name = new_consumer_name()
         self.buffer: deque[StreamMessageProxy] = deque()  # fetched, not yet returned by __next__
         self.held: set[str] = set()  # returned by __next__, not yet acked, nacked or requeued
         self.lock = threading.Condition()
+        self.acks = GroupCommit(self.ack_entries)
         self.group_ready = False
         self.claim_cursor = "0-0"
         self.claim_interval_ms = max(broker.visibility_timeout_ms // 4, 10)
@@ -272,14 +330,17 @@ class StreamsConsumer(Consumer):
                 self.read(room, self.wake_up_ms(deadline_ms) - current_millis())
 
     def wake_up_ms(self, deadline_ms: int) -> int:
-        """Return when the next fetch must return: at the deadline or the next chore."""
-        return min(deadline_ms, self.next_claim_ms, self.next_delay_check_ms)
+        """Return when the next fetch must return: at the deadline, the next chore, or MAX_BLOCK_MS."""
+        return min(deadline_ms, self.next_claim_ms, self.next_delay_check_ms, current_millis() + MAX_BLOCK_MS)
 
     def wait_for_room(self, until_ms: int) -> int:
-        """Wait until fewer than prefetch messages are outstanding; return the free room."""
+        """Wait until half the prefetch is free; return the free room, or 0 if it never was."""
+        # Fetching in batches rather than one message per ack saves round trips; the other half
+        # of the prefetch keeps the worker threads busy meanwhile.
         with self.lock:
-            self.lock.wait_for(lambda: self.room() > 0, timeout=max(until_ms - current_millis(), 0) / 1000)
-            return self.room()
+            enough = lambda: self.room() >= self.batch_size  # noqa: E731
+            self.lock.wait_for(enough, timeout=max(until_ms - current_millis(), 0) / 1000)
+            return self.room() if enough() else 0
 
     def room(self) -> int:
         """Count how many more messages this consumer may fetch."""
@@ -353,8 +414,12 @@ class StreamsConsumer(Consumer):
             return
         lost = self.broker.scripts["REFRESH"](keys=[self.stream], args=[self.broker.group, self.name, *entry_ids])
         if lost:
-            # Another consumer owns them now (we stalled past the visibility timeout, or a flush).
-            logger.warning("Lost the claim on %d entries of %r.", len(lost), self.queue_name)
+            # We stalled past the visibility timeout and another consumer claimed them: stop
+            # refreshing them (the owner does), and let their ack still settle them.
+            logger.warning("Lost the claim on %d entries of %r to another consumer.", len(lost), self.queue_name)
+            lost_ids = {entry_id.decode() for entry_id in lost}
+            self.buffer = deque(proxy for proxy in self.buffer if proxy.entry_id not in lost_ids)
+            self.release(lost_ids)
 
     def recover(self) -> None:
         """Claim entries left by dead consumers; dead-letter the poison ones."""
@@ -389,10 +454,7 @@ class StreamsConsumer(Consumer):
     def ack(self, message: StreamMessageProxy) -> None:
         """Acknowledge and delete a processed message's entry."""
         try:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.xack(self.stream, self.broker.group, message.entry_id)
-                pipe.xdel(self.stream, message.entry_id)
-                pipe.execute()
+            self.acks.commit(message.entry_id)
         except redis.ResponseError as e:
             if not is_nogroup(e):  # The stream was flushed: nothing left to acknowledge.
                 raise
@@ -400,6 +462,10 @@ class StreamsConsumer(Consumer):
             raise ConnectionClosed(e) from None
         finally:
             self.release([message.entry_id])
+
+    def ack_entries(self, entry_ids: list[str]) -> None:
+        """Acknowledge and delete entries with one script call."""
+        self.broker.scripts["ACK"](keys=[self.stream], args=[self.broker.group, *entry_ids])
 
     def nack(self, message: StreamMessageProxy) -> None:
         """Move a failed message to the dead-letter stream with the reason it failed."""
@@ -444,7 +510,8 @@ class StreamsConsumer(Consumer):
         """Forget entries this consumer no longer holds, making room for more."""
         with self.lock:
             self.held.difference_update(entry_ids)
-            self.lock.notify_all()
+            if self.room() >= self.batch_size:  # waking the consumer for less would waste a fetch
+                self.lock.notify()
 
     def close(self) -> None:
         """Put back the prefetched messages never returned, and leave the group if idle."""

@@ -16,6 +16,13 @@ local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 return {#due, head[2] or false}
 """
 
+#: Acknowledge and delete entries in one step, so that none is left acked but still counted.
+#: KEYS: stream.  ARGV: group, entry ids...
+ACK = """
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+"""
+
 #: Claim entries idle longer than the visibility timeout; dead-letter those delivered too often.
 #: KEYS: stream, dead-letter stream.
 #: ARGV: group, consumer, min idle ms, cursor, count, max deliveries, dead maxlen, queue, now ms.
@@ -45,15 +52,16 @@ end
 return {reply[1], live, dead}
 """
 
-#: Reset the idle time of the entries this consumer still owns; return the ids it no longer owns.
+#: Reset the idle time of the entries this consumer still owns; return those another consumer owns.
 #: KEYS: stream.  ARGV: group, consumer, entry ids...
+#: An entry no longer pending was just acked by one of our worker threads: nothing to do.
 REFRESH = """
 local lost = {}
 for i = 3, #ARGV do
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if pending[1] and pending[1][2] == ARGV[2] then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-  else
+  elseif pending[1] then
     table.insert(lost, ARGV[i])
   end
 end
