@@ -1,0 +1,81 @@
+"""A circuit breaker per vendor, shared by every worker through Redis.
+
+    closed ──(breaker_failures consecutive failures)──> open ──(breaker_cooldown_s)──> half-open
+      ▲                                                   ▲                              │
+      └──────────────── the probe succeeds ───────────────┴──── the probe fails ─────────┘
+
+Half-open lets exactly one call through (the probe); every other job waits. Any answer from the
+vendor (a 2xx, a 4xx, a 429) counts as a success; timeouts, connection errors and 5xx as failures.
+State lives in the hash ``{vendor:v}:breaker`` (failures, open_until, probe_until in ms).
+"""
+
+from __future__ import annotations
+
+import redis
+
+from actors.ratelimit import vendor_key
+from vendors.registry import Vendor
+
+#: How long, beyond the vendor's timeout, a probe may take before another job may probe instead.
+PROBE_GRACE_MS = 1_000
+#: How long jobs wait while a probe is out before they look again.
+PROBE_POLL_MS = 500
+
+CLOCK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+#: Return 0 to let a call through (closed, or this call is the probe) or the ms to wait.
+#: KEYS: breaker.  ARGV: failures that open it, probe ms, probe poll ms.
+CHECK = CLOCK + """
+local state = redis.call('HMGET', KEYS[1], 'failures', 'open_until', 'probe_until')
+if tonumber(state[1] or 0) < tonumber(ARGV[1]) then return 0 end
+local open_until = tonumber(state[2] or 0)
+if now < open_until then return open_until - now end
+if now < tonumber(state[3] or 0) then return tonumber(ARGV[3]) end
+redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[2]))
+return 0
+"""
+
+#: Count a failure; return the ms until the breaker half-opens if it is open now, else 0.
+#: KEYS: breaker.  ARGV: failures that open it, cooldown ms.
+FAIL = CLOCK + """
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+if failures < tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'open_until', now + tonumber(ARGV[2]), 'probe_until', 0)
+return tonumber(ARGV[2])
+"""
+
+
+class CircuitBreaker:
+    """Stop calling a vendor that keeps failing, and probe it again after a cool-down."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.check_script = client.register_script(CHECK)
+        self.fail_script = client.register_script(FAIL)
+
+    def check(self, vendor: Vendor) -> int:
+        """Return 0 if a call may go to the vendor now, else the ms to wait."""
+        if not vendor.breaker_failures:
+            return 0
+        probe_ms = round(vendor.timeout_s * 1000) + PROBE_GRACE_MS
+        return int(self.check_script(keys=[vendor_key(vendor.name, "breaker")], args=[vendor.breaker_failures, probe_ms, PROBE_POLL_MS]))
+
+    def tripped(self, vendor: Vendor) -> bool:
+        """Tell whether the breaker is open or half-open."""
+        failures = int(self.client.hget(vendor_key(vendor.name, "breaker"), "failures") or 0)
+        return 0 < vendor.breaker_failures <= failures
+
+    def succeeded(self, vendor: Vendor) -> None:
+        """Close the breaker: the vendor answered."""
+        if vendor.breaker_failures:
+            self.client.delete(vendor_key(vendor.name, "breaker"))
+
+    def failed(self, vendor: Vendor) -> float:
+        """Count a failure; return the seconds until the breaker half-opens if it is open, else 0."""
+        if not vendor.breaker_failures:
+            return 0.0
+        cooldown_ms = round(vendor.breaker_cooldown_s * 1000)
+        return int(self.fail_script(keys=[vendor_key(vendor.name, "breaker")], args=[vendor.breaker_failures, cooldown_ms])) / 1000

@@ -1,0 +1,107 @@
+"""Defer fetch messages instead of blocking a thread or spending a retry.
+
+Before a fetch runs, `VendorGate` asks the rate limiter for a start and the circuit breaker for
+a go. Without both, the message goes back to the broker's delay set for exactly the wait and is
+skipped (acknowledged) here: no thread sleeps, no retry is spent, the job is never claimed, so
+the wait is not an attempt. A job that would wait past its vendor's `max_wait_s` fails instead.
+A vendor's 429 reaches the actor as `Deferred`, which re-enqueues the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import dramatiq
+from dramatiq.common import current_millis
+from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
+
+from actors.breaker import CircuitBreaker
+from actors.queue import FETCH_ACTOR
+from actors.ratelimit import RateLimiter
+from service.errors import JobNotFound
+from service.store import JobStore
+from vendors.registry import Registry, Vendor
+
+log = logging.getLogger(__name__)
+
+
+class Deferred(Exception):
+    """The job must wait `delay_ms` for its vendor; this is not a failed attempt."""
+
+    def __init__(self, reason: str, delay_ms: int) -> None:
+        super().__init__(reason)
+        self.delay_ms = delay_ms
+
+
+class GateUnavailable(MiddlewareError):
+    """The limits could not be checked (Redis or MongoDB is down); the message is retried like a failure."""
+
+
+def defer(broker: dramatiq.Broker, message: dramatiq.Message, delay_ms: int) -> None:
+    """Put the message back in its queue, due in `delay_ms`."""
+    broker.enqueue(message, delay=max(delay_ms, 1))
+
+
+class SkippedDeferrals(logging.Filter):
+    """Drop dramatiq's per-message "was skipped" warning: deferrals are routine, and logged here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().endswith("was skipped.")
+
+
+class VendorGate(Middleware):
+    """Let a fetch through only when its vendor has capacity and its circuit is not open."""
+
+    def __init__(self, registry: Registry, limiter: RateLimiter, breaker: CircuitBreaker, store: JobStore) -> None:
+        self.registry = registry
+        self.limiter = limiter
+        self.breaker = breaker
+        self.store = store
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        logging.getLogger("dramatiq.worker.WorkerThread").addFilter(SkippedDeferrals())
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        if message.actor_name != FETCH_ACTOR:
+            return
+        try:
+            vendor = self.vendor_of(message)
+            if vendor is None:
+                return  # an unknown job or vendor: the runner finds nothing to do and says so
+            # The limiter first: a job that gets a slot keeps its place in line even if the
+            # breaker then holds it back (an open breaker also pauses the limiter).
+            wait_ms = self.limiter.acquire(vendor, message.args[0]) or self.breaker.check(vendor)
+            if wait_ms:
+                self.wait_or_give_up(broker, message, vendor, wait_ms)
+        except MiddlewareError:
+            raise
+        except Exception as error:
+            # Dramatiq logs and ignores any other error here, which would let the call through unchecked.
+            raise GateUnavailable(f"cannot check the vendor's limits: {type(error).__name__}: {error}") from error
+
+    def wait_or_give_up(self, broker: dramatiq.Broker, message: dramatiq.Message, vendor: Vendor, wait_ms: int) -> None:
+        """Defer the message by `wait_ms`, or fail its job if it would wait past max_wait_s; skip it."""
+        request_id = message.args[0]
+        waited_s = (current_millis() - message.message_timestamp) / 1000
+        if waited_s + wait_ms / 1000 <= vendor.max_wait_s:
+            log.debug("job %s waits %d ms for %s", request_id, wait_ms, vendor.name)
+            message.options["vendor"] = vendor.name
+            defer(broker, message, wait_ms)
+            raise SkipMessage("deferred")
+        why = "its circuit breaker is open" if self.breaker.tripped(vendor) else "it is paused or at its rate limit"
+        reason = (f"gave up after waiting {waited_s:.0f} s for {vendor.name}: {why} for {wait_ms / 1000:.0f} s more,"
+                  f" beyond max_wait_s ({vendor.max_wait_s:g} s)")
+        log.warning("job %s: %s", request_id, reason)
+        self.store.fail(request_id, reason)
+        self.limiter.forget(vendor, request_id)
+        raise SkipMessage("gave up")
+
+    def vendor_of(self, message: dramatiq.Message) -> Vendor | None:
+        """Return the job's vendor: named in the message, or else read from the job once."""
+        name = message.options.get("vendor")
+        if name is None:
+            try:
+                name = self.store.get(message.args[0])["vendor"]
+            except JobNotFound:
+                return None
+        return self.registry.get(name)

@@ -1,0 +1,85 @@
+"""Honest waiting: give jobs their slot in a vendor's backlog, or refuse them, and estimate completion.
+
+Everything here reads Redis only (the rate limiter's state), never MongoDB, so it adds one
+script call to `POST /jobs` and to `GET /jobs/{id}` of a job that is not final.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis
+
+from actors.ratelimit import Admission, RateLimiter
+from service.errors import BacklogFull
+from service.states import JobStatus
+from service.store import utcnow
+from vendors.registry import Registry, Vendor
+
+log = logging.getLogger(__name__)
+
+#: Time allowed for the vendor call itself, after the job starts.
+CALL_ALLOWANCE_S = 1.0
+#: Polling hints stay within these bounds: estimates move as the backlog moves.
+MIN_POLL_S, MAX_POLL_S = 1, 60
+#: How often to poll a job that waits for its vendor's webhook, which may come at any moment.
+WEBHOOK_POLL_S = 5
+
+
+def poll_hint_s(status: str, estimate: datetime | None) -> int:
+    """Return the Retry-After seconds for a job that is not final."""
+    if estimate is None:
+        return MIN_POLL_S
+    until_s = (estimate - utcnow()).total_seconds()
+    if status == JobStatus.AWAITING_WEBHOOK.value:
+        until_s = min(until_s, WEBHOOK_POLL_S)
+    return min(max(math.ceil(until_s), MIN_POLL_S), MAX_POLL_S)
+
+
+class Waiting:
+    """Admit jobs into vendor backlogs and estimate when jobs will be done."""
+
+    def __init__(self, limiter: RateLimiter, registry: Registry) -> None:
+        self.limiter = limiter
+        self.registry = registry
+
+    def admit(self, vendor: Vendor, request_id: str) -> Admission:
+        """Give the job its slot in the vendor's backlog, or raise BacklogFull.
+
+        With Redis down the job is taken anyway: it is stored as pending and enqueued later.
+        """
+        try:
+            admission = self.limiter.admit(vendor, request_id)
+        except redis.RedisError as error:
+            log.warning("backlog of %s not checked, Redis unavailable: %s", vendor.name, type(error).__name__)
+            return Admission(True, 0.0, 0)
+        if not admission.accepted:
+            raise BacklogFull(f"vendor {vendor.name!r} takes no more work now: {admission.refusal}", admission.wait_s)
+        return admission
+
+    def withdraw(self, vendor: Vendor, request_id: str) -> None:
+        """Give up the slot of a job that was not stored, if Redis allows."""
+        try:
+            self.limiter.forget(vendor, request_id)
+        except redis.RedisError:
+            pass  # the slot passes unused
+
+    def estimate(self, job: dict[str, Any]) -> datetime | None:
+        """Return when a job that is not final should be done, or None if that cannot be told now."""
+        if job["status"] == JobStatus.AWAITING_WEBHOOK.value:
+            return job.get("webhook_deadline")  # the vendor calls back by then at the latest
+        vendor = self.registry.get(job["vendor"])
+        if vendor is None:
+            return None
+        try:
+            return completion_after(self.limiter.expected_wait_s(vendor, job["_id"]))
+        except redis.RedisError:
+            return None
+
+
+def completion_after(wait_s: float) -> datetime:
+    """Return the estimated completion of a job that starts in `wait_s` seconds."""
+    return utcnow() + timedelta(seconds=max(wait_s, 0.0) + CALL_ALLOWANCE_S)

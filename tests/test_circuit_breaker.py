@@ -1,0 +1,60 @@
+"""The circuit breaker against a real Redis: opens, cools down, lets one probe through, closes."""
+
+import time
+
+import pytest
+
+from actors.breaker import PROBE_POLL_MS, CircuitBreaker
+from tests.stack import wait_until
+from vendors.registry import Vendor
+
+
+def vendor(**settings) -> Vendor:
+    return Vendor(name="acme", mode="sync", url="http://acme/fetch", **{"timeout_s": 1.0, **settings})
+
+
+@pytest.fixture
+def breaker(redis_client):
+    return CircuitBreaker(redis_client)
+
+
+def test_the_breaker_opens_after_consecutive_failures_only(breaker):
+    acme = vendor(breaker_failures=3, breaker_cooldown_s=30)
+    assert [breaker.failed(acme), breaker.failed(acme)] == [0, 0]
+    breaker.succeeded(acme)
+    assert [breaker.failed(acme), breaker.failed(acme)] == [0, 0]
+    assert breaker.check(acme) == 0 and not breaker.tripped(acme)
+    assert breaker.failed(acme) == 30
+    assert 29_000 < breaker.check(acme) <= 30_000 and breaker.tripped(acme)
+
+
+def test_after_the_cooldown_one_probe_goes_and_its_success_closes_the_breaker(breaker):
+    acme = vendor(breaker_failures=1, breaker_cooldown_s=0.3)
+    breaker.failed(acme)
+    wait_until(lambda: breaker.check(acme) == 0, 2, "the probe to be let through")
+    assert breaker.check(acme) == PROBE_POLL_MS  # the others wait while the probe is out
+    breaker.succeeded(acme)
+    assert [breaker.check(acme), breaker.check(acme)] == [0, 0]
+
+
+def test_a_failed_probe_opens_the_breaker_for_another_cooldown(breaker):
+    acme = vendor(breaker_failures=1, breaker_cooldown_s=0.3)
+    breaker.failed(acme)
+    wait_until(lambda: breaker.check(acme) == 0, 2, "the probe to be let through")
+    assert breaker.failed(acme) == 0.3
+    assert 200 < breaker.check(acme) <= 300
+
+
+def test_a_probe_that_never_answers_lets_another_job_probe(breaker):
+    acme = vendor(breaker_failures=1, breaker_cooldown_s=0.1, timeout_s=0.1)
+    breaker.failed(acme)
+    wait_until(lambda: breaker.check(acme) == 0, 2, "the probe to be let through")
+    began = time.monotonic()
+    wait_until(lambda: breaker.check(acme) == 0, 3, "a second probe")
+    assert time.monotonic() - began >= 1.0  # the vendor's timeout plus the grace
+
+
+def test_breaker_failures_zero_turns_the_breaker_off(breaker):
+    acme = vendor(breaker_failures=0)
+    assert [breaker.failed(acme) for _ in range(10)] == [0] * 10
+    assert breaker.check(acme) == 0 and not breaker.tripped(acme)

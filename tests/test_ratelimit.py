@@ -1,0 +1,160 @@
+"""The Redis rate limiter itself, against a real Redis: starts, reserved slots, pauses, quotas, backlog."""
+
+import queue
+import random
+import threading
+import time
+
+import pytest
+
+from actors.ratelimit import RateLimiter, vendor_key
+from vendors.registry import Vendor
+
+MARGIN_MS = 100
+HALF_MARGIN_MS = MARGIN_MS // 2  # waits end this much before the slot
+
+
+def vendor(rate_limit: str, **settings) -> Vendor:
+    return Vendor(name="acme", mode="sync", url="http://acme/fetch", rate_limit=rate_limit, **settings)
+
+
+@pytest.fixture
+def limiter(redis_client):
+    return RateLimiter(redis_client, MARGIN_MS)
+
+
+def most_in_any_window(starts: list[float], period_s: float) -> int:
+    """Count the most starts that fall in one window of `period_s` (half-open, as the mock vendors count)."""
+    starts = sorted(starts)
+    return max(sum(1 for other in starts[i:] if other < start + period_s) for i, start in enumerate(starts))
+
+
+def test_sixteen_threads_never_start_more_than_the_limit_in_any_window(limiter):
+    acme = vendor("10/second")
+    jobs: queue.Queue[int] = queue.Queue()
+    for n in range(45):
+        jobs.put(n)
+    starts: dict[int, float] = {}
+
+    def worker() -> None:
+        while True:
+            try:
+                n = jobs.get_nowait()
+            except queue.Empty:
+                return
+            while wait_ms := limiter.acquire(acme, f"job-{n}"):
+                # Stand-in for the delay set: come back at the slot, sometimes a little late.
+                time.sleep(wait_ms / 1000 + random.choice([0, 0, 0.02, 0.2]))
+            starts[n] = time.monotonic()
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert len(starts) == 45
+    assert most_in_any_window(list(starts.values()), 1.0) <= 10
+
+
+def test_waiting_jobs_get_slots_in_submission_order_at_an_even_pace_that_uses_the_whole_quota(limiter, redis_client):
+    acme = vendor("5/second")
+    waits = [limiter.acquire(acme, f"job-{n}") for n in range(15)]
+    slots = [redis_client.zscore(vendor_key("acme", "slots"), f"job-{n}") for n in range(15)]
+    assert waits[:5] == [0] * 5
+    # The sixth starts one period plus the margin after the first; the rest follow a fifth of that apart.
+    assert slots[5] - slots[0] == 1000 + MARGIN_MS
+    assert [later - earlier for earlier, later in zip(slots[5:], slots[6:])] == [(1000 + MARGIN_MS) / 5] * 9
+
+
+def test_a_job_back_before_its_slot_keeps_it(limiter):
+    acme = vendor("1/second")
+    assert limiter.acquire(acme, "first") == 0
+    slot_ms = limiter.acquire(acme, "second")
+    again_ms = limiter.acquire(acme, "second")
+    assert 0 < again_ms <= slot_ms
+
+
+def test_a_late_job_starts_at_once_when_its_window_still_has_room(limiter):
+    acme = vendor("2/second")
+    assert [limiter.acquire(acme, name) for name in ("a", "b")] == [0, 0]
+    wait_ms = limiter.acquire(acme, "c")
+    time.sleep(wait_ms / 1000 + 0.3)  # well past the margin
+    assert limiter.acquire(acme, "c") == 0
+
+
+def test_a_late_job_whose_window_filled_up_goes_to_the_back(limiter):
+    acme = vendor("1/second")
+    assert limiter.acquire(acme, "a") == 0
+    b_wait_ms = limiter.acquire(acme, "b")
+    c_wait_ms = limiter.acquire(acme, "c")
+    time.sleep(c_wait_ms / 1000 + 0.05)
+    assert limiter.acquire(acme, "c") == 0
+    # b comes back a second late: c started meanwhile, so b gets the next slot after c.
+    assert limiter.acquire(acme, "b") >= 1000 - HALF_MARGIN_MS - 20
+    assert b_wait_ms < c_wait_ms
+
+
+def test_a_pause_holds_every_start_and_shifts_reserved_slots_in_order(limiter, redis_client):
+    acme = vendor("2/second")
+    assert [limiter.acquire(acme, name) for name in ("a", "b")] == [0, 0]
+    before = [limiter.acquire(acme, name) for name in ("c", "d", "e")]
+    limiter.restrict(acme, 0, 3.0)
+    assert limiter.acquire(acme, "new") >= 3000 - HALF_MARGIN_MS - 20
+    after = {name.decode(): score for name, score in redis_client.zrange(vendor_key("acme", "slots"), 0, -1, withscores=True)}
+    assert after["c"] <= after["d"] <= after["e"] <= after["new"]
+    assert after["d"] - after["c"] == pytest.approx(before[1] - before[0], abs=2)
+    assert limiter.acquire(acme, "c") >= 3000 - HALF_MARGIN_MS - 40  # early: it waits for its shifted slot
+
+
+def test_quota_headers_stricter_than_the_limit_are_followed(limiter):
+    acme = vendor("100/second")
+    limiter.restrict(acme, 2, 2.0)
+    assert [limiter.acquire(acme, name) for name in ("a", "b")] == [0, 0]
+    assert limiter.acquire(acme, "c") >= 2000 - HALF_MARGIN_MS - 40
+
+
+def test_a_later_report_of_the_same_window_cannot_loosen_the_quota(limiter):
+    acme = vendor("100/second")
+    limiter.restrict(acme, 1, 2.0)
+    limiter.restrict(acme, 50, 2.2)  # an answer that left the vendor earlier, arriving late
+    assert limiter.acquire(acme, "a") == 0
+    assert limiter.acquire(acme, "b") >= 2000 - HALF_MARGIN_MS - 40
+
+
+def test_a_full_backlog_refuses_new_jobs_until_the_next_waiting_one_starts(limiter):
+    acme = vendor("1/second", max_backlog=3)
+    # The first starts at once; three wait for their slots.
+    assert [limiter.admit(acme, f"job-{n}").accepted for n in range(5)] == [True, True, True, True, False]
+    refused = limiter.admit(acme, "job-5")
+    assert not refused.accepted and refused.wait_s == pytest.approx(1.1, abs=0.05)
+    time.sleep(refused.wait_s + 0.01)
+    assert limiter.admit(acme, "job-5").accepted
+
+
+def test_a_paused_vendor_refuses_new_jobs_that_would_wait_past_max_wait(limiter):
+    acme = vendor("10/second", max_wait_s=2)
+    limiter.restrict(acme, 0, 5.0)
+    refused = limiter.admit(acme, "job")
+    assert not refused.accepted and "paused" in refused.refusal
+    assert refused.wait_s == pytest.approx(3.0, abs=0.05)  # then the wait is down to max_wait_s
+
+
+def test_a_job_that_gives_up_its_slot_frees_its_place(limiter):
+    acme = vendor("1/second", max_backlog=1)
+    assert [limiter.admit(acme, name).accepted for name in ("a", "b", "c")] == [True, True, False]
+    limiter.forget(acme, "b")
+    assert limiter.admit(acme, "c").accepted
+
+
+def test_expected_waits_follow_the_slots_given_at_submission(limiter):
+    acme = vendor("2/second")
+    admissions = [limiter.admit(acme, f"job-{n}") for n in range(6)]
+    # Two start at once; the third a period plus the margin later; the rest half of that apart.
+    assert [a.wait_s for a in admissions] == pytest.approx([0, 0, 1.1, 1.65, 2.2, 2.75], abs=0.01)
+    assert [a.delay_ms for a in admissions] == pytest.approx([0, 0, *(ms - HALF_MARGIN_MS for ms in (1100, 1650, 2200, 2750))], abs=10)
+    assert limiter.expected_wait_s(acme, "job-5") == pytest.approx(2.75, abs=0.02)
+    assert limiter.acquire(acme, "job-0") == 0
+    assert limiter.expected_wait_s(acme, "job-0") == 0
+    # A job queued again by a sweep holds no slot: it would get the next free one.
+    assert limiter.expected_wait_s(acme, "requeued") == pytest.approx(3.3, abs=0.02)
