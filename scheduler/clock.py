@@ -1,4 +1,4 @@
-"""The clock process: `python -m scheduler.clock` runs the sweeps at their intervals."""
+"""The clock process: `python -m scheduler.clock` runs the sweeps at their interval while it leads."""
 
 from __future__ import annotations
 
@@ -10,33 +10,49 @@ from functools import partial
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from actors.queue import enqueue_fetch
+from actors.callbacks import notify_on_finish
 from actors.setup import build_broker, connect_redis
-from scheduler.sweeps import requeue_pending
+from scheduler.leader import LeaderLease
+from scheduler.runs import run_if_leader
+from scheduler.sweeps import queue_missed_callbacks, requeue_orphans, time_out_webhooks
 from service.config import Config
 from service.logs import configure_logging
 from service.store import open_store
+from vendors.registry import load_registry
 
 
 def main() -> None:
-    """Schedule every sweep and block until interrupted."""
+    """Schedule every sweep, take part in the leader election, and block until stopped."""
     config = Config.from_env()
     configure_logging(config.log_level)
     # APScheduler logs every run at INFO; the sweeps log what they changed.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     # A platform stops processes with SIGTERM; leave the blocking loop as Ctrl-C would.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    store = open_store(config)
-    broker = build_broker(connect_redis(config.redis_url))
+    store, registry = open_store(config), load_registry(config.vendors_file)
+    redis_client = connect_redis(config.redis_url)
+    broker = build_broker(redis_client)
+    notify_on_finish(store, broker, config.callback_secret)
+    lease = LeaderLease(redis_client, config.clock_lease_s)
+    sweeps = {
+        "webhook_timeouts": partial(time_out_webhooks, store, registry, broker),
+        "orphans": partial(requeue_orphans, store, registry, broker, timedelta(seconds=config.orphan_after_s)),
+    }
+    if config.callback_secret:
+        sweeps["missed_callbacks"] = partial(queue_missed_callbacks, store, broker, timedelta(seconds=config.orphan_after_s))
     scheduler = BlockingScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
-    scheduler.add_job(
-        requeue_pending, "interval", seconds=config.sweep_interval_s, id="requeue_pending",
-        args=(store, partial(enqueue_fetch, broker), timedelta(seconds=config.pending_requeue_after_s)),
-    )
+    for name, sweep in sweeps.items():
+        scheduler.add_job(
+            run_if_leader, "interval", seconds=config.sweep_interval_s, id=name, args=(lease, redis_client, name, sweep),
+        )
+    lease.start()
     try:
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):
-        pass
+        # Let a running sweep finish before handing the lease to another clock.
+        scheduler.shutdown(wait=True)
+    finally:
+        lease.stop()
 
 
 if __name__ == "__main__":

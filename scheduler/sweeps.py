@@ -1,26 +1,89 @@
-"""Sweeps the clock runs: each finds stuck jobs in bounded batches and moves them on."""
+"""Sweeps the clock runs: each finds stuck jobs in bounded batches and moves them on.
+
+Every change goes through the job store's conditional transitions, so a sweep racing a worker,
+a webhook or another clock never moves a job twice.
+"""
 
 from __future__ import annotations
 
-import logging
+import functools
+import itertools
 from datetime import timedelta
-from typing import Callable
 
+from actors.broker import StreamsBroker
+from actors.callbacks import enqueue_client_callback
+from actors.queue import QUEUE_NAME, enqueue_fetch
+from scheduler.inflight import request_ids_in_queue
 from service.states import JobStatus
 from service.store import JobStore
-
-log = logging.getLogger(__name__)
+from vendors.registry import Registry
 
 BATCH_SIZE = 500
 
 
-def requeue_pending(store: JobStore, enqueue: Callable[[str], None], older_than: timedelta) -> int:
-    """Enqueue jobs stored but never enqueued (the queue was down); return how many."""
-    requeued = 0
-    for request_id in store.stale_ids(JobStatus.PENDING, older_than, BATCH_SIZE):
-        enqueue(request_id)
-        if store.transition(request_id, JobStatus.QUEUED, detail="enqueued by the pending sweep"):
-            requeued += 1
-    if requeued:
-        log.info("pending sweep: re-enqueued %d job(s)", requeued)
-    return requeued
+def time_out_webhooks(store: JobStore, registry: Registry, broker: StreamsBroker, limit: int = BATCH_SIZE) -> dict[str, int]:
+    """Ask the vendor again, or time out, async jobs whose webhook is overdue; return the counts."""
+    counts = {"re_requested": 0, "timed_out": 0}
+    for job in store.overdue_webhooks(limit):
+        request_id, rerequests = job["_id"], job.get("rerequests", 0)
+        vendor = registry.get(job["vendor"])
+        allowed = vendor.webhook_retries if vendor else 0
+        if rerequests < allowed:
+            detail = f"no webhook from {job['vendor']} by the deadline; asking again ({rerequests + 1} of {allowed})"
+            # Queued first, then enqueued: a worker must find the job claimable when the message arrives.
+            if store.rerequest(request_id, detail):
+                enqueue_fetch(broker, request_id, vendor=job["vendor"])
+                counts["re_requested"] += 1
+            continue
+        asked = f" after {rerequests + 1} requests" if rerequests else ""
+        reason = f"no webhook from {job['vendor']} by {job['webhook_deadline'].isoformat(timespec='seconds')}{asked}"
+        counts["timed_out"] += store.time_out(request_id, reason)
+    return counts
+
+
+def requeue_orphans(
+    store: JobStore, registry: Registry, broker: StreamsBroker, orphan_after: timedelta, limit: int = BATCH_SIZE,
+) -> dict[str, int]:
+    """Enqueue again the jobs whose message is gone from the queue; return the counts by state.
+
+    A pending or queued job is a candidate once unchanged for `orphan_after`; a processing job
+    once unchanged for the broker's visibility timeout plus the longest vendor timeout, since until
+    then a live worker may still hold its message. Every candidate is looked at, oldest first, so
+    a long queue cannot hide a younger orphan; at most `limit` orphans of each state are handled.
+    """
+    longest_call_s = max(vendor.timeout_s for vendor in registry.vendors.values())
+    thresholds = {
+        JobStatus.PENDING: orphan_after,
+        JobStatus.QUEUED: orphan_after,
+        JobStatus.PROCESSING: timedelta(milliseconds=broker.visibility_timeout_ms, seconds=longest_call_s),
+    }
+    # Read the queue only once some job is old enough to be a candidate: most runs find none.
+    in_queue = functools.cache(lambda: request_ids_in_queue(broker.client, QUEUE_NAME))
+    orphans = {
+        status: list(itertools.islice((i for i in store.stale_ids(status, age, limit) if i not in in_queue()), limit))
+        for status, age in thresholds.items()
+    }
+    if any(orphans.values()):
+        # Look again: a message moving from the stream to the delay set (a retry) can slip past one look.
+        still_queued = request_ids_in_queue(broker.client, QUEUE_NAME)
+        orphans = {status: [i for i in ids if i not in still_queued] for status, ids in orphans.items()}
+    for request_id in orphans[JobStatus.PENDING]:
+        enqueue_fetch(broker, request_id)
+        store.mark_queued(request_id, "enqueued by the orphan sweep")
+    for request_id in orphans[JobStatus.QUEUED]:
+        enqueue_fetch(broker, request_id)
+        store.note(request_id, "message lost; enqueued again by the orphan sweep")
+    for request_id in orphans[JobStatus.PROCESSING]:
+        # The same message id makes it a redelivery, which may re-claim the job it holds.
+        enqueue_fetch(broker, request_id, store.get(request_id).get("message_id"))
+        store.note(request_id, "message lost while processing; redelivered by the orphan sweep")
+    return {status.value: len(ids) for status, ids in orphans.items()}
+
+
+def queue_missed_callbacks(store: JobStore, broker: StreamsBroker, older_than: timedelta, limit: int = BATCH_SIZE) -> dict[str, int]:
+    """Queue the client callbacks of finished jobs whose callback could not be queued when they finished."""
+    request_ids = store.unqueued_callbacks(older_than, limit)
+    for request_id in request_ids:
+        enqueue_client_callback(broker, request_id)
+        store.mark_callback_queued(request_id)
+    return {"queued": len(request_ids)}

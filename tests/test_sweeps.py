@@ -1,14 +1,23 @@
 import uuid
 from datetime import timedelta
-from functools import partial
 
 import dramatiq
 import pytest
 
+from actors.broker import delay_key
 from actors.queue import QUEUE_NAME, enqueue_fetch
 from actors.setup import build_broker, connect_redis
-from scheduler.sweeps import requeue_pending
+from scheduler.sweeps import queue_missed_callbacks, requeue_orphans, time_out_webhooks
 from service.states import JobStatus
+from service.store import utcnow
+from vendors.registry import parse_registry
+
+REGISTRY = parse_registry({"vendors": {
+    "sync": {"mode": "sync", "url": "http://127.0.0.1:9/fetch", "timeout_s": 5},
+    "async": {"mode": "async", "url": "http://127.0.0.1:9/fetch"},
+    "patient": {"mode": "async", "url": "http://127.0.0.1:9/fetch", "webhook_retries": 1},
+}}, "test registry")
+AN_HOUR = timedelta(hours=1)
 
 
 @pytest.fixture
@@ -18,29 +27,160 @@ def broker(config):
     broker.close()
 
 
-def pending_job(store):
+def new_job(store, vendor="sync"):
     request_id = str(uuid.uuid4())
-    store.create(request_id, "sync", {"name": "n"})
-    store.transition(request_id, JobStatus.PENDING, allowed_from=frozenset({JobStatus.QUEUED}))
+    store.create(request_id, vendor, {"name": "n", "password": "pw"})
     return request_id
 
 
-def queued_request_ids(redis_client):
-    return [dramatiq.Message.decode(fields[b"message"]).args[0] for _, fields in redis_client.xrange(QUEUE_NAME)]
+def age(store, request_id, by=AN_HOUR):
+    """Pretend the job has not changed for `by`."""
+    store.collection.update_one({"_id": request_id}, {"$set": {"updated_at": utcnow() - by}})
 
 
-def test_pending_sweep_enqueues_old_pending_jobs_once(store, broker, redis_client):
-    request_id = pending_job(store)
-    assert requeue_pending(store, partial(enqueue_fetch, broker), timedelta(0)) == 1
-    assert store.get(request_id)["status"] == "queued"
-    assert store.get(request_id)["history"][-1]["detail"] == "enqueued by the pending sweep"
-    assert queued_request_ids(redis_client) == [request_id]
-    assert requeue_pending(store, partial(enqueue_fetch, broker), timedelta(0)) == 0
-    assert queued_request_ids(redis_client) == [request_id]
+def awaiting_job(store, vendor="async", overdue_by=timedelta(seconds=1)):
+    request_id = new_job(store, vendor)
+    store.claim(request_id, "m1")
+    store.transition(request_id, JobStatus.AWAITING_WEBHOOK, fields={"webhook_deadline": utcnow() - overdue_by})
+    return request_id
 
 
-def test_pending_sweep_leaves_recent_pending_jobs_alone(store, broker, redis_client):
-    request_id = pending_job(store)
-    assert requeue_pending(store, partial(enqueue_fetch, broker), timedelta(minutes=5)) == 0
-    assert store.get(request_id)["status"] == "pending"
-    assert queued_request_ids(redis_client) == []
+def queued_messages(redis_client):
+    messages = [dramatiq.Message.decode(fields[b"message"]) for _, fields in redis_client.xrange(QUEUE_NAME)]
+    return [(message.args[0], message.message_id) for message in messages]
+
+
+def test_an_overdue_webhook_times_the_job_out_with_a_reason(store, broker):
+    request_id = awaiting_job(store)
+    assert time_out_webhooks(store, REGISTRY, broker) == {"re_requested": 0, "timed_out": 1}
+    job = store.collection.find_one({"_id": request_id})
+    assert job["status"] == "timed_out"
+    assert job["error"].startswith("no webhook from async by ") and job["history"][-1]["detail"] == job["error"]
+    assert "payload" not in job and job["expires_at"] > job["updated_at"]
+
+
+def test_a_webhook_not_yet_due_is_left_awaiting(store, broker):
+    request_id = awaiting_job(store, overdue_by=-timedelta(minutes=5))
+    assert time_out_webhooks(store, REGISTRY, broker) == {"re_requested": 0, "timed_out": 0}
+    assert store.get(request_id)["status"] == "awaiting_webhook"
+
+
+def test_a_vendor_with_webhook_retries_is_asked_again_before_the_job_times_out(store, broker, redis_client):
+    request_id = awaiting_job(store, "patient")
+    assert time_out_webhooks(store, REGISTRY, broker) == {"re_requested": 1, "timed_out": 0}
+    job = store.get(request_id)
+    assert job["status"] == "queued" and job["rerequests"] == 1
+    assert job["history"][-1]["detail"] == "no webhook from patient by the deadline; asking again (1 of 1)"
+    [(queued_id, message_id)] = queued_messages(redis_client)
+    assert queued_id == request_id and store.claim(request_id, message_id)["payload"]["password"] == "pw"
+    store.transition(request_id, JobStatus.AWAITING_WEBHOOK, fields={"webhook_deadline": utcnow() - timedelta(seconds=1)})
+    assert time_out_webhooks(store, REGISTRY, broker) == {"re_requested": 0, "timed_out": 1}
+    assert store.get(request_id)["error"].endswith("after 2 requests")
+
+
+def test_the_earlier_requests_webhook_still_completes_a_job_queued_again(store, broker):
+    request_id = awaiting_job(store, "patient")
+    time_out_webhooks(store, REGISTRY, broker)
+    assert store.complete(request_id, {"account": "late but fine"}, [], detail="webhook from patient")
+    assert store.claim(request_id, "the re-request message") is None
+
+
+def test_a_job_given_a_new_deadline_meanwhile_is_neither_timed_out_nor_asked_again(store):
+    request_id = awaiting_job(store, "patient", overdue_by=-timedelta(minutes=5))
+    assert not store.time_out(request_id, "stale view")
+    assert not store.rerequest(request_id, "stale view")
+    assert store.get(request_id)["status"] == "awaiting_webhook"
+
+
+def test_the_timeout_sweep_works_in_bounded_batches(store, broker):
+    ids = [awaiting_job(store) for _ in range(3)]
+    assert time_out_webhooks(store, REGISTRY, broker, limit=2)["timed_out"] == 2
+    assert time_out_webhooks(store, REGISTRY, broker, limit=2)["timed_out"] == 1
+    assert {store.get(i)["status"] for i in ids} == {"timed_out"}
+
+
+def test_old_pending_and_queued_jobs_without_a_message_are_enqueued_again(store, broker, redis_client):
+    pending, queued = new_job(store), new_job(store)
+    store.transition(pending, JobStatus.PENDING, allowed_from=frozenset({JobStatus.QUEUED}))
+    age(store, pending), age(store, queued)
+    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1)) == {"pending": 1, "queued": 1, "processing": 0}
+    assert sorted(i for i, _ in queued_messages(redis_client)) == sorted([pending, queued])
+    assert store.get(pending)["status"] == "queued"
+    assert store.get(queued)["history"][-1]["event"] == "message lost; enqueued again by the orphan sweep"
+    assert requeue_orphans(store, REGISTRY, broker, timedelta(0)) == {"pending": 0, "queued": 0, "processing": 0}
+
+
+def test_jobs_whose_message_waits_in_the_stream_the_group_or_the_delay_set_are_left_alone(store, broker, redis_client):
+    waiting, delivered, delayed = new_job(store), new_job(store), new_job(store)
+    enqueue_fetch(broker, waiting)
+    enqueue_fetch(broker, delivered)
+    broker.ensure_group(QUEUE_NAME)
+    redis_client.xreadgroup(broker.group, "a-worker", {QUEUE_NAME: ">"}, count=1)  # now pending in the group
+    broker.enqueue(dramatiq.Message(queue_name=QUEUE_NAME, actor_name="fetch_job", args=(delayed,), kwargs={}, options={}),
+                   delay=3_600_000)
+    assert redis_client.zcard(delay_key(QUEUE_NAME)) == 1
+    for request_id in (waiting, delivered, delayed):
+        age(store, request_id)
+    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 0}
+    assert redis_client.xlen(QUEUE_NAME) == 2
+
+
+def test_recent_queued_jobs_are_not_orphans_yet(store, broker, redis_client):
+    new_job(store)
+    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1))["queued"] == 0
+    assert queued_messages(redis_client) == []
+
+
+def test_a_processing_job_whose_message_was_lost_is_redelivered_under_the_same_message_id(store, broker, redis_client):
+    lost, recent = new_job(store), new_job(store)
+    store.claim(lost, "m-lost")
+    store.claim(recent, "m-recent")
+    age(store, lost)
+    age(store, recent, timedelta(milliseconds=broker.visibility_timeout_ms))  # within visibility + vendor timeout
+    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 1}
+    assert queued_messages(redis_client) == [(lost, "m-lost")]
+    assert store.claim(lost, "m-lost")["attempts"] == 2
+
+
+def test_the_orphan_sweep_works_in_bounded_batches_and_old_jobs_with_messages_do_not_hide_the_rest(store, broker, redis_client):
+    for _ in range(3):
+        age(store, new_job(store))
+    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1), limit=2)["queued"] == 2
+    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1), limit=2)["queued"] == 1
+    assert len(queued_messages(redis_client)) == 3
+
+
+def time_out(store, request_id):
+    store.transition(request_id, JobStatus.AWAITING_WEBHOOK, fields={"webhook_deadline": utcnow() - timedelta(seconds=1)})
+    return store.time_out(request_id, "no webhook")
+
+
+@pytest.mark.parametrize("finish", [
+    pytest.param(lambda store, i: store.complete(i, {"account": "xyz"}, [], detail="done"), id="complete"),
+    pytest.param(lambda store, i: store.fail(i, "vendor rejected"), id="failed"),
+    pytest.param(time_out, id="timed_out"),
+])
+def test_every_terminal_job_has_its_payload_erased_and_expires_after_the_retention(store, finish):
+    request_id = new_job(store, "async")
+    store.claim(request_id, "m1")
+    assert finish(store, request_id)
+    job = store.collection.find_one({"_id": request_id})
+    assert "payload" not in job
+    assert job["expires_at"] - job["updated_at"] == store.retention
+    ttl = store.collection.index_information()["retention_ttl"]
+    assert ttl["key"] == [("expires_at", 1)] and ttl["expireAfterSeconds"] == 0
+
+
+def test_a_callback_that_could_not_be_queued_is_queued_by_the_sweep_once(store, broker, redis_client):
+    from actors.callbacks import CALLBACK_QUEUE
+
+    request_id, plain = str(uuid.uuid4()), new_job(store)
+    store.create(request_id, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
+    for job in (request_id, plain):
+        store.claim(job, "m1")
+        store.fail(job, "vendor rejected")  # no on_finished hook: as if Redis had been down
+        age(store, job)
+    assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 1}
+    [(_, fields)] = redis_client.xrange(CALLBACK_QUEUE)
+    assert dramatiq.Message.decode(fields[b"message"]).args == (request_id,)
+    assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 0}

@@ -1,4 +1,3 @@
-import base64
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -6,14 +5,14 @@ from datetime import datetime, timedelta, timezone
 import falcon.testing
 import orjson
 import pytest
-import standardwebhooks
 
 from service.app import create_app
 from service.states import JobStatus
 from service.webhooks import WebhookAuth
+from tests.signing import new_secret, signed_headers
 
-SECRET = "whsec_" + base64.b64encode(b"signed-vendor-secret-0123456789").decode()
-OLD_SECRET = "whsec_" + base64.b64encode(b"rotated-out-secret-0123456789").decode()
+SECRET = new_secret("signed-vendor-secret")
+OLD_SECRET = new_secret("rotated-out-secret")
 REGISTRY = f"""
 [vendors.signed]
 mode = "async"
@@ -48,12 +47,7 @@ def awaiting_job(store, vendor):
 
 def signed_call(client, body, secret=SECRET, msg_id=None, at=None):
     raw = orjson.dumps(body)
-    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
-    at = at or datetime.now(timezone.utc)
-    signature = standardwebhooks.Webhook(secret).sign(msg_id, at, raw.decode())
-    headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(at.timestamp())), "webhook-signature": signature,
-               "Content-Type": "application/json"}
-    return client.simulate_post("/vendor-webhook/signed", body=raw, headers=headers)
+    return client.simulate_post("/vendor-webhook/signed", body=raw, headers=signed_headers(secret, raw, msg_id, at))
 
 
 def test_a_signed_webhook_completes_the_job(client, store):
@@ -77,11 +71,7 @@ def test_a_secret_still_in_rotation_is_accepted(client, store):
 def test_unsigned_or_tampered_webhooks_are_401_and_change_nothing(client, store, tamper):
     request_id = awaiting_job(store, "signed")
     raw = orjson.dumps({"request_id": request_id, "account": "xyz"})
-    msg_id, now = "msg_1", datetime.now(timezone.utc)
-    headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
-               "webhook-signature": standardwebhooks.Webhook(SECRET).sign(msg_id, now, raw.decode()),
-               "Content-Type": "application/json"}
-    headers, raw = tamper(headers, raw)
+    headers, raw = tamper(signed_headers(SECRET, raw), raw)
     response = client.simulate_post("/vendor-webhook/signed", body=raw, headers=headers)
     assert response.status_code == 401 and "signature" in response.json["description"]
     assert store.get(request_id)["status"] == "awaiting_webhook"
