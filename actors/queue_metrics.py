@@ -1,0 +1,49 @@
+"""Read each queue's live state from Redis for /metrics: depth, pending, delayed, dead letters."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from actors.broker import StreamsBroker, dead_key, delay_key, stream_key
+from service.metrics import gauge
+
+log = logging.getLogger(__name__)
+
+
+class QueueCollector:
+    """A Prometheus collector reading the broker's keys at scrape time."""
+
+    def __init__(self, broker: StreamsBroker, queues: list[str]) -> None:
+        self.broker = broker
+        self.queues = queues
+
+    def collect(self):
+        try:
+            stats = {queue: self.queue_stats(queue) for queue in self.queues}
+        except redis.RedisError as error:
+            log.warning("queue metrics unavailable: %s", type(error).__name__)
+            return
+        for name, documentation in (
+            ("depth", "Messages in the stream, delivered or not (acknowledged ones are deleted)"),
+            ("pending", "Messages delivered to a consumer and not yet acknowledged"),
+            ("delayed", "Messages waiting in the delay set (retries, deferrals)"),
+            ("dead_letters", "Messages in the dead-letter stream"),
+        ):
+            samples = {(queue,): values[name] for queue, values in stats.items()}
+            yield gauge(f"vendorfetch_queue_{name}", documentation, ["queue"], samples)
+
+    def queue_stats(self, queue: str) -> dict[str, int]:
+        """Count one queue's messages in each place, in one round trip."""
+        pipe = self.broker.client.pipeline(transaction=False)
+        pipe.xlen(stream_key(queue))
+        pipe.xpending(stream_key(queue), self.broker.group)
+        pipe.zcard(delay_key(queue))
+        pipe.xlen(dead_key(queue))
+        depth, pending, delayed, dead = pipe.execute(raise_on_error=False)
+        pending_count = pending["pending"] if isinstance(pending, dict) else 0  # NOGROUP before first use
+        return {
+            "depth": depth if isinstance(depth, int) else 0, "pending": pending_count,
+            "delayed": delayed if isinstance(delayed, int) else 0, "dead_letters": dead if isinstance(dead, int) else 0,
+        }

@@ -1,0 +1,143 @@
+"""Load-test the full stack: 70 % POST /jobs, 30 % GET /jobs/{id}, closed loop, workers draining.
+
+    python -m bench.load                       # wrk, 200 connections, 60 s
+    python -m bench.load --connections 100
+    python -m bench.load --tool locust         # the same mix from locust (which needs CPU of its own)
+
+Starts fresh embedded Redis and MongoDB-wire servers, both mock vendors, the API (gunicorn), a
+worker and the clock, all on 127.0.0.1, then prints requests/s, latency percentiles, failures and
+the jobs completed end to end while the load ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pymongo
+import requests
+from cryptography.fernet import Fernet
+
+from devtools import stores
+from tests.stack import Stack, free_ports, vendors_toml
+
+ROOT = Path(__file__).resolve().parent.parent
+MIX_BODY = {"name": "TestUser", "email": "test@mail.com", "password": "pass"}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tool", choices=("wrk", "locust"), default="wrk")
+    parser.add_argument("--connections", type=int, default=200)
+    parser.add_argument("--duration", type=int, default=60, help="seconds")
+    parser.add_argument("--web-workers", type=int, default=3, help="gunicorn worker processes")
+    parser.add_argument("--worker-processes", type=int, default=1)
+    parser.add_argument("--worker-threads", type=int, default=8)
+    parser.add_argument("--rate-limit", default="600/minute", help="each mock vendor's limit")
+    return parser.parse_args()
+
+
+def start_stack(folder: Path, args: argparse.Namespace) -> tuple[Stack, list, str]:
+    """Start the data stores and every process of the service; return them and the API's URL."""
+    servers = [stores.valkey(folder / "valkey").start(), stores.secantus(folder / "mongodb").start()]
+    api_port, sync_port, async_port = free_ports(3)
+    registry = folder / "vendors.toml"
+    registry.write_text(vendors_toml(sync_port, async_port).replace("6000/minute", args.rate_limit))
+    stack = Stack({
+        "REDIS_URL": servers[0].url, "MONGODB_URI": servers[1].url, "VENDORS_FILE": str(registry),
+        "ENCRYPTION_KEY": Fernet.generate_key().decode(), "PUBLIC_URL": f"http://127.0.0.1:{api_port}",
+        "WEB_CONCURRENCY": str(args.web_workers), "LOG_LEVEL": "WARNING",
+        "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
+    }, folder)
+    (folder / "metrics").mkdir()
+    rate = ["--rate-limit", args.rate_limit]
+    stack.start_mock("sync", sync_port, *rate)
+    stack.start_mock("async", async_port, *rate, "--callback-delay-s", "1")
+    argv = [str(Path(sys.executable).parent / "gunicorn"), "--config", "service/gunicorn_conf.py", "service.app:create_app()"]
+    stack.env["PORT"] = str(api_port)
+    stack.start("api", argv, f"http://127.0.0.1:{api_port}/healthz")
+    stack.start_worker(processes=args.worker_processes, threads=args.worker_threads)
+    stack.start("clock", [sys.executable, "-m", "scheduler.clock"])
+    return stack, servers, f"http://127.0.0.1:{api_port}"
+
+
+def warm_up(url: str) -> None:
+    """Touch every gunicorn worker and the store once, so the run does not measure start-up."""
+    with requests.Session() as session:
+        for _ in range(100):
+            request_id = session.post(f"{url}/jobs", json=MIX_BODY, timeout=10).json()["request_id"]
+            session.get(f"{url}/jobs/{request_id}", timeout=10)
+
+
+def run_wrk(url: str, args: argparse.Namespace) -> dict:
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed: `apt-get install -y wrk` (make bench-load does this)")
+    argv = ["wrk", "-t", "2", "-c", str(args.connections), "-d", f"{args.duration}s", "--timeout", "2s",
+            "-s", str(ROOT / "bench" / "wrk_jobs.lua"), url]
+    output = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    stats = json.loads(output.strip().splitlines()[-1])
+    failures = stats["connect_errors"] + stats["read_errors"] + stats["write_errors"] + stats["non_2xx"] + stats["over_timeout"]
+    return {
+        "requests_per_s": stats["requests"] / stats["duration_s"], "p50_ms": stats["p50_ms"], "p95_ms": stats["p95_ms"],
+        "p99_ms": stats["p99_ms"], "max_ms": stats["max_ms"], "requests": stats["requests"], "failures": failures,
+        "over_2s": stats["over_timeout"],
+    }
+
+
+def run_locust(url: str, args: argparse.Namespace, folder: Path) -> dict:
+    prefix = folder / "locust"
+    argv = [str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "bench" / "locustfile.py"), "--headless",
+            "-u", str(args.connections), "-r", str(args.connections), "-t", f"{args.duration}s", "--host", url,
+            "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING"]
+    subprocess.run(argv, capture_output=True, text=True, check=False)
+    with open(f"{prefix}_stats.csv") as stats_file:
+        total = next(row for row in csv.DictReader(stats_file) if row["Name"] == "Aggregated")
+    return {
+        "requests_per_s": float(total["Requests/s"]), "p50_ms": float(total["50%"]), "p95_ms": float(total["95%"]),
+        "p99_ms": float(total["99%"]), "max_ms": float(total["Max Response Time"]),
+        "requests": int(total["Request Count"]), "failures": int(total["Failure Count"]),
+        "over_2s": None,  # locust reports percentiles, not a count over a threshold
+    }
+
+
+def job_counts(mongodb_uri: str) -> dict[str, int]:
+    with pymongo.MongoClient(mongodb_uri) as client:
+        pipeline = [{"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+        return {row["_id"]: row["n"] for row in client.get_default_database()["jobs"].aggregate(pipeline)}
+
+
+def main() -> None:
+    args = parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="vendorfetch-load-"))
+    stack, servers, url = start_stack(folder, args)
+    try:
+        warm_up(url)
+        started = time.monotonic()
+        result = run_wrk(url, args) if args.tool == "wrk" else run_locust(url, args, folder)
+        elapsed = time.monotonic() - started
+        counts = job_counts(servers[1].url)
+    finally:
+        stack.stop()
+        for server in servers:
+            server.stop()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; tool: {args.tool}; "
+          f"{args.connections} connections for {args.duration} s; gunicorn sync x{args.web_workers}; "
+          f"worker -p {args.worker_processes} -t {args.worker_threads}; vendors {args.rate_limit} each")
+    print(f"requests/s: {result['requests_per_s']:.0f}  requests: {result['requests']}  failures: {result['failures']}  "
+          f"over 2 s: {result['over_2s']}")
+    print(f"latency ms: p50 {result['p50_ms']:.1f}  p95 {result['p95_ms']:.1f}  p99 {result['p99_ms']:.1f}  max {result['max_ms']:.1f}")
+    print(f"jobs by status after {elapsed:.0f} s: {json.dumps(counts, sort_keys=True)}")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
