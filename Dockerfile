@@ -9,8 +9,11 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
-# A fixed, unprivileged user.
-RUN useradd --create-home --uid 10001 --user-group app
+# A fixed, unprivileged user, owning the metrics folder that api, worker and clock share
+# (a named volume mounted there starts with this ownership).
+RUN useradd --create-home --uid 10001 --user-group app \
+    && mkdir /metrics && chown app:app /metrics
+ENV PROMETHEUS_MULTIPROC_DIR=/metrics
 
 # Dependencies first, so code changes reuse this layer. Production requirements only: containers
 # always get REDIS_URL and MONGODB_URI pointing at real servers, never the embedded ones.

@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test bench-broker clean
+.PHONY: run test bench-broker bench-ratelimit clean
 
 run: $(INSTALLED)
 	$(PY) -m devtools.run
@@ -16,6 +16,9 @@ test: $(INSTALLED)
 
 bench-broker: $(INSTALLED)
 	$(PY) -m bench.broker
+
+bench-ratelimit: $(INSTALLED)
+	$(PY) -m bench.ratelimit
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
+from actors.deferral import Deferred, defer
 from actors.queue import FETCH_ACTOR, QUEUE_NAME
 from actors.runner import JobRunner
 
@@ -19,7 +20,12 @@ def declare_fetch_actor(broker: dramatiq.Broker, runner: JobRunner) -> dramatiq.
     """Register the fetch actor on `broker`, running jobs with `runner`."""
 
     def fetch_job(request_id: str) -> None:
-        runner.run(request_id, CurrentMessage.get_current_message().message_id)
+        message = CurrentMessage.get_current_message()
+        try:
+            runner.run(request_id, message.message_id)
+        except Deferred as deferral:
+            # Re-enqueued here, not raised: Retries would count it as a failed attempt.
+            defer(broker, message, deferral.delay_ms)
 
     return dramatiq.actor(
         fetch_job, broker=broker, actor_name=FETCH_ACTOR, queue_name=QUEUE_NAME,

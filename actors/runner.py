@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import logging
+import random
 from datetime import timedelta
 
+import dramatiq
 import requests
 
+from actors.deferral import Deferred
+from actors.feedback import VendorFeedback
 from service.cleaning import Cleaner
 from service.states import JobStatus
 from service.store import JobStore, utcnow
 from service.webhooks import WebhookAuth
-from vendors.client import VendorRejected, VendorUnavailable, call_vendor
+from vendors.client import VendorRateLimited, VendorRejected, VendorUnavailable, call_vendor
 from vendors.registry import Registry, Vendor
 
 log = logging.getLogger(__name__)
+
+
+def backoff_ms(vendor: Vendor, attempts: int) -> int:
+    """Return the wait before retrying after `attempts` failed attempts: full jitter, capped."""
+    ceiling_s = min(vendor.retry_backoff_max_s, vendor.retry_backoff_s * 2 ** (attempts - 1))
+    return round(random.uniform(0, ceiling_s) * 1000)
 
 
 class JobRunner:
@@ -22,7 +32,7 @@ class JobRunner:
 
     def __init__(
         self, store: JobStore, registry: Registry, session: requests.Session,
-        webhook_auth: WebhookAuth, public_url: str, cleaner: Cleaner,
+        webhook_auth: WebhookAuth, public_url: str, cleaner: Cleaner, feedback: VendorFeedback,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -30,9 +40,10 @@ class JobRunner:
         self.webhook_auth = webhook_auth
         self.public_url = public_url
         self.cleaner = cleaner
+        self.feedback = feedback
 
     def run(self, request_id: str, message_id: str) -> None:
-        """Process the job once; raise VendorUnavailable to have the message retried later."""
+        """Process the job once; raise Retry to have it retried with backoff, Deferred to have it wait."""
         job = self.store.claim(request_id, message_id)
         if job is None:
             log.info("job %s: nothing to do (already handled or unknown)", request_id)
@@ -44,15 +55,24 @@ class JobRunner:
         try:
             reply = call_vendor(self.session, vendor, request_id, job["payload"], self.callback_url(vendor, request_id))
         except VendorRejected as error:
+            self.feedback.answered(vendor, None)
             self.store.fail(request_id, str(error))
             return
+        except VendorRateLimited as error:
+            pause_s = self.feedback.pushed_back(vendor, error.retry_after_s)
+            # Pushback is not the job's failure: give the attempt back.
+            self.store.note(request_id, f"{error}; {vendor.name} paused for {pause_s:g} s", inc={"attempts": -1})
+            raise Deferred(str(error), round(pause_s * 1000)) from error
         except VendorUnavailable as error:
+            self.feedback.failed(vendor)
             attempts = job["attempts"]
             if attempts > vendor.max_retries:
                 self.store.fail(request_id, f"gave up after {attempts} attempts: {error}")
                 return
-            self.store.note(request_id, f"attempt {attempts} failed: {error}", error=str(error))
-            raise
+            delay_ms = backoff_ms(vendor, attempts)
+            self.store.note(request_id, f"attempt {attempts} failed: {error}; retrying in {delay_ms / 1000:.1f} s", error=str(error))
+            raise dramatiq.Retry(str(error), delay=delay_ms) from error
+        self.feedback.answered(vendor, reply.quota)
         if vendor.is_async:
             self.await_webhook(vendor, request_id)
         else:

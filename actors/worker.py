@@ -7,8 +7,13 @@ import logging
 import dramatiq
 import requests
 
+from actors.breaker import CircuitBreaker
+from actors.callbacks import declare_callback_actor, notify_on_finish
+from actors.deferral import VendorGate
+from actors.feedback import VendorFeedback
 from actors.fetch import declare_fetch_actor
 from actors.queue import FETCH_ACTOR
+from actors.ratelimit import RateLimiter
 from actors.runner import JobRunner
 from actors.setup import build_broker, connect_redis
 from service.cleaning import Cleaner
@@ -34,11 +39,18 @@ def setup_worker(config: Config) -> dramatiq.Broker:
     redis_client = connect_redis(config.redis_url)
     broker = build_broker(redis_client, on_dead_letter=lambda message, reason: fail_dead_letter(store, message, reason))
     dramatiq.set_broker(broker)
+    registry = load_registry(config.vendors_file)
+    limiter, breaker = RateLimiter(redis_client, config.rate_limit_margin_ms), CircuitBreaker(redis_client)
+    broker.add_middleware(VendorGate(registry, limiter, breaker, store))
     runner = JobRunner(
-        store, load_registry(config.vendors_file), requests.Session(),
+        store, registry, requests.Session(),
         WebhookAuth(config.encryption_key, redis_client), config.public_url, Cleaner(config.pii_keys),
+        VendorFeedback(limiter, breaker),
     )
     declare_fetch_actor(broker, runner)
+    if config.callback_secret:
+        declare_callback_actor(broker, store, requests.Session(), config.callback_secret)
+        notify_on_finish(store, broker, config.callback_secret)
     return broker
 
 

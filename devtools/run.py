@@ -8,6 +8,7 @@ everything on Ctrl-C.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -55,6 +56,10 @@ def main() -> None:
     env.setdefault("PUBLIC_URL", f"http://127.0.0.1:{port}")
     env["ENCRYPTION_KEY"] = encryption_key()
     env["VAR_DIR"] = str(VAR)
+    # Every process of this run reports into one fresh metrics folder (see service/metrics.py).
+    metrics = VAR / "metrics"
+    shutil.rmtree(metrics, ignore_errors=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
     # Procfile commands (gunicorn, dramatiq, python) come from this virtualenv.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     print(f"vendorfetch: API on http://127.0.0.1:{port}, Redis {env['REDIS_URL']}, MongoDB {env['MONGODB_URI']}", flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from functools import partial
 
 import falcon
@@ -10,7 +11,10 @@ import orjson
 import pymongo.errors
 import redis
 
-from actors.queue import enqueue_fetch
+from actors.callbacks import CALLBACK_QUEUE, notify_on_finish
+from actors.queue import QUEUE_NAME, enqueue_fetch
+from actors.queue_metrics import QueueCollector
+from actors.ratelimit import RateLimiter
 from actors.setup import build_broker, connect_redis
 from service import errors
 from service.cleaning import Cleaner
@@ -18,17 +22,20 @@ from service.config import Config
 from service.health import Liveness, Readiness
 from service.jobs import Jobs
 from service.logs import configure_logging
+from service.metrics import WEBHOOKS
 from service.middleware import BodyLimit
+from service.observability import Metrics, RequestMetrics
 from service.openapi import OpenAPIDocument, build_spec
 from service.resources import JobCollection, JobItem, VendorWebhook
 from service.store import JobStore, open_store
+from service.waiting import Waiting
 from service.webhooks import WebhookAuth
 from vendors.registry import load_registry
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
-ROUTES = ", ".join(f"{method.upper()} {path}" for path, operations in build_spec([])["paths"].items() for method in operations)
+ROUTES = ", ".join(f"{method.upper()} {path}" for path, operations in build_spec([], callbacks=False)["paths"].items() for method in operations)
 
 
 def create_app(config: Config | None = None) -> falcon.App:
@@ -39,19 +46,23 @@ def create_app(config: Config | None = None) -> falcon.App:
     store = open_store(config)
     redis_client = connect_redis(config.redis_url)
     broker = build_broker(redis_client)
-    jobs = Jobs(store, registry, partial(enqueue_fetch, broker), Cleaner(config.pii_keys))
+    notify_on_finish(store, broker, config.callback_secret)
+    waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry)
+    jobs = Jobs(store, registry, partial(enqueue_fetch, broker), Cleaner(config.pii_keys), waiting)
     warn_at_start(store, registry)
 
-    app = falcon.App(middleware=[BodyLimit(config.max_body_bytes)])
+    app = falcon.App(middleware=[RequestMetrics(), BodyLimit(config.max_body_bytes)])
     app.req_options.keep_blank_qs_values = True  # `?vendor=` names no vendor: a 400, not the default route
     json_handler = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.resp_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json_handler})
-    app.add_route("/jobs", JobCollection(jobs))
+    callbacks = config.callback_secret is not None
+    app.add_route("/jobs", JobCollection(jobs, accept_callbacks=callbacks))
     app.add_route("/jobs/{request_id}", JobItem(jobs))
     app.add_route("/vendor-webhook/{vendor}", VendorWebhook(jobs, WebhookAuth(config.encryption_key, redis_client)))
     app.add_route("/healthz", Liveness())
     app.add_route("/readyz", Readiness(store, redis_client, registry))
-    app.add_route("/openapi.json", OpenAPIDocument(build_spec(list(registry.vendors))))
+    app.add_route("/openapi.json", OpenAPIDocument(build_spec(list(registry.vendors), callbacks)))
+    app.add_route("/metrics", Metrics(QueueCollector(broker, [QUEUE_NAME, CALLBACK_QUEUE])))
     app.add_sink(unknown_route)
     add_error_handlers(app)
     return app
@@ -78,12 +89,21 @@ def add_error_handlers(app: falcon.App) -> None:
         raise falcon.HTTPNotFound(title="Job not found", description=f"no job has request_id {error.args[0]!r}")
 
     def webhook_rejected(req, resp, error, params):
+        WEBHOOKS.labels(params.get("vendor", ""), type(error).__name__).inc()
         raise falcon.HTTPError(error.status, title="Webhook rejected", description=str(error))
 
     def unknown_vendor(req, resp, error, params):
         if req.path.startswith("/jobs"):
             raise falcon.HTTPBadRequest(title="Unknown vendor", description=str(error))
         raise falcon.HTTPNotFound(title="Unknown vendor", description=str(error))
+
+    def idempotency_conflict(req, resp, error, params):
+        raise falcon.HTTPUnprocessableEntity(title="Idempotency-Key reused", description=str(error))
+
+    def backlog_full(req, resp, error, params):
+        raise falcon.HTTPServiceUnavailable(
+            title="Backlog full", description=str(error), retry_after=max(1, math.ceil(error.retry_after_s)),
+        )
 
     def unavailable(req, resp, error, params):
         which = "MongoDB" if isinstance(error, pymongo.errors.PyMongoError) else "Redis"
@@ -94,6 +114,8 @@ def add_error_handlers(app: falcon.App) -> None:
 
     app.add_error_handler(errors.JobNotFound, job_not_found)
     app.add_error_handler(errors.UnknownVendor, unknown_vendor)
+    app.add_error_handler(errors.IdempotencyConflict, idempotency_conflict)
+    app.add_error_handler(errors.BacklogFull, backlog_full)
     app.add_error_handler(errors.WebhookRejected, webhook_rejected)
     app.add_error_handler(pymongo.errors.ConnectionFailure, unavailable)
     app.add_error_handler(redis.ConnectionError, unavailable)

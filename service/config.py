@@ -19,6 +19,7 @@ class Config:
     """Settings shared by the web, worker and clock processes."""
 
     encryption_key: str
+    callback_secret: str | None = None
     port: int = 4000
     redis_url: str = "redis://127.0.0.1:6379/0"
     mongodb_uri: str = "mongodb://127.0.0.1:27017/vendorfetch"
@@ -29,8 +30,11 @@ class Config:
     pii_keys: tuple[str, ...] = DEFAULT_PII_KEYS
     store_timeout_ms: int = 2_000
     retention_days: float = 7.0
-    pending_requeue_after_s: float = 30.0
+    orphan_after_s: float = 60.0
     sweep_interval_s: float = 15.0
+    clock_lease_s: float = 15.0
+    # Added to every vendor's rate-limit period: slack for late starts and uneven network delays.
+    rate_limit_margin_ms: int = 100
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:
@@ -45,6 +49,7 @@ class Config:
         port = _int(env, "PORT", 4000)
         return cls(
             encryption_key=key,
+            callback_secret=_callback_secret(env),
             port=port,
             redis_url=env.get("REDIS_URL") or cls.redis_url,
             mongodb_uri=env.get("MONGODB_URI") or cls.mongodb_uri,
@@ -55,9 +60,18 @@ class Config:
             pii_keys=_list(env, "PII_KEYS", DEFAULT_PII_KEYS),
             store_timeout_ms=_int(env, "STORE_TIMEOUT_MS", cls.store_timeout_ms),
             retention_days=_float(env, "JOB_RETENTION_DAYS", cls.retention_days),
-            pending_requeue_after_s=_float(env, "PENDING_REQUEUE_AFTER_S", cls.pending_requeue_after_s),
+            orphan_after_s=_float(env, "ORPHAN_AFTER_S", cls.orphan_after_s),
             sweep_interval_s=_float(env, "SWEEP_INTERVAL_S", cls.sweep_interval_s),
+            clock_lease_s=_float(env, "CLOCK_LEASE_S", cls.clock_lease_s),
+            rate_limit_margin_ms=_int(env, "RATE_LIMIT_MARGIN_MS", cls.rate_limit_margin_ms),
         )
+
+
+def _callback_secret(env) -> str | None:
+    secret = env.get("CALLBACK_SECRET", "").strip() or None
+    if secret is not None and not secret.startswith("whsec_"):
+        raise ConfigError("CALLBACK_SECRET must be a Standard Webhooks secret starting with 'whsec_'")
+    return secret
 
 
 def _int(env, name: str, default: int) -> int:

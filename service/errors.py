@@ -2,7 +2,9 @@
 
     VendorfetchError
     ├── JobNotFound          404  no job has this request_id
-    ├── UnknownVendor        404  the registry has no vendor of that name
+    ├── IdempotencyConflict  422  the Idempotency-Key was used with another request
+    ├── UnknownVendor        400/404  no vendor of that name (400 when pinned on submit)
+    ├── BacklogFull          503  the vendor already has max_backlog jobs waiting (with Retry-After)
     ├── WebhookRejected      401/403/409  a webhook that must not change its job
     │   ├── WebhookUnauthorized   401  missing or invalid signature or token
     │   ├── WebhookWrongVendor    403  the job was sent to another vendor
@@ -22,8 +24,20 @@ class JobNotFound(VendorfetchError):
     """No job has this request_id."""
 
 
+class IdempotencyConflict(VendorfetchError):
+    """An Idempotency-Key was used before with a different request."""
+
+
 class UnknownVendor(VendorfetchError):
     """The vendor registry has no vendor of that name."""
+
+
+class BacklogFull(VendorfetchError):
+    """Every vendor the job may go to already has as many jobs waiting as it may have."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class WebhookRejected(VendorfetchError):

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
+from datetime import datetime
 from typing import Any, Callable
 
+import orjson
+import pymongo.errors
+
+from actors.ratelimit import Admission
 from service.cleaning import Cleaner
-from service.errors import UnknownVendor, WebhookTooLate, WebhookWrongVendor
+from service.errors import (
+    BacklogFull, IdempotencyConflict, JobNotFound, UnknownVendor, WebhookTooLate, WebhookWrongVendor,
+)
+from service.metrics import JOBS_SUBMITTED, WEBHOOKS
 from service.states import JobStatus
 from service.store import JobStore
+from service.waiting import Waiting, completion_after
 from vendors.registry import Registry, Vendor
 
 log = logging.getLogger(__name__)
@@ -17,14 +27,23 @@ log = logging.getLogger(__name__)
 VISIBLE_FIELDS = ("vendor", "attempts", "error", "removed_keys", "created_at", "updated_at")
 
 
+def fingerprint(payload: dict[str, Any], vendor_name: str | None, callback_url: str | None) -> str:
+    """Hash what makes two submissions the same request, whatever the key order."""
+    request = {"payload": payload, "vendor": vendor_name, "callback_url": callback_url}
+    return hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 class Jobs:
     """Submit jobs, show them to clients, and accept vendor webhooks."""
 
-    def __init__(self, store: JobStore, registry: Registry, enqueue: Callable[[str], None], cleaner: Cleaner) -> None:
+    def __init__(
+        self, store: JobStore, registry: Registry, enqueue: Callable[..., None], cleaner: Cleaner, waiting: Waiting,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.enqueue = enqueue
         self.cleaner = cleaner
+        self.waiting = waiting
 
     def vendor(self, name: str) -> Vendor:
         """Return the registered vendor called `name`, or raise UnknownVendor."""
@@ -33,45 +52,104 @@ class Jobs:
             raise UnknownVendor(f"no vendor is called {name!r}; known vendors: {', '.join(sorted(self.registry.vendors))}")
         return vendor
 
-    def submit(self, payload: dict[str, Any], vendor_name: str | None = None) -> str:
-        """Store a job for the pinned or next vendor, enqueue it, and return its request_id.
+    def submit(
+        self, payload: dict[str, Any], vendor_name: str | None = None, *,
+        idempotency_key: str | None = None, callback_url: str | None = None,
+    ) -> tuple[str, datetime | None]:
+        """Store a job for the pinned or next vendor, enqueue it, and return its request_id and estimated completion.
 
         The job is stored before it is enqueued. If the queue is down the job is marked pending and
-        the scheduler enqueues it later; the client still gets its request_id.
+        the scheduler enqueues it later; the client still gets its request_id. A repeated
+        Idempotency-Key with the same request returns the first job's request_id (and no estimate).
         """
-        vendor = self.vendor(vendor_name) if vendor_name else self.registry.choose()
-        if not vendor.enabled:
-            raise UnknownVendor(f"vendor {vendor.name!r} is disabled")
         request_id = str(uuid.uuid4())
-        self.store.create(request_id, vendor.name, payload)
+        vendor, admission = self.admit(vendor_name, request_id)
+        idempotency = None
+        if idempotency_key is not None:
+            idempotency = {"key": idempotency_key, "fingerprint": fingerprint(payload, vendor_name, callback_url)}
         try:
-            self.enqueue(request_id)
+            self.store_admitted(vendor, request_id, payload, callback_url=callback_url, idempotency=idempotency)
+        except pymongo.errors.DuplicateKeyError:
+            if idempotency is None:
+                raise
+            return self.replay(idempotency), None
+        JOBS_SUBMITTED.labels(vendor.name).inc()
+        try:
+            self.enqueue(request_id, vendor=vendor.name, delay_ms=admission.delay_ms)
         except Exception as error:  # any broker failure: the scheduler's pending sweep takes over
             log.warning("enqueue failed for %s, left pending: %s", request_id, type(error).__name__)
             self.store.transition(
                 request_id, JobStatus.PENDING, detail=f"enqueue failed: {type(error).__name__}",
                 allowed_from=frozenset({JobStatus.QUEUED}),
             )
-        return request_id
+        return request_id, completion_after(admission.wait_s)
+
+    def admit(self, vendor_name: str | None, request_id: str) -> tuple[Vendor, Admission]:
+        """Give the job a slot in the pinned vendor's backlog, or the next vendor's in turn that has room.
+
+        Return the vendor and the admission; raise BacklogFull if no vendor has room.
+        """
+        if vendor_name is not None:
+            vendor = self.vendor(vendor_name)
+            if not vendor.enabled:
+                raise UnknownVendor(f"vendor {vendor.name!r} is disabled")
+            return vendor, self.waiting.admit(vendor, request_id)
+        full = None
+        for _ in range(sum(vendor.enabled for vendor in self.registry.vendors.values())):
+            vendor = self.registry.choose()
+            try:
+                return vendor, self.waiting.admit(vendor, request_id)
+            except BacklogFull as error:
+                full = error
+        raise full
+
+    def store_admitted(self, vendor: Vendor, request_id: str, payload: dict[str, Any], **fields: Any) -> None:
+        """Store a job that got a slot; if it cannot be stored, give the slot up."""
+        try:
+            self.store.create(request_id, vendor.name, payload, **fields)
+        except Exception:
+            self.waiting.withdraw(vendor, request_id)
+            raise
+
+    def replay(self, idempotency: dict[str, str]) -> str:
+        """Return the request_id first submitted under this idempotency key, if the request matches."""
+        earlier = self.store.find_by_idempotency_key(idempotency["key"])
+        if earlier is None or earlier["idempotency"]["fingerprint"] != idempotency["fingerprint"]:
+            raise IdempotencyConflict(
+                f"Idempotency-Key {idempotency['key']!r} was already used with a different body, vendor or callback_url",
+            )
+        return earlier["_id"]
 
     def view(self, request_id: str) -> dict[str, Any]:
         """Return what a client may see of a job: never its payload."""
         job = self.store.get(request_id)
         view = {"request_id": job["_id"], "status": job["status"], "result": job.get("result")}
         view.update((name, job[name]) for name in VISIBLE_FIELDS if job.get(name) is not None)
+        if not JobStatus(job["status"]).is_terminal:
+            view["estimated_completion_at"] = self.waiting.estimate(job)
         return view
 
     def receive_webhook(self, vendor: Vendor, request_id: str, data: dict[str, Any]) -> None:
         """Complete the job with the vendor's data; a repeat after completion changes nothing."""
-        job = self.store.get(request_id)
+        try:
+            job = self.store.get(request_id)
+        except JobNotFound:
+            WEBHOOKS.labels(vendor.name, "unknown_job").inc()
+            # No job to record it in (never existed, or expired): the log is the record.
+            log.warning("webhook from %s for unknown job %s refused", vendor.name, request_id,
+                        extra={"request_id": request_id, "vendor": vendor.name})
+            raise
         if job["vendor"] != vendor.name:
             self.store.note(request_id, f"webhook refused: sent by {vendor.name!r}, job belongs to {job['vendor']!r}")
             raise WebhookWrongVendor(f"job {request_id} was not sent to vendor {vendor.name!r}")
         result, removed = self.cleaner.clean(data)
         if self.store.complete(request_id, result, removed, detail=f"webhook from {vendor.name}"):
+            WEBHOOKS.labels(vendor.name, "saved").inc()
             return
         status = self.store.get(request_id)["status"]
         if status == JobStatus.COMPLETE.value:
+            WEBHOOKS.labels(vendor.name, "duplicate").inc()
             return  # a duplicate: the first result stands
-        self.store.note(request_id, f"late webhook from {vendor.name} refused while {status}")
+        # Kept (cleaned) so that an operator can see the data that came too late.
+        self.store.note(request_id, f"late webhook from {vendor.name} refused while {status}", late_result=result)
         raise WebhookTooLate(f"job {request_id} is {status}; the webhook was recorded but not applied")

@@ -30,9 +30,15 @@ BODY_ERRORS = {
 UNAVAILABLE = {"503": error("A data store is unavailable; try again after Retry-After seconds", retry_after=True)}
 
 
-def build_spec(vendor_names: list[str]) -> dict:
-    """Describe the API for a registry with these vendors."""
+def build_spec(vendor_names: list[str], callbacks: bool) -> dict:
+    """Describe the API for a registry with these vendors, with or without client callbacks."""
     vendor = {"type": "string", "enum": sorted(vendor_names)}
+    callback_parameters = [{
+        "name": "callback_url", "in": "query", "required": False, "schema": {"type": "string", "format": "uri"},
+        "description": "POST the final status and result here, signed with CALLBACK_SECRET (or use the Callback-Url header)",
+    }, {
+        "name": "Callback-Url", "in": "header", "required": False, "schema": {"type": "string", "format": "uri"},
+    }] if callbacks else []
     return {
         "openapi": "3.1.0",
         "info": {
@@ -47,20 +53,33 @@ def build_spec(vendor_names: list[str]) -> dict:
                 "parameters": [{
                     "name": "vendor", "in": "query", "required": False, "schema": vendor,
                     "description": "Pin the job to this vendor instead of the round-robin choice",
-                }],
+                }, {
+                    "name": "Idempotency-Key", "in": "header", "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
+                    "description": "Repeat a submission safely: the same key and request return the first job",
+                }, *callback_parameters],
                 "requestBody": {"required": True, "content": {JSON: {"schema": {"type": "object"}}}},
                 "responses": {
-                    "202": ok("Stored and queued", "Submitted", {"Location": {"schema": {"type": "string"}}}),
-                    "400": error("Malformed JSON, a body that is not a JSON object, or an unknown or disabled vendor"),
+                    "202": ok("Stored and queued", "Submitted", {
+                        "Location": {"schema": {"type": "string"}}, "Retry-After": {"$ref": "#/components/headers/PollAfter"},
+                    }),
+                    "400": error("Malformed JSON, a body that is not a JSON object, an unknown or disabled vendor, "
+                             "an invalid Idempotency-Key or callback_url, or callbacks not enabled"),
+                "422": error("The Idempotency-Key was used before with a different request"),
                     **BODY_ERRORS,
-                    **UNAVAILABLE,
+                    "503": error("A data store is unavailable, or the vendor's backlog is full or it is paused for longer "
+                                 "than its max_wait_s; try again after Retry-After seconds", retry_after=True),
                 },
             }},
             "/jobs/{request_id}": {"get": {
                 "operationId": "getJob",
                 "summary": "Read a job's status and, once complete, its cleaned result",
                 "parameters": [{"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": ok("The job", "Job"), "404": error("No job has this request_id"), **UNAVAILABLE},
+                "responses": {
+                    "200": ok("The job; Retry-After while it is not final", "Job", {"Retry-After": {"$ref": "#/components/headers/PollAfter"}}),
+                    "404": error("No job has this request_id"),
+                    **UNAVAILABLE,
+                },
             }},
             "/vendor-webhook/{vendor}": {"post": {
                 "operationId": "vendorWebhook",
@@ -90,13 +109,20 @@ def build_spec(vendor_names: list[str]) -> dict:
                 "operationId": "readiness", "summary": "Redis and MongoDB answer and the registry is loaded",
                 "responses": {"200": ok("Ready", "Readiness"), "503": ok("Not ready", "Readiness")},
             }},
-            "/openapi.json": {"get": {
+            "/metrics": {"get": {
+            "operationId": "metrics", "summary": "Prometheus metrics of every process on this host",
+            "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }},
+        "/openapi.json": {"get": {
                 "operationId": "openapi", "summary": "This document",
                 "responses": {"200": {"description": "The OpenAPI document", "content": {JSON: {"schema": {"type": "object"}}}}},
             }},
         },
         "components": {
-            "headers": {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "string"}}},
+            "headers": {
+                "Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "string"}},
+                "PollAfter": {"description": "Seconds until polling the job is worthwhile (1 to 60)", "schema": {"type": "string"}},
+            },
             "schemas": {
                 "Error": {
                     "type": "object", "required": ["title"],
@@ -118,6 +144,10 @@ def build_spec(vendor_names: list[str]) -> dict:
                         "removed_keys": {"type": "array", "items": {"type": "string"}},
                         "created_at": {"type": "string", "format": "date-time"},
                         "updated_at": {"type": "string", "format": "date-time"},
+                        "estimated_completion_at": {
+                            "type": ["string", "null"], "format": "date-time",
+                            "description": "While the job is not final: when it should be done (null if that cannot be told now)",
+                        },
                     },
                 },
                 "WebhookBody": {

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import falcon
 import orjson
 
 from service.jobs import Jobs
+from service.states import JobStatus
+from service.waiting import poll_hint_s
 from service.webhooks import WebhookAuth
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+MAX_URL_LENGTH = 2048
 
 
 def read_json_object(req: falcon.Request) -> tuple[bytes, dict[str, Any]]:
@@ -30,18 +36,49 @@ def read_json_object(req: falcon.Request) -> tuple[bytes, dict[str, Any]]:
     return raw, data
 
 
+def read_idempotency_key(req: falcon.Request) -> str | None:
+    """Return the Idempotency-Key header, or raise 400 if it is not 1-255 printable characters."""
+    key = req.get_header("Idempotency-Key")
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH and key.isprintable()):
+        raise falcon.HTTPBadRequest(
+            title="Invalid Idempotency-Key", description=f"an Idempotency-Key is 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters",
+        )
+    return key
+
+
 class JobCollection:
     """POST /jobs: accept any JSON object as a job."""
 
-    def __init__(self, jobs: Jobs) -> None:
+    def __init__(self, jobs: Jobs, accept_callbacks: bool) -> None:
         self.jobs = jobs
+        self.accept_callbacks = accept_callbacks
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         _, payload = read_json_object(req)
-        request_id = self.jobs.submit(payload, req.get_param("vendor"))
+        request_id, estimate = self.jobs.submit(
+            payload, req.get_param("vendor"),
+            idempotency_key=read_idempotency_key(req), callback_url=self.read_callback_url(req),
+        )
         resp.status = falcon.HTTP_202
         resp.location = f"/jobs/{request_id}"
+        resp.retry_after = poll_hint_s(JobStatus.QUEUED.value, estimate)
         resp.media = {"request_id": request_id}
+
+
+    def read_callback_url(self, req: falcon.Request) -> str | None:
+        """Return the client's callback URL: query `callback_url`, else header `Callback-Url`; both checked."""
+        given = [url for url in (req.get_param("callback_url"), req.get_header("Callback-Url")) if url is not None]
+        if not given:
+            return None
+        for url in given:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_URL_LENGTH:
+                raise falcon.HTTPBadRequest(title="Invalid callback_url", description="callback_url must be an absolute http(s) URL")
+        if not self.accept_callbacks:
+            raise falcon.HTTPBadRequest(
+                title="Callbacks not enabled", description="this deployment has no CALLBACK_SECRET, so it sends no client callbacks",
+            )
+        return given[0]
 
 
 class JobItem:
@@ -51,7 +88,10 @@ class JobItem:
         self.jobs = jobs
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
-        resp.media = self.jobs.view(request_id)
+        view = self.jobs.view(request_id)
+        if "estimated_completion_at" in view:
+            resp.retry_after = poll_hint_s(view["status"], view["estimated_completion_at"])
+        resp.media = view
 
 
 class VendorWebhook:

@@ -1,9 +1,13 @@
 """The job state machine: the states and, for each, the states it may be entered from.
 
     pending ─> queued ─> processing ─┬─> complete
-                                     ├─> awaiting_webhook ─┬─> complete
-                                     │                     └─> timed_out
-                                     └─> failed
+                 ▲                   ├─> awaiting_webhook ─┬─> complete
+                 │                   │                     ├─> timed_out
+                 │                   └─> failed            │
+                 └──────── re-request (webhook_retries) ───┘
+
+A vendor's webhook may also complete a job that is still processing (it beat the worker) or
+queued again for a re-request (the data of the earlier request came after all).
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ TERMINAL = frozenset({JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.TIMED_OUT}
 
 # processing may also be re-entered by a redelivery of the message that claimed it (JobStore.claim).
 ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.PENDING}),
+    JobStatus.QUEUED: frozenset({JobStatus.PENDING, JobStatus.AWAITING_WEBHOOK}),
     JobStatus.PROCESSING: frozenset({JobStatus.PENDING, JobStatus.QUEUED}),
     JobStatus.AWAITING_WEBHOOK: frozenset({JobStatus.PROCESSING}),
-    JobStatus.COMPLETE: frozenset({JobStatus.PROCESSING, JobStatus.AWAITING_WEBHOOK}),
+    JobStatus.COMPLETE: frozenset({JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.AWAITING_WEBHOOK}),
     JobStatus.FAILED: frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING}),
     JobStatus.TIMED_OUT: frozenset({JobStatus.AWAITING_WEBHOOK}),
 }

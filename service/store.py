@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import pymongo
@@ -12,10 +14,14 @@ from pymongo.collection import Collection
 
 from service.config import Config
 from service.errors import JobNotFound
-from service.states import ALLOWED_FROM, JobStatus
+from service.metrics import JOB_DURATION, JOBS_FINISHED
+from service.states import ALLOWED_FROM, TERMINAL, JobStatus
+
+log = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 50
 PUBLIC_FIELDS = {"payload": False}
+FINISHED_FIELDS = {"vendor": True, "created_at": True, "callback_url": True}
 
 
 def utcnow() -> datetime:
@@ -25,6 +31,11 @@ def utcnow() -> datetime:
 def payload_cipher(encryption_key: str) -> MultiFernet:
     """Build the payload cipher; ENCRYPTION_KEY may list several keys, newest first, for rotation."""
     return MultiFernet([Fernet(key.strip()) for key in encryption_key.split(",") if key.strip()])
+
+
+def past_webhook_deadline() -> dict[str, Any]:
+    """Filter jobs whose webhook deadline has passed; a job given a new deadline meanwhile is spared."""
+    return {"webhook_deadline": {"$lt": utcnow()}}
 
 
 def connect(mongodb_uri: str, timeout_ms: int = 2_000) -> pymongo.MongoClient:
@@ -54,20 +65,37 @@ def open_store(config: Config) -> JobStore:
 class JobStore:
     """Create, read and move jobs through the state machine."""
 
-    def __init__(self, collection: Collection, cipher: MultiFernet, retention: timedelta = timedelta(days=7)) -> None:
+    def __init__(
+        self, collection: Collection, cipher: MultiFernet, retention: timedelta = timedelta(days=7),
+        on_finished: Callable[[str], None] | None = None,
+    ) -> None:
         self.collection = collection
         self.cipher = cipher
         self.retention = retention
+        # Called with the request_id of a finished job whose client asked for a callback.
+        self.on_finished = on_finished
 
     def ensure_indexes(self) -> None:
         """Create the indexes the sweeps and retention need (idempotent)."""
         self.collection.create_index([("status", 1), ("updated_at", 1)], name="status_updated_at")
+        self.collection.create_index([("status", 1), ("webhook_deadline", 1)], name="status_webhook_deadline")
         self.collection.create_index("expires_at", name="retention_ttl", expireAfterSeconds=0)
+        self.collection.create_index(
+            "idempotency.key", name="idempotency_key", unique=True,
+            partialFilterExpression={"idempotency.key": {"$exists": True}},
+        )
 
-    def create(self, request_id: str, vendor: str, payload: dict[str, Any]) -> None:
-        """Store a new job as queued; the caller enqueues it next or marks it pending."""
+    def create(
+        self, request_id: str, vendor: str, payload: dict[str, Any], *,
+        callback_url: str | None = None, idempotency: dict[str, str] | None = None,
+    ) -> None:
+        """Store a new job as queued; the caller enqueues it next or marks it pending.
+
+        With `idempotency` ({"key", "fingerprint"}) a second job with the same key raises
+        pymongo's DuplicateKeyError: the unique index makes the check atomic with the insert.
+        """
         now = utcnow()
-        self.collection.insert_one({
+        job = {
             "_id": request_id,
             "status": JobStatus.QUEUED.value,
             "vendor": vendor,
@@ -76,7 +104,16 @@ class JobStore:
             "history": [{"state": JobStatus.QUEUED.value, "at": now}],
             "created_at": now,
             "updated_at": now,
-        })
+        }
+        if callback_url:
+            job["callback_url"] = callback_url
+        if idempotency:
+            job["idempotency"] = idempotency
+        self.collection.insert_one(job)
+
+    def find_by_idempotency_key(self, key: str) -> dict[str, Any] | None:
+        """Return the job submitted with this Idempotency-Key, without its payload."""
+        return self.collection.find_one({"idempotency.key": key}, PUBLIC_FIELDS)
 
     def get(self, request_id: str) -> dict[str, Any]:
         """Return the job without its payload, or raise JobNotFound."""
@@ -117,7 +154,38 @@ class JobStore:
         query = {"_id": request_id, "status": {"$in": [state.value for state in sources]}}
         if extra_filter:
             query = {"$and": [query, extra_filter]}
-        return self.collection.update_one(query, update).modified_count == 1
+        moved = self.collection.update_one(query, update).modified_count == 1
+        if moved:
+            log.info("job %s", to.value, extra={"request_id": request_id, "state": to.value, "detail": detail})
+            if to.is_terminal:
+                self._finished(request_id, to)
+        return moved
+
+    def _finished(self, request_id: str, status: JobStatus) -> None:
+        """Count a job that just finished and, if its client asked for one, queue its callback."""
+        try:
+            job = self.collection.find_one({"_id": request_id}, FINISHED_FIELDS)
+            JOBS_FINISHED.labels(job["vendor"], status.value).inc()
+            JOB_DURATION.labels(job["vendor"], status.value).observe((utcnow() - job["created_at"]).total_seconds())
+            if job.get("callback_url") and self.on_finished is not None:
+                self.on_finished(request_id)
+                self.mark_callback_queued(request_id)
+        except Exception as error:  # the state change stands; the callback sweep queues what was missed
+            log.warning("could not record finished job: %s", type(error).__name__, extra={"request_id": request_id})
+
+    def mark_callback_queued(self, request_id: str) -> None:
+        """Record that the job's client callback is queued, so the callback sweep leaves it alone."""
+        self.collection.update_one({"_id": request_id}, {"$set": {"callback_queued_at": utcnow()}})
+
+    def unqueued_callbacks(self, older_than: timedelta, limit: int) -> list[str]:
+        """Return ids of finished jobs whose client callback was never queued (Redis was down)."""
+        cursor = self.collection.find({
+            "status": {"$in": [status.value for status in TERMINAL]},
+            "updated_at": {"$lt": utcnow() - older_than},
+            "callback_url": {"$exists": True},
+            "callback_queued_at": {"$exists": False},
+        }, {"_id": True}).limit(limit)
+        return [job["_id"] for job in cursor]
 
     def claim(self, request_id: str, message_id: str) -> dict[str, Any] | None:
         """Mark the job processing for this message and return it with its payload decrypted.
@@ -155,18 +223,45 @@ class JobStore:
         """Mark the job failed with a readable reason."""
         return self.transition(request_id, JobStatus.FAILED, detail=reason, fields={"error": reason})
 
-    def note(self, request_id: str, detail: str, **fields: Any) -> None:
+    def mark_queued(self, request_id: str, detail: str) -> bool:
+        """Move a pending job to queued once its message is in the queue."""
+        return self.transition(request_id, JobStatus.QUEUED, detail=detail, allowed_from=frozenset({JobStatus.PENDING}))
+
+    def overdue_webhooks(self, limit: int) -> list[dict[str, Any]]:
+        """Return up to `limit` jobs awaiting a webhook past their deadline, the most overdue first."""
+        cursor = self.collection.find(
+            {"status": JobStatus.AWAITING_WEBHOOK.value, **past_webhook_deadline()},
+            {"vendor": True, "webhook_deadline": True, "rerequests": True},
+        ).sort("webhook_deadline", 1).limit(limit)
+        return list(cursor)
+
+    def rerequest(self, request_id: str, detail: str) -> bool:
+        """Queue an overdue async job again, so that its vendor is asked once more."""
+        return self.transition(
+            request_id, JobStatus.QUEUED, detail=detail, allowed_from=frozenset({JobStatus.AWAITING_WEBHOOK}),
+            extra_filter=past_webhook_deadline(), inc={"rerequests": 1},
+        )
+
+    def time_out(self, request_id: str, reason: str) -> bool:
+        """Mark an overdue async job timed_out with a readable reason."""
+        return self.transition(
+            request_id, JobStatus.TIMED_OUT, detail=reason, fields={"error": reason}, extra_filter=past_webhook_deadline(),
+        )
+
+    def note(self, request_id: str, detail: str, *, inc: dict[str, int] | None = None, **fields: Any) -> None:
         """Append an event to the job's history without changing its state."""
         update: dict[str, Any] = {
             "$push": {"history": {"$each": [{"event": detail, "at": utcnow()}], "$slice": -HISTORY_LIMIT}},
         }
         if fields:
             update["$set"] = fields
+        if inc:
+            update["$inc"] = inc
         self.collection.update_one({"_id": request_id}, update)
 
-    def stale_ids(self, status: JobStatus, older_than: timedelta, limit: int) -> list[str]:
-        """Return up to `limit` ids of jobs in `status` not updated for `older_than`."""
+    def stale_ids(self, status: JobStatus, older_than: timedelta, batch_size: int = 500) -> Iterator[str]:
+        """Yield the ids of jobs in `status` not updated for `older_than`, oldest first, read in batches."""
         cursor = self.collection.find(
             {"status": status.value, "updated_at": {"$lt": utcnow() - older_than}}, {"_id": True},
-        ).sort("updated_at", 1).limit(limit)
-        return [job["_id"] for job in cursor]
+        ).sort("updated_at", 1).batch_size(batch_size)
+        return (job["_id"] for job in cursor)

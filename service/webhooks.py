@@ -46,7 +46,7 @@ class WebhookAuth:
             self._verify_signature(vendor, body, headers)
         elif vendor.webhook_auth == "token":
             if not token or not any(
-                hmac.compare_digest(token, self._token(key, request_id, vendor.name)) for key in self.token_keys
+                hmac.compare_digest(token.encode(), self._token(key, request_id, vendor.name).encode()) for key in self.token_keys
             ):
                 raise WebhookUnauthorized(f"missing or invalid callback token for vendor {vendor.name!r}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 
 import pymongo
@@ -10,6 +11,9 @@ import pytest
 import redis
 
 from devtools import stores
+
+# Metrics of this run's processes only, apart from any other run's (see service/metrics.py).
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vendorfetch-metrics-")
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -96,9 +99,12 @@ class Stack:
         argv = [str(BIN / "dramatiq"), "actors.worker", "--processes", str(processes), "--threads", str(threads)]
         return self.start(name, argv)
 
-    def start_mock(self, kind: str, port: int, *flags: str) -> ManagedProcess:
+    def start_clock(self, name: str = "clock") -> ManagedProcess:
+        return self.start(name, [sys.executable, "-m", "scheduler.clock"])
+
+    def start_mock(self, kind: str, port: int, *flags: str, name: str | None = None) -> ManagedProcess:
         argv = [sys.executable, "-m", f"vendors.mock_{kind}", "--port", str(port), *flags]
-        return self.start(f"vendor-{kind}", argv, f"http://127.0.0.1:{port}/healthz")
+        return self.start(name or f"vendor-{kind}", argv, f"http://127.0.0.1:{port}/healthz")
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -132,3 +138,42 @@ def free_ports(count: int) -> list[int]:
     while len(ports) < count:
         ports.add(free_port())
     return sorted(ports)
+
+
+def service_env(redis_url: str, mongodb_uri: str, registry: Path, api_port: int) -> dict[str, str]:
+    """Return the settings the API and workers of a stack share, with a fresh encryption key."""
+    from cryptography.fernet import Fernet
+
+    return {
+        "REDIS_URL": redis_url, "MONGODB_URI": mongodb_uri, "VENDORS_FILE": str(registry),
+        "ENCRYPTION_KEY": Fernet.generate_key().decode(), "PUBLIC_URL": f"http://127.0.0.1:{api_port}",
+    }
+
+
+class CallbackReceiver:
+    """A webhook endpoint on a thread that records each call and answers scripted statuses."""
+
+    def __init__(self, statuses: tuple[int, ...] = ()) -> None:
+        self.calls: list[tuple[dict[str, str], bytes]] = []
+        statuses_left = list(statuses)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.calls.append((dict(self.headers), body))
+                self.send_response(statuses_left.pop(0) if statuses_left else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_port}/hook?token=t"
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()

@@ -165,3 +165,70 @@ def test_readiness_is_503_when_a_store_is_down(config):
     ready = falcon.testing.TestClient(create_app(down)).simulate_get("/readyz")
     assert ready.status_code == 503
     assert ready.json["checks"]["redis"].startswith("unavailable") and ready.json["checks"]["mongodb"] == "ok"
+
+
+def test_the_same_idempotency_key_and_body_return_the_same_job(client, jobs):
+    headers = {"Idempotency-Key": "order-42"}
+    first = submit(client, {"name": "a", "b": 1}, headers=headers)
+    again = submit(client, {"b": 1, "name": "a"}, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.json == first.json and again.headers["Location"] == first.headers["Location"]
+    assert jobs.count_documents({}) == 1
+
+
+def test_the_same_idempotency_key_with_another_body_is_422(client, jobs):
+    submit(client, {"name": "a"}, headers={"Idempotency-Key": "order-43"})
+    response = submit(client, {"name": "b"}, headers={"Idempotency-Key": "order-43"})
+    assert response.status_code == 422 and "order-43" in response.json["description"]
+    assert jobs.count_documents({}) == 1
+
+
+def test_different_idempotency_keys_make_different_jobs(client, jobs):
+    submit(client, {"name": "a"}, headers={"Idempotency-Key": "k1"})
+    submit(client, {"name": "a"}, headers={"Idempotency-Key": "k2"})
+    submit(client, {"name": "a"})
+    assert jobs.count_documents({}) == 3
+
+
+def test_concurrent_submissions_with_one_idempotency_key_make_one_job(client, jobs):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(lambda _: submit(client, {"n": 1}, headers={"Idempotency-Key": "race"}), range(16)))
+    assert {response.status_code for response in responses} == {202}
+    assert len({response.json["request_id"] for response in responses}) == 1
+    assert jobs.count_documents({}) == 1
+
+
+def test_a_callback_url_needs_callback_secret_configured(client):
+    response = submit(client, params={"callback_url": "http://127.0.0.1:9/hook"})
+    assert response.status_code == 400 and "CALLBACK_SECRET" in response.json["description"]
+
+
+def metric(client, name, **labels):
+    """Read one sample from /metrics (0 when the series does not exist yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(client.simulate_get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_metrics_count_submissions_webhooks_finished_jobs_and_queue_depth(client, jobs):
+    submitted = metric(client, "vendorfetch_jobs_submitted_total", vendor="async")
+    saved = metric(client, "vendorfetch_webhooks_total", vendor="async", outcome="saved")
+    refused = metric(client, "vendorfetch_webhooks_total", vendor="async", outcome="WebhookWrongVendor")
+    finished = metric(client, "vendorfetch_jobs_finished_total", vendor="async", status="complete")
+    request_id = submit(client, params={"vendor": "async"}).json["request_id"]
+    other = submit(client, params={"vendor": "sync"}).json["request_id"]
+    jobs.update_one({"_id": request_id}, {"$set": {"status": "awaiting_webhook"}})
+    client.simulate_post("/vendor-webhook/async", json={"request_id": request_id, "account": "x"})
+    client.simulate_post("/vendor-webhook/async", json={"request_id": other, "account": "x"})
+    assert metric(client, "vendorfetch_jobs_submitted_total", vendor="async") == submitted + 1
+    assert metric(client, "vendorfetch_webhooks_total", vendor="async", outcome="saved") == saved + 1
+    assert metric(client, "vendorfetch_webhooks_total", vendor="async", outcome="WebhookWrongVendor") == refused + 1
+    assert metric(client, "vendorfetch_jobs_finished_total", vendor="async", status="complete") == finished + 1
+    assert metric(client, "vendorfetch_queue_depth", queue="job-queue") == 2
+    assert metric(client, "vendorfetch_http_requests_total", method="POST", route="/jobs", status="202") >= 2

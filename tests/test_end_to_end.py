@@ -1,17 +1,24 @@
 """The real processes together: gunicorn API, dramatiq worker, both mock vendors."""
 
+import base64
+
+import orjson
 import pytest
 import requests
+import standardwebhooks
 
 from tests.conftest import with_database
-from tests.stack import Stack, free_ports, vendors_toml, wait_until
+from tests.stack import CallbackReceiver, Stack, free_ports, vendors_toml, wait_until
 
+CALLBACK_SECRET = "whsec_" + base64.b64encode(b"client-callback-secret-0123456").decode()
+E2E_DATABASE = "e2e_jobs"
 DOWN_VENDOR = """
 [vendors.down]
 mode = "sync"
 url = "http://127.0.0.1:{port}/fetch"
 timeout_s = 1
 max_retries = 1
+breaker_failures = 0  # these tests count retries; the circuit breaker has tests of its own
 """
 
 
@@ -23,13 +30,14 @@ def stack(tmp_path_factory, redis_url, mongodb_uri, mongo_client):
     api_port, sync_port, async_port, closed_port = free_ports(4)
     registry = folder / "vendors.toml"
     registry.write_text(vendors_toml(sync_port, async_port) + DOWN_VENDOR.format(port=closed_port))
-    database = "e2e_jobs"
+    database = E2E_DATABASE
     stack = Stack({
         "REDIS_URL": redis_url,
         "MONGODB_URI": with_database(mongodb_uri, database),
         "VENDORS_FILE": str(registry),
         "ENCRYPTION_KEY": Fernet.generate_key().decode(),
         "PUBLIC_URL": f"http://127.0.0.1:{api_port}",
+        "CALLBACK_SECRET": CALLBACK_SECRET,
     }, folder)
     try:
         stack.start_mock("sync", sync_port)
@@ -43,8 +51,9 @@ def stack(tmp_path_factory, redis_url, mongodb_uri, mongo_client):
         mongo_client.drop_database(database)
 
 
-def submit(stack, vendor=None, body=None):
-    params = {"vendor": vendor} if vendor else None
+def submit(stack, vendor=None, body=None, **params):
+    if vendor:
+        params["vendor"] = vendor
     response = requests.post(f"{stack.url}/jobs", json=body or {"name": "TestUser", "email": "test@mail.com", "password": "pass"}, params=params, timeout=5)
     assert response.status_code == 202, response.text
     return response.json()["request_id"]
@@ -91,3 +100,24 @@ def test_an_unreachable_vendor_is_retried_then_the_job_fails_with_the_reason(sta
     assert job["status"] == "failed"
     assert job["attempts"] == 2
     assert job["error"].startswith("gave up after 2 attempts: down could not be reached")
+
+
+@pytest.fixture
+def receiver():
+    receiver = CallbackReceiver((503,))  # the first delivery fails: the callback must be retried
+    yield receiver
+    receiver.close()
+
+
+@pytest.mark.parametrize("vendor, status", [("sync", "complete"), ("async", "complete"), ("down", "failed")])
+def test_the_client_callback_brings_the_final_state_once_signed(stack, receiver, mongo_client, vendor, status):
+    request_id = submit(stack, vendor, callback_url=receiver.url)
+    job = final_state(stack, request_id)
+    wait_until(lambda: len(receiver.calls) >= 2, 30, "the retried client callback")
+    headers, body = receiver.calls[-1]
+    delivered = standardwebhooks.Webhook(CALLBACK_SECRET).verify(body, {k.lower(): v for k, v in headers.items()})
+    assert delivered == {"request_id": request_id, "status": status, "result": job["result"], "error": job.get("error")}
+    assert len(receiver.calls) == 2
+    assert len({call_headers["webhook-id"] for call_headers, _ in receiver.calls}) == 1
+    stored = wait_until(lambda: mongo_client[E2E_DATABASE].jobs.find_one({"_id": request_id, "callback_delivered_at": {"$exists": True}}), 5, "the delivery to be recorded")
+    assert "callback_url" not in requests.get(f"{stack.url}/jobs/{request_id}", timeout=5).json() and stored["callback_url"] == receiver.url

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import requests
 from standardwebhooks import Webhook
 
 from devtools.stores import free_port
+from tests.stack import CallbackReceiver
 from vendors import mock_async, mock_sync
 from vendors.mock_async import AsyncSettings
 from vendors.mock_common import MockSettings, SlidingWindowLimiter, parse_latency_ms
@@ -43,35 +42,6 @@ def fetch_body(request_id: str = "req-1", callback_url: str | None = None) -> di
     if callback_url is not None:
         body["callback_url"] = callback_url
     return body
-
-
-class CallbackReceiver:
-    """A webhook endpoint on a thread that records each call and answers scripted statuses."""
-
-    def __init__(self, statuses: tuple[int, ...] = ()) -> None:
-        self.calls: list[tuple[dict[str, str], bytes]] = []
-        statuses_left = list(statuses)
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                receiver.calls.append((dict(self.headers), body))
-                self.send_response(statuses_left.pop(0) if statuses_left else 200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_port}/vendor-webhook/async?token=t"
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        """Stop serving."""
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ def test_terminal_transition_erases_the_payload_and_sets_retention(store):
 @pytest.mark.parametrize("status, target", [
     pytest.param(JobStatus.COMPLETE, JobStatus.PROCESSING, id="complete-never-reopens"),
     pytest.param(JobStatus.COMPLETE, JobStatus.FAILED, id="complete-never-fails"),
-    pytest.param(JobStatus.QUEUED, JobStatus.COMPLETE, id="queued-cannot-skip-processing"),
+    pytest.param(JobStatus.PENDING, JobStatus.COMPLETE, id="pending-was-never-sent-so-cannot-complete"),
     pytest.param(JobStatus.QUEUED, JobStatus.TIMED_OUT, id="only-awaiting-times-out"),
 ])
 def test_disallowed_transitions_change_nothing(store, status, target):
@@ -106,4 +106,4 @@ def test_stale_ids_finds_only_old_jobs_in_that_state(store):
     store.collection.update_many({"_id": {"$in": [old, other]}}, {"$set": {"updated_at": store.get(old)["updated_at"] - timedelta(minutes=5)}})
     store.claim(other, "m1")
     store.collection.update_one({"_id": other}, {"$set": {"updated_at": store.get(old)["updated_at"]}})
-    assert store.stale_ids(JobStatus.PENDING, timedelta(minutes=1), 10) == [old]
+    assert list(store.stale_ids(JobStatus.PENDING, timedelta(minutes=1))) == [old]

@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from vendors.quota import Quota, parse_quota
 from vendors.registry import Vendor
 
 
@@ -44,6 +45,7 @@ class VendorReply:
 
     status_code: int
     data: dict[str, Any] | None
+    quota: Quota | None = None  # what the vendor's rate-limit headers say is left
 
 
 def call_vendor(
@@ -62,22 +64,25 @@ def call_vendor(
 
 def _reply(vendor: Vendor, response: requests.Response) -> VendorReply:
     status = response.status_code
+    quota = parse_quota(response.headers)
     if status == 429:
         retry_after_s = parse_retry_after(response.headers.get("Retry-After"))
+        if retry_after_s is None and quota is not None:
+            retry_after_s = quota.reset_s
         raise VendorRateLimited(f"{vendor.name} answered 429 Too Many Requests", retry_after_s)
     if status >= 500:
         raise VendorUnavailable(f"{vendor.name} answered {status}")
     if status >= 400:
         raise VendorRejected(f"{vendor.name} rejected the request with {status}")
     if vendor.is_async:
-        return VendorReply(status, None)
+        return VendorReply(status, None, quota)
     try:
         data = response.json()
     except ValueError:
         data = None
     if not isinstance(data, dict):
         raise VendorRejected(f"{vendor.name} answered {status} without a JSON object")
-    return VendorReply(status, data)
+    return VendorReply(status, data, quota)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -32,6 +32,13 @@ webhook_timeout_s = 300
 """
 
 
+# Optional per-vendor settings of the rate limiter, retries and circuit breaker, with their types.
+LIMIT_SETTINGS = {
+    "max_wait_s": float, "max_backlog": int, "breaker_failures": int, "breaker_cooldown_s": float,
+    "retry_backoff_s": float, "retry_backoff_max_s": float,
+}
+
+
 class RegistryError(Exception):
     """The vendor registry file is missing, unreadable or invalid."""
 
@@ -59,10 +66,22 @@ class Vendor:
     webhook_auth: str = "token"
     webhook_timeout_s: float = 300.0
     webhook_retries: int = 0
+    max_wait_s: float = 3600.0  # how long a job may wait for this vendor before it fails
+    max_backlog: int | None = None  # jobs waiting to start; default: what the vendor takes in max_wait_s
+    breaker_failures: int = 5  # consecutive failures that open the circuit breaker; 0 disables it
+    breaker_cooldown_s: float = 30.0
+    retry_backoff_s: float = 1.0  # the first retry waits up to this; each further one up to twice as long
+    retry_backoff_max_s: float = 300.0
     limit: tuple[int, float] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "limit", parse_rate_limit(self.rate_limit))
+        for name in LIMIT_SETTINGS:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.max_backlog is None:
+            count, period_s = self.limit
+            object.__setattr__(self, "max_backlog", max(1, int(self.max_wait_s * count / period_s)))
 
     @property
     def is_async(self) -> bool:
@@ -131,7 +150,7 @@ def _vendor(name: str, table: dict, source: str) -> Vendor:
     if auth == "signature" and not secrets:
         raise RegistryError(f"{where}: webhook_auth 'signature' needs a webhook_secret")
     known = {"mode", "url", "rate_limit", "timeout_s", "max_retries", "enabled", "webhook_secret",
-             "webhook_auth", "webhook_timeout_s", "webhook_retries"}
+             "webhook_auth", "webhook_timeout_s", "webhook_retries", *LIMIT_SETTINGS}
     unknown = sorted(set(table) - known)
     if unknown:
         raise RegistryError(f"{where}: unknown setting(s) {', '.join(unknown)}")
@@ -145,6 +164,7 @@ def _vendor(name: str, table: dict, source: str) -> Vendor:
             webhook_secrets=secrets, webhook_auth=auth,
             webhook_timeout_s=float(table.get("webhook_timeout_s", Vendor.webhook_timeout_s)),
             webhook_retries=int(table.get("webhook_retries", Vendor.webhook_retries)),
+            **{name: kind(table[name]) for name, kind in LIMIT_SETTINGS.items() if name in table},
         )
     except (TypeError, ValueError) as error:
         raise RegistryError(f"{where}: {error}") from error
