@@ -28,7 +28,7 @@ import requests
 from cryptography.fernet import Fernet
 
 from devtools import stores
-from tests.stack import Stack, free_ports, vendors_toml
+from devtools.stack import Stack, free_ports, vendors_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 MIX_BODY = {"name": "TestUser", "email": "test@mail.com", "password": "pass"}

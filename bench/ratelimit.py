@@ -25,7 +25,7 @@ import requests
 from devtools import stores
 from service.states import JobStatus
 from service.store import connect, jobs_collection
-from tests.stack import Stack, free_ports, service_env, wait_until
+from devtools.stack import Stack, free_ports, service_env, wait_until
 
 REGISTRY = """
 [vendors.bench]

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from actors.breaker import PROBE_POLL_MS, CircuitBreaker
-from tests.stack import wait_until
+from devtools.stack import wait_until
 from vendors.registry import Vendor
 
 

@@ -8,7 +8,7 @@ import requests
 import standardwebhooks
 
 from tests.conftest import with_database
-from tests.stack import CallbackReceiver, Stack, free_ports, vendors_toml, wait_until
+from devtools.stack import CallbackReceiver, Stack, free_ports, vendors_toml, wait_until
 
 CALLBACK_SECRET = "whsec_" + base64.b64encode(b"client-callback-secret-0123456").decode()
 E2E_DATABASE = "e2e_jobs"

@@ -16,7 +16,7 @@ import requests
 from standardwebhooks import Webhook
 
 from devtools.stores import free_port
-from tests.stack import CallbackReceiver
+from devtools.stack import CallbackReceiver
 from vendors import mock_async, mock_sync
 from vendors.mock_async import AsyncSettings
 from vendors.mock_common import MockSettings, SlidingWindowLimiter, parse_latency_ms

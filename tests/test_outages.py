@@ -5,7 +5,7 @@ import requests
 from cryptography.fernet import Fernet
 
 from devtools import stores
-from tests.stack import Stack, free_ports, vendors_toml, wait_until
+from devtools.stack import Stack, free_ports, vendors_toml, wait_until
 
 BODY = {"name": "TestUser", "email": "test@mail.com", "password": "pass"}
 

@@ -8,7 +8,7 @@ import requests
 
 from tests.conftest import with_database
 from tests.scripted_vendor import ScriptedVendor
-from tests.stack import Stack, free_ports, service_env, wait_until
+from devtools.stack import Stack, free_ports, service_env, wait_until
 
 DATABASE = "ratelimit_e2e"
 REGISTRY = """

@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 
 from scheduler.leader import SWEEPS_KEY
-from tests.stack import Stack, wait_until
+from devtools.stack import Stack, wait_until
 
 LEASE_S = 1.0
 SWEEP_INTERVAL_S = 0.1

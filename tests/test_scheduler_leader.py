@@ -3,7 +3,7 @@ import pytest
 
 from scheduler.leader import LEADER_KEY, SWEEPS_KEY, LeaderLease
 from scheduler.runs import run_if_leader
-from tests.stack import wait_until
+from devtools.stack import wait_until
 
 
 @pytest.fixture

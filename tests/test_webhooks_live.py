@@ -17,7 +17,7 @@ from service.states import JobStatus
 from service.store import open_store, utcnow
 from tests.conftest import with_database
 from tests.signing import new_secret, signed_headers
-from tests.stack import Stack, free_ports, wait_until
+from devtools.stack import Stack, free_ports, wait_until
 
 FAST_SECRET, SILENT_SECRET, OTHER_SECRET = new_secret("fast"), new_secret("silent"), new_secret("other")
 REGISTRY = """

@@ -1,4 +1,4 @@
-"""Run the real processes of the service (API, worker, clock, mock vendors) for end-to-end tests."""
+"""Run the real processes of the service (API, worker, clock, mock vendors) for tests and benchmarks."""
 
 from __future__ import annotations
 
