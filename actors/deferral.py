@@ -19,6 +19,7 @@ from actors.breaker import CircuitBreaker
 from actors.queue import FETCH_ACTOR
 from actors.ratelimit import RateLimiter
 from service.errors import JobNotFound
+from service.metrics import DEFERRALS
 from service.store import JobStore
 from vendors.registry import Registry, Vendor
 
@@ -28,18 +29,20 @@ log = logging.getLogger(__name__)
 class Deferred(Exception):
     """The job must wait `delay_ms` for its vendor; this is not a failed attempt."""
 
-    def __init__(self, reason: str, delay_ms: int) -> None:
+    def __init__(self, reason: str, delay_ms: int, vendor: str) -> None:
         super().__init__(reason)
         self.delay_ms = delay_ms
+        self.vendor = vendor
 
 
 class GateUnavailable(MiddlewareError):
     """The limits could not be checked (Redis or MongoDB is down); the message is retried like a failure."""
 
 
-def defer(broker: dramatiq.Broker, message: dramatiq.Message, delay_ms: int) -> None:
-    """Put the message back in its queue, due in `delay_ms`."""
+def defer(broker: dramatiq.Broker, message: dramatiq.Message, delay_ms: int, vendor: str, reason: str) -> None:
+    """Put the message back in its queue, due in `delay_ms`, and count why it waits."""
     broker.enqueue(message, delay=max(delay_ms, 1))
+    DEFERRALS.labels(vendor, reason).inc()
 
 
 class SkippedDeferrals(logging.Filter):
@@ -70,23 +73,27 @@ class VendorGate(Middleware):
                 return  # an unknown job or vendor: the runner finds nothing to do and says so
             # The limiter first: a job that gets a slot keeps its place in line even if the
             # breaker then holds it back (an open breaker also pauses the limiter).
-            wait_ms = self.limiter.acquire(vendor, message.args[0]) or self.breaker.check(vendor)
+            wait_ms, reason = self.limiter.acquire(vendor, message.args[0]), "rate_limit"
+            if not wait_ms:
+                wait_ms, reason = self.breaker.check(vendor), "breaker_open"
             if wait_ms:
-                self.wait_or_give_up(broker, message, vendor, wait_ms)
+                self.wait_or_give_up(broker, message, vendor, wait_ms, reason)
         except MiddlewareError:
             raise
         except Exception as error:
             # Dramatiq logs and ignores any other error here, which would let the call through unchecked.
             raise GateUnavailable(f"cannot check the vendor's limits: {type(error).__name__}: {error}") from error
 
-    def wait_or_give_up(self, broker: dramatiq.Broker, message: dramatiq.Message, vendor: Vendor, wait_ms: int) -> None:
+    def wait_or_give_up(
+        self, broker: dramatiq.Broker, message: dramatiq.Message, vendor: Vendor, wait_ms: int, reason: str,
+    ) -> None:
         """Defer the message by `wait_ms`, or fail its job if it would wait past max_wait_s; skip it."""
         request_id = message.args[0]
         waited_s = (current_millis() - message.message_timestamp) / 1000
         if waited_s + wait_ms / 1000 <= vendor.max_wait_s:
             log.debug("job %s waits %d ms for %s", request_id, wait_ms, vendor.name)
             message.options["vendor"] = vendor.name
-            defer(broker, message, wait_ms)
+            defer(broker, message, wait_ms, vendor.name, reason)
             raise SkipMessage("deferred")
         why = "its circuit breaker is open" if self.breaker.tripped(vendor) else "it is paused or at its rate limit"
         reason = (f"gave up after waiting {waited_s:.0f} s for {vendor.name}: {why} for {wait_ms / 1000:.0f} s more,"

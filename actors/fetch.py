@@ -25,7 +25,7 @@ def declare_fetch_actor(broker: dramatiq.Broker, runner: JobRunner) -> dramatiq.
             runner.run(request_id, message.message_id)
         except Deferred as deferral:
             # Re-enqueued here, not raised: Retries would count it as a failed attempt.
-            defer(broker, message, deferral.delay_ms)
+            defer(broker, message, deferral.delay_ms, deferral.vendor, "vendor_pushback")
 
     return dramatiq.actor(
         fetch_job, broker=broker, actor_name=FETCH_ACTOR, queue_name=QUEUE_NAME,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from datetime import timedelta
 
 import dramatiq
@@ -12,13 +13,18 @@ import requests
 from actors.deferral import Deferred
 from actors.feedback import VendorFeedback
 from service.cleaning import Cleaner
+from service.metrics import VENDOR_LATENCY, VENDOR_REQUESTS
 from service.states import JobStatus
 from service.store import JobStore, utcnow
 from service.webhooks import WebhookAuth
-from vendors.client import VendorRateLimited, VendorRejected, VendorUnavailable, call_vendor
+from vendors.client import (
+    VendorError, VendorRateLimited, VendorRejected, VendorReply, VendorUnavailable, call_vendor,
+)
 from vendors.registry import Registry, Vendor
 
 log = logging.getLogger(__name__)
+
+OUTCOMES = {VendorRejected: "rejected", VendorRateLimited: "rate_limited", VendorUnavailable: "unavailable"}
 
 
 def backoff_ms(vendor: Vendor, attempts: int) -> int:
@@ -53,7 +59,7 @@ class JobRunner:
             self.store.fail(request_id, f"vendor {job['vendor']!r} is no longer in the registry")
             return
         try:
-            reply = call_vendor(self.session, vendor, request_id, job["payload"], self.callback_url(vendor, request_id))
+            reply = self.call(vendor, request_id, job["payload"])
         except VendorRejected as error:
             self.feedback.answered(vendor, None)
             self.store.fail(request_id, str(error))
@@ -62,7 +68,7 @@ class JobRunner:
             pause_s = self.feedback.pushed_back(vendor, error.retry_after_s)
             # Pushback is not the job's failure: give the attempt back.
             self.store.note(request_id, f"{error}; {vendor.name} paused for {pause_s:g} s", inc={"attempts": -1})
-            raise Deferred(str(error), round(pause_s * 1000)) from error
+            raise Deferred(str(error), round(pause_s * 1000), vendor.name) from error
         except VendorUnavailable as error:
             self.feedback.failed(vendor)
             attempts = job["attempts"]
@@ -78,6 +84,18 @@ class JobRunner:
         else:
             result, removed = self.cleaner.clean(reply.data)
             self.store.complete(request_id, result, removed, detail=f"{vendor.name} answered {reply.status_code}")
+
+    def call(self, vendor: Vendor, request_id: str, payload: dict) -> VendorReply:
+        """Call the vendor, counting the outcome and timing the call."""
+        started, outcome = time.perf_counter(), "accepted" if vendor.is_async else "ok"
+        try:
+            return call_vendor(self.session, vendor, request_id, payload, self.callback_url(vendor, request_id))
+        except VendorError as error:
+            outcome = OUTCOMES[type(error)]
+            raise
+        finally:
+            VENDOR_REQUESTS.labels(vendor.name, outcome).inc()
+            VENDOR_LATENCY.labels(vendor.name).observe(time.perf_counter() - started)
 
     def await_webhook(self, vendor: Vendor, request_id: str) -> None:
         """Record that the vendor accepted the job; its webhook may already have completed it."""

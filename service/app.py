@@ -13,7 +13,8 @@ import redis
 
 from actors.callbacks import CALLBACK_QUEUE, notify_on_finish
 from actors.queue import QUEUE_NAME, enqueue_fetch
-from actors.queue_metrics import QueueCollector
+from actors.breaker import CircuitBreaker
+from actors.live_metrics import BreakerCollector, QueueCollector
 from actors.ratelimit import RateLimiter
 from actors.setup import build_broker, connect_redis
 from service import errors
@@ -62,7 +63,9 @@ def create_app(config: Config | None = None) -> falcon.App:
     app.add_route("/healthz", Liveness())
     app.add_route("/readyz", Readiness(store, redis_client, registry))
     app.add_route("/openapi.json", OpenAPIDocument(build_spec(list(registry.vendors), callbacks)))
-    app.add_route("/metrics", Metrics(QueueCollector(broker, [QUEUE_NAME, CALLBACK_QUEUE])))
+    app.add_route("/metrics", Metrics(
+        QueueCollector(broker, [QUEUE_NAME, CALLBACK_QUEUE]), BreakerCollector(CircuitBreaker(redis_client), registry),
+    ))
     app.add_sink(unknown_route)
     add_error_handlers(app)
     return app

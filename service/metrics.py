@@ -27,6 +27,9 @@ VENDOR_LATENCY = Histogram(
     "vendorfetch_vendor_request_seconds", "Latency of calls to vendors", ["vendor"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+DEFERRALS = Counter(
+    "vendorfetch_rate_limit_deferrals_total", "Fetches put back to wait for their vendor", ["vendor", "reason"],
+)
 WEBHOOKS = Counter("vendorfetch_webhooks_total", "Vendor webhooks by outcome", ["vendor", "outcome"])
 HTTP_REQUESTS = Counter("vendorfetch_http_requests_total", "API requests", ["method", "route", "status"])
 HTTP_LATENCY = Histogram(

@@ -232,3 +232,15 @@ def test_metrics_count_submissions_webhooks_finished_jobs_and_queue_depth(client
     assert metric(client, "vendorfetch_jobs_finished_total", vendor="async", status="complete") == finished + 1
     assert metric(client, "vendorfetch_queue_depth", queue="job-queue") == 2
     assert metric(client, "vendorfetch_http_requests_total", method="POST", route="/jobs", status="202") >= 2
+
+
+def test_metrics_report_each_vendors_breaker(client, redis_client):
+    from actors.breaker import CircuitBreaker
+    from vendors.registry import load_registry
+
+    sync = load_registry().get("sync")
+    assert "vendorfetch_breaker_open{vendor=\"sync\"} 0.0" in client.simulate_get("/metrics").text
+    for _ in range(sync.breaker_failures):
+        CircuitBreaker(redis_client).failed(sync)
+    assert metric(client, "vendorfetch_breaker_open", vendor="sync") == 1
+    assert metric(client, "vendorfetch_breaker_open", vendor="async") == 0

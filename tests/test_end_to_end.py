@@ -121,3 +121,16 @@ def test_the_client_callback_brings_the_final_state_once_signed(stack, receiver,
     assert len({call_headers["webhook-id"] for call_headers, _ in receiver.calls}) == 1
     stored = wait_until(lambda: mongo_client[E2E_DATABASE].jobs.find_one({"_id": request_id, "callback_delivered_at": {"$exists": True}}), 5, "the delivery to be recorded")
     assert "callback_url" not in requests.get(f"{stack.url}/jobs/{request_id}", timeout=5).json() and stored["callback_url"] == receiver.url
+
+
+def test_metrics_sum_the_workers_vendor_calls_with_the_apis_counts(stack):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    final_state(stack, submit(stack, "sync"))
+    final_state(stack, submit(stack, "down"))
+    text = requests.get(f"{stack.url}/metrics", timeout=5).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("vendorfetch_vendor_requests_total", (("outcome", "ok"), ("vendor", "sync")))] >= 1
+    assert samples[("vendorfetch_vendor_requests_total", (("outcome", "unavailable"), ("vendor", "down")))] >= 2
+    assert samples[("vendorfetch_jobs_finished_total", (("status", "failed"), ("vendor", "down")))] >= 1
+    assert samples[("vendorfetch_jobs_submitted_total", (("vendor", "sync"),))] >= 1

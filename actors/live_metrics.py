@@ -1,4 +1,4 @@
-"""Read each queue's live state from Redis for /metrics: depth, pending, delayed, dead letters."""
+"""Read live state from Redis for /metrics: each queue's counts and each vendor's breaker."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import logging
 
 import redis
 
+from actors.breaker import CircuitBreaker
 from actors.broker import StreamsBroker, dead_key, delay_key, stream_key
 from service.metrics import gauge
+from vendors.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +49,19 @@ class QueueCollector:
             "depth": depth if isinstance(depth, int) else 0, "pending": pending_count,
             "delayed": delayed if isinstance(delayed, int) else 0, "dead_letters": dead if isinstance(dead, int) else 0,
         }
+
+
+class BreakerCollector:
+    """A Prometheus collector reporting which vendors' circuit breakers are open."""
+
+    def __init__(self, breaker: CircuitBreaker, registry: Registry) -> None:
+        self.breaker = breaker
+        self.registry = registry
+
+    def collect(self):
+        try:
+            samples = {(name,): float(self.breaker.tripped(vendor)) for name, vendor in self.registry.vendors.items()}
+        except redis.RedisError as error:
+            log.warning("breaker metrics unavailable: %s", type(error).__name__)
+            return
+        yield gauge("vendorfetch_breaker_open", "1 while the vendor's circuit breaker is open or half-open", ["vendor"], samples)
