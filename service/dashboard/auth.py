@@ -1,0 +1,109 @@
+"""Let only operators in: the ADMIN_TOKEN as a bearer header, or a signed session cookie from the login form.
+
+The cookie never holds the token: it holds an issue time and a random id, signed with a key
+derived from the token (so changing ADMIN_TOKEN ends every session). A POST made with the
+cookie must carry the session's CSRF token, an HMAC of the cookie; a bearer header cannot be
+sent by another site's page, so bearer POSTs need none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+import falcon
+
+PREFIX = "/dashboard"
+API_PREFIX = f"{PREFIX}/api/"
+LOGIN_PATH = f"{PREFIX}/login"
+SESSION_COOKIE = "vendorfetch_dashboard"
+SESSION_TTL_S = 12 * 3600
+
+
+class OperatorAuth:
+    """Check the operator's credentials and sign sessions and CSRF tokens."""
+
+    def __init__(self, admin_token: str) -> None:
+        self.token_digest = hashlib.sha256(admin_token.encode()).digest()
+        self.key = hmac.new(admin_token.encode(), b"vendorfetch dashboard sessions", hashlib.sha256).digest()
+
+    def token_matches(self, given: str) -> bool:
+        """Compare a presented token with ADMIN_TOKEN in constant time."""
+        return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), self.token_digest)
+
+    def sign(self, text: str) -> str:
+        return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()
+
+    def new_session(self) -> str:
+        """Return a fresh session cookie value: issue time, random id, signature."""
+        body = f"{int(time.time())}.{secrets.token_urlsafe(16)}"
+        return f"{body}.{self.sign(body)}"
+
+    def session_valid(self, session: str) -> bool:
+        """Tell whether a cookie value is a session we signed that has not expired."""
+        body, _, signature = session.rpartition(".")
+        issued = body.partition(".")[0]
+        return (same(signature, self.sign(body)) and issued.isdigit()
+                and time.time() - int(issued) < SESSION_TTL_S)
+
+    def csrf_token(self, session: str | None) -> str:
+        """Return the CSRF token of a session (none without one: bearer requests need none)."""
+        return self.sign(f"csrf.{session}") if session else ""
+
+    def operator(self, req: falcon.Request) -> str | None:
+        """Return how the request proves it comes from an operator ('bearer' or 'session'), or None."""
+        scheme, _, credentials = (req.get_header("Authorization") or "").partition(" ")
+        if scheme.lower() == "bearer" and self.token_matches(credentials.strip()):
+            return "bearer"
+        session = session_of(req)
+        return "session" if session and self.session_valid(session) else None
+
+    def check_csrf(self, req: falcon.Request) -> None:
+        """Refuse a cookie-authenticated POST whose CSRF token (form field or header) is wrong."""
+        given = req.get_header("X-CSRF-Token") or form_value(req, "csrf_token")
+        if not same(given, self.csrf_token(session_of(req))):
+            raise falcon.HTTPForbidden(title="CSRF check failed", description="reload the page and try again")
+
+
+def same(given: str, expected: str) -> bool:
+    """Compare strings in constant time; any text may come in, so compare bytes."""
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def session_of(req: falcon.Request) -> str | None:
+    values = req.get_cookie_values(SESSION_COOKIE)
+    return values[0] if values else None
+
+
+def form_value(req: falcon.Request, name: str) -> str:
+    """Return one field of a url-encoded form (or JSON object) body, or ''."""
+    body = req.get_media(default_when_empty={})
+    value = body.get(name, "") if isinstance(body, dict) else ""
+    return value if isinstance(value, str) else ""
+
+
+def local_path(target: str | None) -> str:
+    """Return `target` if it is a dashboard path, else the overview: no open redirects."""
+    if target and target.startswith(PREFIX) and not target.startswith("//") and "\\" not in target:
+        return target
+    return PREFIX
+
+
+def require_operator(req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]) -> None:
+    """Let operators through (checking CSRF on session POSTs); send browsers to log in, refuse the rest."""
+    how = resource.auth.operator(req)
+    if how is None:
+        if req.method == "GET" and not req.path.startswith(API_PREFIX):
+            raise falcon.HTTPSeeOther(f"{LOGIN_PATH}?{urlencode({'next': req.relative_uri})}")
+        raise falcon.HTTPUnauthorized(
+            title="Operator token required",
+            description="send Authorization: Bearer <ADMIN_TOKEN>, or log in at /dashboard/login", challenges=["Bearer"],
+        )
+    if req.method == "POST" and how == "session":
+        resource.auth.check_csrf(req)
+    req.context.via = how
+    req.context.operator = f"{how} from {req.remote_addr}"
