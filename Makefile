@@ -6,19 +6,29 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test bench-broker bench-ratelimit clean
+.PHONY: run test chromium bench-broker bench-ratelimit bench-load clean
 
 run: $(INSTALLED)
 	$(PY) -m devtools.run
 
-test: $(INSTALLED)
+test: $(INSTALLED) chromium
 	$(PY) -m pytest
+
+# The dashboard's browser tests drive Debian's Chromium; where it cannot be installed they skip.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "make: Chromium could not be installed; the dashboard's browser tests will be skipped"
 
 bench-broker: $(INSTALLED)
 	$(PY) -m bench.broker
 
 bench-ratelimit: $(INSTALLED)
 	$(PY) -m bench.ratelimit
+
+# The load test drives the API with wrk (Debian's package), which has far less overhead than locust.
+bench-load: $(INSTALLED)
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(PY) -m bench.load $(ARGS)
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

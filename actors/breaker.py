@@ -68,6 +68,19 @@ class CircuitBreaker:
         failures = int(self.client.hget(vendor_key(vendor.name, "breaker"), "failures") or 0)
         return 0 < vendor.breaker_failures <= failures
 
+    def state(self, vendor: Vendor) -> tuple[str, int]:
+        """Return the breaker's state (off, closed, open or half-open) and its consecutive failures."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(vendor_key(vendor.name, "breaker"), "failures", "open_until")
+        pipe.time()  # the scripts' clock, so that no process clock decides what is open
+        (failures, open_until), (seconds, micros) = pipe.execute()
+        failures = int(failures or 0)
+        if not vendor.breaker_failures:
+            return "off", failures
+        if failures < vendor.breaker_failures:
+            return "closed", failures
+        return ("open" if seconds * 1000 + micros // 1000 < int(open_until or 0) else "half-open"), failures
+
     def succeeded(self, vendor: Vendor) -> None:
         """Close the breaker: the vendor answered."""
         if vendor.breaker_failures:

@@ -97,8 +97,10 @@ def redrive(client: redis.Redis, queue_name: str, entry_ids: Sequence[str] = ())
     return moved
 
 
-def purge(client: redis.Redis, queue_name: str) -> int:
-    """Delete a queue's dead-letter stream; return how many entries it held."""
+def purge(client: redis.Redis, queue_name: str, entry_ids: Sequence[str] = ()) -> int:
+    """Delete a queue's dead letters (all, or those listed); return how many were deleted."""
+    if entry_ids:
+        return client.xdel(dead_key(queue_name), *entry_ids)
     with client.pipeline(transaction=True) as pipe:
         pipe.xlen(dead_key(queue_name))
         pipe.delete(dead_key(queue_name))

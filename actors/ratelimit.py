@@ -37,6 +37,16 @@ class Admission:
     refusal: str = ""  # why it was refused
 
 
+@dataclass(frozen=True)
+class Usage:
+    """A vendor's limiter state now, for operators."""
+
+    started: int  # jobs started in the last period
+    backlog: int  # jobs holding a slot in the future
+    paused_s: float  # how long the vendor stays paused (a 429, an exhausted quota, an open breaker)
+    new_job_wait_s: float  # how long a job submitted now would wait for its slot
+
+
 class RateLimiter:
     """Start jobs within each vendor's limit, pause vendors that push back, and bound backlogs."""
 
@@ -47,7 +57,7 @@ class RateLimiter:
         # register_script only hashes the source; nothing touches the server until first use.
         self.scripts = {
             name: client.register_script(getattr(ratelimit_lua, name))
-            for name in ("ACQUIRE", "RESTRICT", "ADMIT", "OUTLOOK")
+            for name in ("ACQUIRE", "RESTRICT", "ADMIT", "OUTLOOK", "USAGE")
         }
 
     def admit(self, vendor: Vendor, request_id: str) -> Admission:
@@ -78,6 +88,11 @@ class RateLimiter:
         keys = self.keys(vendor, "slots", "pause")
         now_ms, at_ms = self.scripts["OUTLOOK"](keys=keys, args=[*self.limit_args(vendor), request_id])
         return (at_ms - now_ms) / 1000
+
+    def usage(self, vendor: Vendor) -> Usage:
+        """Report how much of its limit the vendor used in the last period, its backlog and its pause."""
+        started, backlog, paused_ms, wait_ms = self.scripts["USAGE"](keys=self.keys(vendor, "slots", "pause"), args=self.limit_args(vendor))
+        return Usage(started, backlog, paused_ms / 1000, wait_ms / 1000)
 
     def delay_ms(self, vendor: Vendor, wait_ms: int) -> int:
         """Return how long a message should wait for a slot `wait_ms` away (0: start now).

@@ -164,3 +164,15 @@ local own = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[4]))
 if own then return {now, math.max(own, now)} end
 return {now, next_free(KEYS[1], KEYS[2], now, limit, period + margin)}
 """
+
+#: Report a vendor's use of its limit, read-only: {starts in the last period, jobs holding a
+#: future slot (the backlog), ms the vendor stays paused, ms until a new job's slot}.
+#: KEYS: slots, pause.  ARGV: limit, period ms, margin ms.
+USAGE = PRELUDE + """
+local limit, period, margin = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_ms()
+local started = redis.call('ZCOUNT', KEYS[1], '(' .. (now - period), now)
+local backlog = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+local paused = math.max(tonumber(redis.call('GET', KEYS[2]) or 0) - now, 0)
+return {started, backlog, paused, next_free(KEYS[1], KEYS[2], now, limit, period + margin) - now}
+"""

@@ -1,15 +1,17 @@
 """`make run`: start the whole service in the foreground through honcho and Procfile.dev.
 
 Starts embedded Redis-protocol and MongoDB-wire servers for whichever of REDIS_URL and
-MONGODB_URI is unset, keeps their data and a generated ENCRYPTION_KEY under var/, and stops
-everything on Ctrl-C.
+MONGODB_URI is unset, keeps their data, a generated ENCRYPTION_KEY and a generated dashboard
+ADMIN_TOKEN under var/, and stops everything on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.fernet import Fernet
@@ -21,6 +23,7 @@ VAR = Path(os.environ.get("VAR_DIR", ROOT / "var"))
 APP_PROCESSES = ["web", "worker", "clock", "vendor-sync", "vendor-async"]
 PREFERRED_REDIS_PORT = 6380
 PREFERRED_MONGODB_PORT = 27018
+ADMIN_TOKEN_FILE = "admin.token"
 
 
 def pick_port(preferred: int) -> int:
@@ -28,15 +31,15 @@ def pick_port(preferred: int) -> int:
     return free_port() if port_is_open(preferred) else preferred
 
 
-def encryption_key() -> str:
-    """Return ENCRYPTION_KEY, or the development key kept in var/ (made on first run)."""
-    if os.environ.get("ENCRYPTION_KEY"):
-        return os.environ["ENCRYPTION_KEY"]
-    key_file = VAR / "encryption.key"
-    if not key_file.exists():
-        key_file.write_bytes(Fernet.generate_key())
-        key_file.chmod(0o600)
-    return key_file.read_text().strip()
+def secret(name: str, file_name: str, generate: Callable[[], str]) -> str:
+    """Return the environment's secret `name`, or the development one kept in var/ (made on first run)."""
+    if os.environ.get(name):
+        return os.environ[name]
+    secret_file = VAR / file_name
+    if not secret_file.exists():
+        secret_file.write_text(generate())
+        secret_file.chmod(0o600)
+    return secret_file.read_text().strip()
 
 
 def main() -> None:
@@ -54,7 +57,10 @@ def main() -> None:
         processes.append("mongodb")
     port = env.setdefault("PORT", "4000")
     env.setdefault("PUBLIC_URL", f"http://127.0.0.1:{port}")
-    env["ENCRYPTION_KEY"] = encryption_key()
+    env["ENCRYPTION_KEY"] = secret("ENCRYPTION_KEY", "encryption.key", lambda: Fernet.generate_key().decode())
+    env["ADMIN_TOKEN"] = secret("ADMIN_TOKEN", ADMIN_TOKEN_FILE, lambda: secrets.token_urlsafe(32))
+    # Lets the dashboard's retry be tried here; deployments erase failed jobs' payloads unless they opt in.
+    env.setdefault("KEEP_FAILED_PAYLOADS", "true")
     env["VAR_DIR"] = str(VAR)
     # Every process of this run reports into one fresh metrics folder (see service/metrics.py).
     metrics = VAR / "metrics"
@@ -63,6 +69,8 @@ def main() -> None:
     # Procfile commands (gunicorn, dramatiq, python) come from this virtualenv.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     print(f"vendorfetch: API on http://127.0.0.1:{port}, Redis {env['REDIS_URL']}, MongoDB {env['MONGODB_URI']}", flush=True)
+    where = "ADMIN_TOKEN" if os.environ.get("ADMIN_TOKEN") else VAR / ADMIN_TOKEN_FILE
+    print(f"vendorfetch: dashboard on http://127.0.0.1:{port}/dashboard (log in with the token in {where})", flush=True)
     argv = [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile.dev"), "-d", str(ROOT), "-p", port, *processes]
     os.execve(sys.executable, argv, env)
 

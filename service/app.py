@@ -20,7 +20,9 @@ from actors.setup import build_broker, connect_redis
 from service import errors
 from service.cleaning import Cleaner
 from service.config import Config
+from service.dashboard import add_dashboard
 from service.health import Liveness, Readiness
+from service.idempotency import IdempotencyKeys
 from service.jobs import Jobs
 from service.logs import configure_logging
 from service.metrics import WEBHOOKS
@@ -49,7 +51,9 @@ def create_app(config: Config | None = None) -> falcon.App:
     broker = build_broker(redis_client)
     notify_on_finish(store, broker, config.callback_secret)
     waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry)
-    jobs = Jobs(store, registry, partial(enqueue_fetch, broker), Cleaner(config.pii_keys), waiting)
+    jobs = Jobs(
+        store, registry, partial(enqueue_fetch, broker), Cleaner(config.pii_keys), waiting, IdempotencyKeys(redis_client),
+    )
     warn_at_start(store, registry)
 
     app = falcon.App(middleware=[RequestMetrics(), BodyLimit(config.max_body_bytes)])
@@ -66,6 +70,8 @@ def create_app(config: Config | None = None) -> falcon.App:
     app.add_route("/metrics", Metrics(
         QueueCollector(broker, [QUEUE_NAME, CALLBACK_QUEUE]), BreakerCollector(CircuitBreaker(redis_client), registry),
     ))
+    if config.admin_token:  # without a token the dashboard is off: its paths are unknown routes (404)
+        add_dashboard(app, config.admin_token, store, registry, waiting.limiter, broker)
     app.add_sink(unknown_route)
     add_error_handlers(app)
     return app
@@ -103,6 +109,9 @@ def add_error_handlers(app: falcon.App) -> None:
     def idempotency_conflict(req, resp, error, params):
         raise falcon.HTTPUnprocessableEntity(title="Idempotency-Key reused", description=str(error))
 
+    def idempotency_in_flight(req, resp, error, params):
+        raise falcon.HTTPConflict(title="Idempotency-Key in use", description=str(error))
+
     def backlog_full(req, resp, error, params):
         raise falcon.HTTPServiceUnavailable(
             title="Backlog full", description=str(error), retry_after=max(1, math.ceil(error.retry_after_s)),
@@ -118,6 +127,7 @@ def add_error_handlers(app: falcon.App) -> None:
     app.add_error_handler(errors.JobNotFound, job_not_found)
     app.add_error_handler(errors.UnknownVendor, unknown_vendor)
     app.add_error_handler(errors.IdempotencyConflict, idempotency_conflict)
+    app.add_error_handler(errors.IdempotencyInFlight, idempotency_in_flight)
     app.add_error_handler(errors.BacklogFull, backlog_full)
     app.add_error_handler(errors.WebhookRejected, webhook_rejected)
     app.add_error_handler(pymongo.errors.ConnectionFailure, unavailable)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_PII_KEYS = (
     "pii", "ssn", "password", "email", "phone", "card_number", "credit_card", "cc_number", "pan", "cvv",
 )
+
+# A guessable operator token would open the dashboard's actions to anyone who can reach the API.
+MIN_ADMIN_TOKEN_LENGTH = 16
 
 
 class ConfigError(Exception):
@@ -35,6 +38,10 @@ class Config:
     clock_lease_s: float = 15.0
     # Added to every vendor's rate-limit period: slack for late starts and uneven network delays.
     rate_limit_margin_ms: int = 100
+    # The operator dashboard's token; None turns the dashboard off.
+    admin_token: str | None = field(default=None, repr=False)
+    # Keep the encrypted payload of failed and timed-out jobs until retention, so operators can retry them.
+    keep_failed_payloads: bool = False
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:
@@ -64,6 +71,8 @@ class Config:
             sweep_interval_s=_float(env, "SWEEP_INTERVAL_S", cls.sweep_interval_s),
             clock_lease_s=_float(env, "CLOCK_LEASE_S", cls.clock_lease_s),
             rate_limit_margin_ms=_int(env, "RATE_LIMIT_MARGIN_MS", cls.rate_limit_margin_ms),
+            admin_token=_admin_token(env),
+            keep_failed_payloads=_flag(env, "KEEP_FAILED_PAYLOADS"),
         )
 
 
@@ -72,6 +81,21 @@ def _callback_secret(env) -> str | None:
     if secret is not None and not secret.startswith("whsec_"):
         raise ConfigError("CALLBACK_SECRET must be a Standard Webhooks secret starting with 'whsec_'")
     return secret
+
+
+def _admin_token(env) -> str | None:
+    token = env.get("ADMIN_TOKEN", "").strip() or None
+    if token is not None and len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ConfigError(f"ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LENGTH} characters; generate one with "
+                          "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return token
+
+
+def _flag(env, name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    return raw in ("1", "true", "yes")
 
 
 def _int(env, name: str, default: int) -> int:

@@ -3,6 +3,7 @@
     VendorfetchError
     ├── JobNotFound          404  no job has this request_id
     ├── IdempotencyConflict  422  the Idempotency-Key was used with another request
+    ├── IdempotencyInFlight  409  the first request with this Idempotency-Key is still being stored
     ├── UnknownVendor        400/404  no vendor of that name (400 when pinned on submit)
     ├── BacklogFull          503  the vendor already has max_backlog jobs waiting (with Retry-After)
     ├── WebhookRejected      401/403/409  a webhook that must not change its job
@@ -26,6 +27,10 @@ class JobNotFound(VendorfetchError):
 
 class IdempotencyConflict(VendorfetchError):
     """An Idempotency-Key was used before with a different request."""
+
+
+class IdempotencyInFlight(VendorfetchError):
+    """The first request with this Idempotency-Key has not been stored yet."""
 
 
 class UnknownVendor(VendorfetchError):

@@ -9,13 +9,13 @@ from datetime import datetime
 from typing import Any, Callable
 
 import orjson
-import pymongo.errors
 
 from actors.ratelimit import Admission
 from service.cleaning import Cleaner
 from service.errors import (
-    BacklogFull, IdempotencyConflict, JobNotFound, UnknownVendor, WebhookTooLate, WebhookWrongVendor,
+    BacklogFull, IdempotencyInFlight, JobNotFound, UnknownVendor, WebhookTooLate, WebhookWrongVendor,
 )
+from service.idempotency import IdempotencyKeys
 from service.metrics import JOBS_SUBMITTED, WEBHOOKS
 from service.states import JobStatus
 from service.store import JobStore
@@ -38,12 +38,14 @@ class Jobs:
 
     def __init__(
         self, store: JobStore, registry: Registry, enqueue: Callable[..., None], cleaner: Cleaner, waiting: Waiting,
+        idempotency: IdempotencyKeys,
     ) -> None:
         self.store = store
         self.registry = registry
         self.enqueue = enqueue
         self.cleaner = cleaner
         self.waiting = waiting
+        self.idempotency = idempotency
 
     def vendor(self, name: str) -> Vendor:
         """Return the registered vendor called `name`, or raise UnknownVendor."""
@@ -63,16 +65,17 @@ class Jobs:
         Idempotency-Key with the same request returns the first job's request_id (and no estimate).
         """
         request_id = str(uuid.uuid4())
-        vendor, admission = self.admit(vendor_name, request_id)
-        idempotency = None
         if idempotency_key is not None:
-            idempotency = {"key": idempotency_key, "fingerprint": fingerprint(payload, vendor_name, callback_url)}
+            earlier = self.idempotency.claim(idempotency_key, fingerprint(payload, vendor_name, callback_url), request_id)
+            if earlier is not None:
+                return self.replay(earlier), None
         try:
-            self.store_admitted(vendor, request_id, payload, callback_url=callback_url, idempotency=idempotency)
-        except pymongo.errors.DuplicateKeyError:
-            if idempotency is None:
-                raise
-            return self.replay(idempotency), None
+            vendor, admission = self.admit(vendor_name, request_id)
+            self.store_admitted(vendor, request_id, payload, callback_url=callback_url)
+        except Exception:
+            if idempotency_key is not None:
+                self.idempotency.release(idempotency_key)
+            raise
         JOBS_SUBMITTED.labels(vendor.name).inc()
         try:
             self.enqueue(request_id, vendor=vendor.name, delay_ms=admission.delay_ms)
@@ -111,14 +114,15 @@ class Jobs:
             self.waiting.withdraw(vendor, request_id)
             raise
 
-    def replay(self, idempotency: dict[str, str]) -> str:
-        """Return the request_id first submitted under this idempotency key, if the request matches."""
-        earlier = self.store.find_by_idempotency_key(idempotency["key"])
-        if earlier is None or earlier["idempotency"]["fingerprint"] != idempotency["fingerprint"]:
-            raise IdempotencyConflict(
-                f"Idempotency-Key {idempotency['key']!r} was already used with a different body, vendor or callback_url",
-            )
-        return earlier["_id"]
+    def replay(self, request_id: str) -> str:
+        """Return the request_id of the first submission with the same key, once that job is stored."""
+        try:
+            self.store.get(request_id)
+        except JobNotFound:
+            raise IdempotencyInFlight(
+                "the first request with this Idempotency-Key is still being stored (or failed); retry shortly",
+            ) from None
+        return request_id
 
     def view(self, request_id: str) -> dict[str, Any]:
         """Return what a client may see of a job: never its payload."""

@@ -65,6 +65,7 @@ def build_spec(vendor_names: list[str], callbacks: bool) -> dict:
                     }),
                     "400": error("Malformed JSON, a body that is not a JSON object, an unknown or disabled vendor, "
                              "an invalid Idempotency-Key or callback_url, or callbacks not enabled"),
+                "409": error("The first request with this Idempotency-Key is still being stored; retry shortly"),
                 "422": error("The Idempotency-Key was used before with a different request"),
                     **BODY_ERRORS,
                     "503": error("A data store is unavailable, or the vendor's backlog is full or it is paused for longer "

@@ -5,6 +5,8 @@
                  │                   │                     ├─> timed_out
                  │                   └─> failed            │
                  └──────── re-request (webhook_retries) ───┘
+                 ▲
+                 └── operator retry <── failed, timed_out (only while the payload is kept)
 
 A vendor's webhook may also complete a job that is still processing (it beat the worker) or
 queued again for a re-request (the data of the earlier request came after all).
@@ -33,7 +35,9 @@ TERMINAL = frozenset({JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.TIMED_OUT}
 
 # processing may also be re-entered by a redelivery of the message that claimed it (JobStore.claim).
 ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.PENDING, JobStatus.AWAITING_WEBHOOK}),
+    # failed and timed_out: an operator's retry from the dashboard (JobStore.retry), possible only
+    # while the job's payload is kept (KEEP_FAILED_PAYLOADS); nothing else reopens a finished job.
+    JobStatus.QUEUED: frozenset({JobStatus.PENDING, JobStatus.AWAITING_WEBHOOK, JobStatus.FAILED, JobStatus.TIMED_OUT}),
     JobStatus.PROCESSING: frozenset({JobStatus.PENDING, JobStatus.QUEUED}),
     JobStatus.AWAITING_WEBHOOK: frozenset({JobStatus.PROCESSING}),
     JobStatus.COMPLETE: frozenset({JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.AWAITING_WEBHOOK}),

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 50
 PUBLIC_FIELDS = {"payload": False}
+#: The states an operator may retry from, and the filter that says a retry has a payload to send.
+RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.TIMED_OUT})
+PAYLOAD_KEPT = {"payload": {"$exists": True}}
 FINISHED_FIELDS = {"vendor": True, "created_at": True, "callback_url": True}
 
 
@@ -59,6 +62,7 @@ def open_store(config: Config) -> JobStore:
     return JobStore(
         jobs_collection(connect(config.mongodb_uri, config.store_timeout_ms)),
         payload_cipher(config.encryption_key), timedelta(days=config.retention_days),
+        keep_failed_payloads=config.keep_failed_payloads,
     )
 
 
@@ -67,33 +71,25 @@ class JobStore:
 
     def __init__(
         self, collection: Collection, cipher: MultiFernet, retention: timedelta = timedelta(days=7),
-        on_finished: Callable[[str], None] | None = None,
+        on_finished: Callable[[str], None] | None = None, *, keep_failed_payloads: bool = False,
     ) -> None:
         self.collection = collection
         self.cipher = cipher
         self.retention = retention
         # Called with the request_id of a finished job whose client asked for a callback.
         self.on_finished = on_finished
+        # Only an operator's retry needs the payload of a job that did not complete.
+        self.erased_at = TERMINAL - RETRYABLE if keep_failed_payloads else TERMINAL
 
     def ensure_indexes(self) -> None:
         """Create the indexes the sweeps and retention need (idempotent)."""
+        # Every secondary index slows every insert (the submission path); the sweeps' queries,
+        # overdue webhooks included, all start from a status, so this one index serves them.
         self.collection.create_index([("status", 1), ("updated_at", 1)], name="status_updated_at")
-        self.collection.create_index([("status", 1), ("webhook_deadline", 1)], name="status_webhook_deadline")
         self.collection.create_index("expires_at", name="retention_ttl", expireAfterSeconds=0)
-        self.collection.create_index(
-            "idempotency.key", name="idempotency_key", unique=True,
-            partialFilterExpression={"idempotency.key": {"$exists": True}},
-        )
 
-    def create(
-        self, request_id: str, vendor: str, payload: dict[str, Any], *,
-        callback_url: str | None = None, idempotency: dict[str, str] | None = None,
-    ) -> None:
-        """Store a new job as queued; the caller enqueues it next or marks it pending.
-
-        With `idempotency` ({"key", "fingerprint"}) a second job with the same key raises
-        pymongo's DuplicateKeyError: the unique index makes the check atomic with the insert.
-        """
+    def create(self, request_id: str, vendor: str, payload: dict[str, Any], *, callback_url: str | None = None) -> None:
+        """Store a new job as queued; the caller enqueues it next or marks it pending."""
         now = utcnow()
         job = {
             "_id": request_id,
@@ -107,13 +103,7 @@ class JobStore:
         }
         if callback_url:
             job["callback_url"] = callback_url
-        if idempotency:
-            job["idempotency"] = idempotency
         self.collection.insert_one(job)
-
-    def find_by_idempotency_key(self, key: str) -> dict[str, Any] | None:
-        """Return the job submitted with this Idempotency-Key, without its payload."""
-        return self.collection.find_one({"idempotency.key": key}, PUBLIC_FIELDS)
 
     def get(self, request_id: str) -> dict[str, Any]:
         """Return the job without its payload, or raise JobNotFound."""
@@ -135,7 +125,8 @@ class JobStore:
     ) -> bool:
         """Move a job to `to` if it is in an allowed previous state; tell whether it moved.
 
-        This is the only writer of `status`. Terminal states erase the payload and start retention.
+        This is the only writer of `status`. Terminal states start retention and erase the payload
+        (failed and timed_out keep it with KEEP_FAILED_PAYLOADS, for a retry).
         """
         sources = ALLOWED_FROM[to] if allowed_from is None else allowed_from
         now = utcnow()
@@ -148,6 +139,7 @@ class JobStore:
         }
         if to.is_terminal:
             update["$set"]["expires_at"] = now + self.retention
+        if to in self.erased_at:
             update["$unset"] = {"payload": ""}
         if inc:
             update["$inc"] = inc
@@ -246,6 +238,13 @@ class JobStore:
         """Mark an overdue async job timed_out with a readable reason."""
         return self.transition(
             request_id, JobStatus.TIMED_OUT, detail=reason, fields={"error": reason}, extra_filter=past_webhook_deadline(),
+        )
+
+    def retry(self, request_id: str, detail: str) -> bool:
+        """Queue a failed or timed-out job again, with a fresh retry budget, if its payload is kept."""
+        return self.transition(
+            request_id, JobStatus.QUEUED, detail=detail, allowed_from=RETRYABLE, extra_filter=PAYLOAD_KEPT,
+            fields={"attempts": 0, "rerequests": 0, "error": None, "expires_at": None},
         )
 
     def note(self, request_id: str, detail: str, *, inc: dict[str, int] | None = None, **fields: Any) -> None:

@@ -244,3 +244,23 @@ def test_metrics_report_each_vendors_breaker(client, redis_client):
         CircuitBreaker(redis_client).failed(sync)
     assert metric(client, "vendorfetch_breaker_open", vendor="sync") == 1
     assert metric(client, "vendorfetch_breaker_open", vendor="async") == 0
+
+
+def test_an_idempotency_key_is_freed_when_its_job_cannot_be_stored(config, redis_client):
+    from dataclasses import replace
+
+    from devtools.stores import free_port
+
+    down = replace(config, mongodb_uri=f"mongodb://127.0.0.1:{free_port()}/x?directConnection=true", store_timeout_ms=300)
+    assert submit(falcon.testing.TestClient(create_app(down)), headers={"Idempotency-Key": "retry-me"}).status_code == 503
+    assert redis_client.get("idempotency:retry-me") is None
+
+
+def test_a_replay_before_the_first_job_is_stored_is_409(client, redis_client):
+    from service.idempotency import IdempotencyKeys
+    from service.jobs import fingerprint
+
+    body = {"name": "a"}
+    IdempotencyKeys(redis_client).claim("early", fingerprint(body, None, None), "not-stored-yet")
+    response = submit(client, body, headers={"Idempotency-Key": "early"})
+    assert response.status_code == 409 and "still being stored" in response.json["description"]
