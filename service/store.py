@@ -143,9 +143,9 @@ class JobStore:
             update["$unset"] = {"payload": ""}
         if inc:
             update["$inc"] = inc
-        query = {"_id": request_id, "status": {"$in": [state.value for state in sources]}}
-        if extra_filter:
-            query = {"$and": [query, extra_filter]}
+        # Plain top-level fields only: with $and or $or the embedded MongoDB-wire server stops
+        # using the _id index and scans the whole collection for every transition.
+        query = {**(extra_filter or {}), "_id": request_id, "status": {"$in": [state.value for state in sources]}}
         moved = self.collection.update_one(query, update).modified_count == 1
         if moved:
             log.info("job %s", to.value, extra={"request_id": request_id, "state": to.value, "detail": detail})
@@ -185,16 +185,10 @@ class JobStore:
         A redelivery of the same message (a worker crashed, a retry, a deferral) may re-claim a
         job it already holds; any other message finds nothing to do and gets None.
         """
-        claimable = {"$or": [
-            {"status": {"$in": [JobStatus.PENDING.value, JobStatus.QUEUED.value]}},
-            {"status": JobStatus.PROCESSING.value, "message_id": message_id},
-        ]}
-        moved = self.transition(
-            request_id, JobStatus.PROCESSING,
-            fields={"message_id": message_id},
-            allowed_from=ALLOWED_FROM[JobStatus.PROCESSING] | {JobStatus.PROCESSING},
-            extra_filter=claimable,
-            inc={"attempts": 1},
+        claim = {"fields": {"message_id": message_id}, "inc": {"attempts": 1}}
+        moved = self.transition(request_id, JobStatus.PROCESSING, **claim) or self.transition(
+            request_id, JobStatus.PROCESSING, allowed_from=frozenset({JobStatus.PROCESSING}),
+            extra_filter={"message_id": message_id}, **claim,
         )
         if not moved:
             return None
