@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05):
+def wait_until(predicate, timeout_s: float, what: str = "the condition", interval_s: float = 0.02):
     """Poll `predicate` until it returns something truthy; fail with `what` after the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:

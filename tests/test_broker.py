@@ -16,6 +16,7 @@ from dramatiq.middleware import Callbacks, CurrentMessage, Middleware, Pipelines
 
 from actors import deadletters
 from actors.broker import StreamsBroker, StreamsConsumer, dead_key, delay_key
+from devtools.stack import wait_until
 from devtools.stores import free_port
 
 QUEUE = "job-queue"
@@ -86,14 +87,6 @@ def start_worker() -> Iterator[Callable[[StreamsBroker], Worker]]:
     yield start
     for worker in workers:
         worker.stop(timeout=5_000)
-
-
-def wait_until(condition: Callable[[], object], timeout_s: float = DEADLINE_S) -> None:
-    """Poll condition until it is truthy; fail after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.01)
 
 
 def drain(broker: StreamsBroker, worker: Worker) -> None:
@@ -220,7 +213,7 @@ def test_actor_failing_twice_then_succeeding_runs_three_times_with_backoff_throu
 
     worker = start_worker(broker)
     flaky.send()
-    wait_until(lambda: redis_client.zcard(delay_key(QUEUE)) == 1)  # the first retry waits in Redis
+    wait_until(lambda: redis_client.zcard(delay_key(QUEUE)) == 1, DEADLINE_S)  # the first retry waits in Redis
     drain(broker, worker)
 
     assert len(attempts) == 3
@@ -329,7 +322,7 @@ def test_poison_message_is_dead_lettered_after_max_deliveries(make_broker, redis
         assert next_message(broker.consume(QUEUE, prefetch=1, timeout=50)).message_id == sent.message_id
 
     last = broker.consume(QUEUE, prefetch=1, timeout=50)
-    wait_until(lambda: next(last) is None and dead_letters)
+    wait_until(lambda: next(last) is None and dead_letters, DEADLINE_S)
 
     reason = "delivered 2 times without ack (worker crashed or hung)"
     assert [(m.message_id, r) for m, r in dead_letters] == [(sent.message_id, reason)]
@@ -351,7 +344,7 @@ def test_long_running_message_keeps_its_claim_and_is_not_redelivered(make_broker
 
     worker = start_worker(broker, threads=1)
     slow.send()
-    wait_until(lambda: runs)
+    wait_until(lambda: runs, DEADLINE_S)
     rival = make_broker(visibility_timeout_ms=200).consume(QUEUE, prefetch=1, timeout=50)
     while not finished.is_set():
         assert next(rival) is None, "the running message was handed to another consumer"
@@ -403,7 +396,7 @@ def test_idle_consumers_without_pending_entries_are_pruned(make_broker, redis_cl
         next(survivor)
         return {c["name"] for c in redis_client.xinfo_consumers(QUEUE, broker.group)}
 
-    wait_until(lambda: gone.name not in consumer_names())
+    wait_until(lambda: gone.name not in consumer_names(), DEADLINE_S)
 
 
 def test_consumer_raises_connection_closed_when_redis_is_unreachable():

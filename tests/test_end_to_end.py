@@ -2,7 +2,6 @@
 
 import base64
 
-import orjson
 import pytest
 import requests
 import standardwebhooks

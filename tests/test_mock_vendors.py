@@ -15,8 +15,8 @@ import pytest
 import requests
 from standardwebhooks import Webhook
 
+from devtools.stack import CallbackReceiver, wait_until
 from devtools.stores import free_port
-from devtools.stack import CallbackReceiver
 from vendors import mock_async, mock_sync
 from vendors.mock_async import AsyncSettings
 from vendors.mock_common import MockSettings, SlidingWindowLimiter, parse_latency_ms
@@ -24,16 +24,7 @@ from vendors.mock_common import MockSettings, SlidingWindowLimiter, parse_latenc
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 STARTUP_TIMEOUT_S = 15.0
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float = 5.0) -> Any:
-    """Poll `predicate` until it returns something truthy, or fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.02)
-    pytest.fail(f"condition not met within {timeout_s} s")
+CALLBACK_DEADLINE_S = 5.0
 
 
 def fetch_body(request_id: str = "req-1", callback_url: str | None = None) -> dict[str, Any]:
@@ -229,11 +220,11 @@ def test_async_mock_accepts_then_calls_back_signed_with_the_data(async_url, rece
 
     assert response.status_code == 202
     assert response.json() == {"status": "accepted", "request_id": "req-9"}
-    headers, body = wait_until(lambda: receiver.calls)[0]
+    headers, body = wait_until(lambda: receiver.calls, CALLBACK_DEADLINE_S)[0]
     assert Webhook(SECRET).verify(body, headers) == {
         "request_id": "req-9", "account": "xyz", "balance": 5000, "name": "  Ann Lee  ", "email": "john@example.com",
     }
-    stats = wait_until(lambda: (s := requests.get(f"{async_url}/stats", timeout=5).json())["callbacks_delivered"] and s)
+    stats = wait_until(lambda: (s := requests.get(f"{async_url}/stats", timeout=5).json())["callbacks_delivered"] and s, CALLBACK_DEADLINE_S)
     assert stats == {"served": 1, "refused": 0, "failed": 0, "max_in_window": 1,
                      "callbacks_delivered": 1, "callbacks_failed": 0}
 
@@ -243,11 +234,11 @@ def test_async_mock_retries_a_callback_answered_500_twice(async_url, receiver_fa
 
     requests.post(f"{async_url}/fetch", json=fetch_body("req-3", receiver.url), timeout=5).raise_for_status()
 
-    calls = wait_until(lambda: len(receiver.calls) >= 3 and receiver.calls)
+    calls = wait_until(lambda: len(receiver.calls) >= 3 and receiver.calls, CALLBACK_DEADLINE_S)
     assert len({headers["webhook-id"] for headers, _ in calls}) == 1
     for headers, body in calls:
         assert Webhook(SECRET).verify(body, headers)["request_id"] == "req-3"
-    stats = wait_until(lambda: (s := requests.get(f"{async_url}/stats", timeout=5).json())["callbacks_delivered"] and s)
+    stats = wait_until(lambda: (s := requests.get(f"{async_url}/stats", timeout=5).json())["callbacks_delivered"] and s, CALLBACK_DEADLINE_S)
     assert (stats["callbacks_delivered"], stats["callbacks_failed"]) == (1, 0)
     assert len(receiver.calls) == 3
 
@@ -258,7 +249,7 @@ def test_async_mock_without_secret_calls_back_unsigned(receiver_factory):
 
     assert client.simulate_post("/fetch", json=fetch_body("req-4", receiver.url)).status_code == 202
 
-    headers, body = wait_until(lambda: receiver.calls)[0]
+    headers, body = wait_until(lambda: receiver.calls, CALLBACK_DEADLINE_S)[0]
     assert not {name.lower() for name in headers} & {"webhook-id", "webhook-timestamp", "webhook-signature"}
     assert headers["Content-Type"] == "application/json"
     assert body == b'{"request_id":"req-4","account":"xyz","balance":5000,"name":"  Ann Lee  ","email":"john@example.com"}'
@@ -276,7 +267,7 @@ def test_async_mock_retries_only_what_may_succeed_later(statuses, attempts, outc
 
     client.simulate_post("/fetch", json=fetch_body(callback_url=receiver.url))
 
-    wait_until(lambda: client.simulate_get("/stats").json[outcome] == 1)
+    wait_until(lambda: client.simulate_get("/stats").json[outcome] == 1, CALLBACK_DEADLINE_S)
     assert len(receiver.calls) == attempts
 
 
