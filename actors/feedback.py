@@ -8,6 +8,7 @@ from vendors.quota import Quota
 from vendors.registry import Vendor
 
 #: How long to pause a vendor that answers 429 without saying for how long.
+MIN_PAUSE_S = 1.0
 DEFAULT_PAUSE_S = 5.0
 
 
@@ -27,7 +28,8 @@ class VendorFeedback:
     def pushed_back(self, vendor: Vendor, retry_after_s: float | None) -> float:
         """Pause the vendor for every worker after a 429; return the pause in seconds."""
         self.breaker.succeeded(vendor)
-        pause_s = DEFAULT_PAUSE_S if retry_after_s is None else retry_after_s
+        # A Retry-After of 0 (or a past date) still means "not now": never retry in a tight loop.
+        pause_s = DEFAULT_PAUSE_S if retry_after_s is None else max(retry_after_s, MIN_PAUSE_S)
         self.limiter.restrict(vendor, 0, pause_s)
         return pause_s
 

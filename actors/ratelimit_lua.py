@@ -87,18 +87,29 @@ local function fits()
 end
 
 redis.call('ZREMRANGEBYSCORE', slots, '-inf', '(' .. (now - spacing))
+-- A start is kept as member@started, and an earlier start of the same job (before a retry or a
+-- redelivery) as member@<its time>: acquiring again must never erase a call already made.
+local started = member .. '@started'
+local previous = redis.call('ZSCORE', slots, started)
+if previous then
+  redis.call('ZADD', slots, previous, member .. '@' .. previous)
+  redis.call('ZREM', slots, started)
+end
 local own = tonumber(redis.call('ZSCORE', slots, member))
 if own then redis.call('ZREM', slots, member) end
 local paused = tonumber(redis.call('GET', pause) or 0) > now
 if own and not paused and fits() then
-  redis.call('ZADD', slots, now, member)  -- early or late, but within what its neighbours allow
+  redis.call('ZADD', slots, now, started)  -- early or late, but within what its neighbours allow
 elseif own and own > now then
   redis.call('ZADD', slots, own, member)  -- too early: it keeps its slot
   return own - now
 else
   local at = next_free(slots, pause, now, limit, spacing)
-  redis.call('ZADD', slots, at, member)
-  if at > now then return at - now end
+  if at > now then
+    redis.call('ZADD', slots, at, member)
+    return at - now
+  end
+  redis.call('ZADD', slots, now, started)
 end
 
 local quota_left = redis.call('HMGET', quota, 'remaining', 'reset')
@@ -160,7 +171,7 @@ return {1, now, at}
 OUTLOOK = PRELUDE + """
 local limit, period, margin = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
-local own = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[4]))
+local own = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[4]) or redis.call('ZSCORE', KEYS[1], ARGV[4] .. '@started'))
 if own then return {now, math.max(own, now)} end
 return {now, next_free(KEYS[1], KEYS[2], now, limit, period + margin)}
 """
