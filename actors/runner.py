@@ -13,6 +13,7 @@ import requests
 from actors.deferral import Deferred
 from actors.feedback import VendorFeedback
 from service.cleaning import Cleaner
+from service.errors import UnstorableResult
 from service.metrics import VENDOR_LATENCY, VENDOR_REQUESTS
 from service.states import JobStatus
 from service.store import JobStore, utcnow
@@ -83,7 +84,10 @@ class JobRunner:
             self.await_webhook(vendor, request_id)
         else:
             result, removed = self.cleaner.clean(reply.data)
-            self.store.complete(request_id, result, removed, detail=f"{vendor.name} answered {reply.status_code}")
+            try:
+                self.store.complete(request_id, result, removed, detail=f"{vendor.name} answered {reply.status_code}")
+            except UnstorableResult as error:  # calling the vendor again would give the same data
+                self.store.fail(request_id, str(error))
 
     def call(self, vendor: Vendor, request_id: str, payload: dict) -> VendorReply:
         """Call the vendor, counting the outcome and timing the call."""

@@ -109,6 +109,9 @@ def add_error_handlers(app: falcon.App) -> None:
     def idempotency_conflict(req, resp, error, params):
         raise falcon.HTTPUnprocessableEntity(title="Idempotency-Key reused", description=str(error))
 
+    def unstorable(req, resp, error, params):
+        raise falcon.HTTPUnprocessableEntity(title="Unstorable data", description=str(error))
+
     def idempotency_in_flight(req, resp, error, params):
         raise falcon.HTTPConflict(title="Idempotency-Key in use", description=str(error))
 
@@ -128,6 +131,7 @@ def add_error_handlers(app: falcon.App) -> None:
     app.add_error_handler(errors.UnknownVendor, unknown_vendor)
     app.add_error_handler(errors.IdempotencyConflict, idempotency_conflict)
     app.add_error_handler(errors.IdempotencyInFlight, idempotency_in_flight)
+    app.add_error_handler(errors.UnstorableResult, unstorable)
     app.add_error_handler(errors.BacklogFull, backlog_full)
     app.add_error_handler(errors.WebhookRejected, webhook_rejected)
     app.add_error_handler(pymongo.errors.ConnectionFailure, unavailable)

@@ -4,6 +4,7 @@
     ├── JobNotFound          404  no job has this request_id
     ├── IdempotencyConflict  422  the Idempotency-Key was used with another request
     ├── IdempotencyInFlight  409  the first request with this Idempotency-Key is still being stored
+    ├── UnstorableResult     422  the vendor's data cannot be stored (an integer over 64 bits, too large)
     ├── UnknownVendor        400/404  no vendor of that name (400 when pinned on submit)
     ├── BacklogFull          503  the vendor already has max_backlog jobs waiting (with Retry-After)
     ├── WebhookRejected      401/403/409  a webhook that must not change its job
@@ -31,6 +32,10 @@ class IdempotencyConflict(VendorfetchError):
 
 class IdempotencyInFlight(VendorfetchError):
     """The first request with this Idempotency-Key has not been stored yet."""
+
+
+class UnstorableResult(VendorfetchError):
+    """The vendor's data cannot be stored in MongoDB; storing it again will not help."""
 
 
 class UnknownVendor(VendorfetchError):

@@ -99,6 +99,7 @@ def build_spec(vendor_names: list[str], callbacks: bool) -> dict:
                     "403": error("The job was sent to another vendor"),
                     "404": error("Unknown vendor or unknown request_id"),
                     "409": error("The job already failed or timed out, or the webhook-id was replayed"),
+                    "422": error("The data cannot be stored (an integer wider than 64 bits, or too large)"),
                     **UNAVAILABLE,
                 },
             }},

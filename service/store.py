@@ -7,13 +7,15 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+import bson.errors
 import orjson
 import pymongo
+import pymongo.errors
 from cryptography.fernet import Fernet, MultiFernet
 from pymongo.collection import Collection
 
 from service.config import Config
-from service.errors import JobNotFound
+from service.errors import JobNotFound, UnstorableResult
 from service.metrics import JOB_DURATION, JOBS_FINISHED
 from service.states import ALLOWED_FROM, TERMINAL, JobStatus
 
@@ -199,11 +201,14 @@ class JobStore:
         return job
 
     def complete(self, request_id: str, result: dict[str, Any], removed_keys: list[str], *, detail: str) -> bool:
-        """Store the cleaned result and mark the job complete."""
-        return self.transition(
-            request_id, JobStatus.COMPLETE, detail=detail,
-            fields={"result": result, "removed_keys": removed_keys, "error": None},
-        )
+        """Store the cleaned result and mark the job complete; raise UnstorableResult if it cannot be stored."""
+        try:
+            return self.transition(
+                request_id, JobStatus.COMPLETE, detail=detail,
+                fields={"result": result, "removed_keys": removed_keys, "error": None},
+            )
+        except (OverflowError, bson.errors.InvalidDocument, pymongo.errors.DocumentTooLarge) as error:
+            raise UnstorableResult(f"the vendor's data cannot be stored: {type(error).__name__}") from error
 
     def fail(self, request_id: str, reason: str) -> bool:
         """Mark the job failed with a readable reason."""

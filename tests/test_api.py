@@ -264,3 +264,12 @@ def test_a_replay_before_the_first_job_is_stored_is_409(client, redis_client):
     IdempotencyKeys(redis_client).claim("early", fingerprint(body, None, None), "not-stored-yet")
     response = submit(client, body, headers={"Idempotency-Key": "early"})
     assert response.status_code == 409 and "still being stored" in response.json["description"]
+
+
+def test_a_webhook_with_data_that_cannot_be_stored_is_422_and_changes_nothing(client, jobs):
+    request_id = submit(client, params={"vendor": "async"}).json["request_id"]
+    jobs.update_one({"_id": request_id}, {"$set": {"status": "awaiting_webhook"}})
+    response = client.simulate_post("/vendor-webhook/async", body=f'{{"request_id": "{request_id}", "n": {2**63 + 5}}}',
+                                    headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and "cannot be stored" in response.json["description"]
+    assert jobs.find_one({"_id": request_id})["status"] == "awaiting_webhook"

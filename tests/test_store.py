@@ -107,3 +107,13 @@ def test_stale_ids_finds_only_old_jobs_in_that_state(store):
     store.claim(other, "m1")
     store.collection.update_one({"_id": other}, {"$set": {"updated_at": store.get(old)["updated_at"]}})
     assert list(store.stale_ids(JobStatus.PENDING, timedelta(minutes=1))) == [old]
+
+
+def test_a_result_that_cannot_be_stored_is_refused_and_leaves_the_job_as_it_was(store):
+    from service.errors import UnstorableResult
+
+    request_id = new_job(store)
+    store.claim(request_id, "m1")
+    with pytest.raises(UnstorableResult, match="cannot be stored"):
+        store.complete(request_id, {"n": 2**63 + 5}, [], detail="too wide")
+    assert store.get(request_id)["status"] == "processing"
