@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the dead-letter command line."""
     parser = argparse.ArgumentParser(prog="python -m actors.deadletters", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["list", "redrive", "purge"])
-    parser.add_argument("entry_ids", nargs="*", help="redrive only these dead-letter entry ids")
+    parser.add_argument("entry_ids", nargs="*", help="redrive or purge only these dead-letter entry ids")
     parser.add_argument("--queue", default="job-queue")
     parser.add_argument("--count", type=int, default=100, help="list at most this many")
     args = parser.parse_args(argv)
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "redrive":
         print(f"redriven: {redrive(client, args.queue, args.entry_ids)}")
     else:
-        print(f"purged: {purge(client, args.queue)}")
+        print(f"purged: {purge(client, args.queue, args.entry_ids)}")
     return 0
 
 

@@ -1,20 +1,24 @@
-"""Prometheus metrics, summed across every gunicorn, dramatiq and clock process of a host.
+"""Prometheus metrics, summed across every gunicorn, dramatiq and clock process sharing a folder.
 
 prometheus-client picks multiprocess mode when the first metric is built, from the environment,
 so this module sets PROMETHEUS_MULTIPROC_DIR (if unset) before importing it. Import it before
-anything else imports prometheus_client. Processes that should report together share the folder.
+anything else imports prometheus_client. Processes that should report together share the folder;
+containers sharing it have pids of their own, so each file is named by host and pid.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), "vendorfetch-metrics"))
 os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess  # noqa: E402
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess, values  # noqa: E402
 from prometheus_client.core import GaugeMetricFamily  # noqa: E402
+
+values.ValueClass = values.MultiProcessValue(lambda: f"{socket.gethostname()}-{os.getpid()}")
 
 JOBS_SUBMITTED = Counter("vendorfetch_jobs_submitted_total", "Jobs accepted by POST /jobs", ["vendor"])
 JOBS_FINISHED = Counter("vendorfetch_jobs_finished_total", "Jobs that reached a final state", ["vendor", "status"])
