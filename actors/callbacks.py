@@ -59,12 +59,13 @@ def deliver(store: JobStore, session: requests.Session, secret: str, request_id:
         "webhook-signature": standardwebhooks.Webhook(secret).sign(webhook_id, now, body),
     }
     try:
-        response = session.post(url, data=body.encode(), headers=headers, timeout=CALLBACK_TIMEOUT_S)
+        # No redirects: a client's endpoint must not steer the service to another address.
+        response = session.post(url, data=body.encode(), headers=headers, timeout=CALLBACK_TIMEOUT_S, allow_redirects=False)
     except requests.RequestException as error:
         raise CallbackFailed(f"client callback could not be delivered: {type(error).__name__}") from error
     if response.status_code >= 500 or response.status_code == 429:
         raise CallbackFailed(f"client callback answered {response.status_code}")
-    if response.status_code >= 400:
+    if response.status_code >= 300:
         store.note(request_id, f"client callback refused with {response.status_code}; not retried")
         return
     store.note(request_id, "client callback delivered", callback_delivered_at=utcnow())

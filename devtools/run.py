@@ -13,6 +13,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.fernet import Fernet
 
@@ -29,6 +30,14 @@ ADMIN_TOKEN_FILE = "admin.token"
 def pick_port(preferred: int) -> int:
     """Use the preferred development port unless something else holds it."""
     return free_port() if port_is_open(preferred) else preferred
+
+
+def without_password(url: str) -> str:
+    """Hide the password of a data-store URL before printing it."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
 
 
 def secret(name: str, file_name: str, generate: Callable[[], str]) -> str:
@@ -68,7 +77,8 @@ def main() -> None:
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
     # Procfile commands (gunicorn, dramatiq, python) come from this virtualenv.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    print(f"vendorfetch: API on http://127.0.0.1:{port}, Redis {env['REDIS_URL']}, MongoDB {env['MONGODB_URI']}", flush=True)
+    print(f"vendorfetch: API on http://127.0.0.1:{port}, Redis {without_password(env['REDIS_URL'])}, "
+          f"MongoDB {without_password(env['MONGODB_URI'])}", flush=True)
     where = "ADMIN_TOKEN" if os.environ.get("ADMIN_TOKEN") else VAR / ADMIN_TOKEN_FILE
     print(f"vendorfetch: dashboard on http://127.0.0.1:{port}/dashboard (log in with the token in {where})", flush=True)
     argv = [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile.dev"), "-d", str(ROOT), "-p", port, *processes]

@@ -52,7 +52,7 @@ def create_app(config: Config | None = None) -> falcon.App:
     notify_on_finish(store, broker, config.callback_secret)
     waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry)
     jobs = Jobs(
-        store, registry, partial(enqueue_fetch, broker), Cleaner(config.pii_keys), waiting, IdempotencyKeys(redis_client),
+        store, registry, partial(enqueue_fetch, broker), Cleaner(config.pii_keys), waiting, IdempotencyKeys(redis_client, config.encryption_key),
     )
     warn_at_start(store, registry)
 

@@ -21,8 +21,8 @@ class ConfigError(Exception):
 class Config:
     """Settings shared by the web, worker and clock processes."""
 
-    encryption_key: str
-    callback_secret: str | None = None
+    encryption_key: str = field(repr=False)
+    callback_secret: str | None = field(default=None, repr=False)
     port: int = 4000
     redis_url: str = "redis://127.0.0.1:6379/0"
     mongodb_uri: str = "mongodb://127.0.0.1:27017/vendorfetch"

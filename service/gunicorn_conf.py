@@ -9,5 +9,7 @@ worker_class = "sync"
 timeout = 30
 graceful_timeout = 20
 accesslog = "-" if os.environ.get("ACCESS_LOG") else None
+# The path without its query: a webhook's query carries the job's callback token.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
 # The runtime control socket defaults to one path per user, shared by every gunicorn on the host.
 control_socket_disable = True

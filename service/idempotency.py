@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+from typing import Any
+
 import orjson
 import redis
 
@@ -13,21 +17,25 @@ KEY_TTL_S = 24 * 3600
 class IdempotencyKeys:
     """Map each Idempotency-Key to the request it was first used for, atomically (SET NX)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, encryption_key: str) -> None:
         self.client = client
+        # Keyed, so that a fingerprint kept in Redis gives away nothing of the payload it hashes.
+        self.fingerprint_key = hashlib.sha256(b"vendorfetch idempotency\x00" + encryption_key.split(",")[0].strip().encode()).digest()
 
-    def claim(self, key: str, fingerprint: str, request_id: str) -> str | None:
+    def claim(self, key: str, request: dict[str, Any], request_id: str) -> str | None:
         """Tie `key` to this request and return None, or return the request_id it is already tied to.
 
-        Raise IdempotencyConflict if the key was used for a different request.
+        Two requests are the same when their JSON is, whatever the key order. Raise
+        IdempotencyConflict if the key was used for a different request.
         """
         name = self._name(key)
+        fingerprint = hmac.new(self.fingerprint_key, orjson.dumps(request, option=orjson.OPT_SORT_KEYS), hashlib.sha256).hexdigest()
         record = orjson.dumps({"fingerprint": fingerprint, "request_id": request_id})
         if self.client.set(name, record, nx=True, ex=KEY_TTL_S):
             return None
         earlier = self.client.get(name)
         if earlier is None:  # expired between the two calls: the key is free again
-            return self.claim(key, fingerprint, request_id)
+            return self.claim(key, request, request_id)
         earlier = orjson.loads(earlier)
         if earlier["fingerprint"] != fingerprint:
             raise IdempotencyConflict(

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from datetime import datetime
 from typing import Any, Callable
 
-import orjson
 
 from actors.ratelimit import Admission
 from service.cleaning import Cleaner
@@ -25,12 +23,6 @@ from vendors.registry import Registry, Vendor
 log = logging.getLogger(__name__)
 
 VISIBLE_FIELDS = ("vendor", "attempts", "error", "removed_keys", "created_at", "updated_at")
-
-
-def fingerprint(payload: dict[str, Any], vendor_name: str | None, callback_url: str | None) -> str:
-    """Hash what makes two submissions the same request, whatever the key order."""
-    request = {"payload": payload, "vendor": vendor_name, "callback_url": callback_url}
-    return hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 class Jobs:
@@ -66,7 +58,8 @@ class Jobs:
         """
         request_id = str(uuid.uuid4())
         if idempotency_key is not None:
-            earlier = self.idempotency.claim(idempotency_key, fingerprint(payload, vendor_name, callback_url), request_id)
+            request = {"payload": payload, "vendor": vendor_name, "callback_url": callback_url}
+            earlier = self.idempotency.claim(idempotency_key, request, request_id)
             if earlier is not None:
                 return self.replay(earlier), None
         try:

@@ -256,12 +256,12 @@ def test_an_idempotency_key_is_freed_when_its_job_cannot_be_stored(config, redis
     assert redis_client.get("idempotency:retry-me") is None
 
 
-def test_a_replay_before_the_first_job_is_stored_is_409(client, redis_client):
+def test_a_replay_before_the_first_job_is_stored_is_409(client, config, redis_client):
     from service.idempotency import IdempotencyKeys
-    from service.jobs import fingerprint
 
     body = {"name": "a"}
-    IdempotencyKeys(redis_client).claim("early", fingerprint(body, None, None), "not-stored-yet")
+    request = {"payload": body, "vendor": None, "callback_url": None}
+    IdempotencyKeys(redis_client, config.encryption_key).claim("early", request, "not-stored-yet")
     response = submit(client, body, headers={"Idempotency-Key": "early"})
     assert response.status_code == 409 and "still being stored" in response.json["description"]
 
@@ -273,3 +273,15 @@ def test_a_webhook_with_data_that_cannot_be_stored_is_422_and_changes_nothing(cl
                                     headers={"Content-Type": "application/json"})
     assert response.status_code == 422 and "cannot be stored" in response.json["description"]
     assert jobs.find_one({"_id": request_id})["status"] == "awaiting_webhook"
+
+
+def test_an_idempotency_record_gives_away_nothing_of_the_payload(client, redis_client):
+    import hashlib
+
+    import orjson
+
+    submit(client, {"password": "hunter2"}, headers={"Idempotency-Key": "secret-check"})
+    record = redis_client.get("idempotency:secret-check")
+    plain = hashlib.sha256(orjson.dumps({"callback_url": None, "payload": {"password": "hunter2"}, "vendor": None},
+                                        option=orjson.OPT_SORT_KEYS)).hexdigest()
+    assert b"hunter2" not in record and plain.encode() not in record

@@ -19,12 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import falcon
 import orjson
 import requests
 from standardwebhooks import Webhook
 
+from vendors.client import parse_retry_after
 from vendors.mock_common import (
     MockSettings, MockVendor, add_option, build_parser, create_base_app, parse_settings, read_fetch_request, serve,
     vendor_record,
@@ -117,11 +119,11 @@ class CallbackSender:
             wait_s, outcome = _retry_after_s(response), f"HTTP {response.status_code}"
         if retryable and attempt <= self._settings.callback_retries:
             backoff_s = self._settings.callback_backoff_s * 2 ** (attempt - 1)
-            log.info("callback %s to %s: %s, retry %d in %.2f s", msg_id, url, outcome, attempt, max(backoff_s, wait_s))
+            log.info("callback %s to %s: %s, retry %d in %.2f s", msg_id, path_of(url), outcome, attempt, max(backoff_s, wait_s))
             self._runner.run_after(max(backoff_s, wait_s), self._attempt, url, body, msg_id, attempt + 1)
             return
         self._stats.incr("callbacks_failed")
-        log.warning("callback %s to %s failed after %d attempt(s): %s", msg_id, url, attempt, outcome)
+        log.warning("callback %s to %s failed after %d attempt(s): %s", msg_id, path_of(url), attempt, outcome)
 
     def _headers(self, msg_id: str, body: bytes) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -144,10 +146,12 @@ class CallbackSender:
 
 def _retry_after_s(response: requests.Response) -> float:
     """Return the receiver's Retry-After in seconds, or 0 when it gave none we can read."""
-    try:
-        return max(0.0, float(response.headers.get("Retry-After", 0)))
-    except ValueError:
-        return 0.0
+    return parse_retry_after(response.headers.get("Retry-After")) or 0.0
+
+
+def path_of(url: str) -> str:
+    """Return a URL without its query, which may carry a callback token that must not be logged."""
+    return urlsplit(url)._replace(query="").geturl()
 
 
 class AsyncFetch:
