@@ -87,3 +87,9 @@ def queue_missed_callbacks(store: JobStore, broker: StreamsBroker, older_than: t
         enqueue_client_callback(broker, request_id)
         store.mark_callback_queued(request_id)
     return {"queued": len(request_ids)}
+
+
+def ensure_indexes(store: JobStore) -> dict[str, int]:
+    """Create the job store's indexes if they are missing (the API may have started while MongoDB was down)."""
+    store.ensure_indexes()
+    return {}

@@ -195,7 +195,10 @@ class JobStore:
         if not moved:
             return None
         job = self.collection.find_one({"_id": request_id})
-        if job is None or "payload" not in job:
+        if job is None:
+            return None
+        if "payload" not in job:  # erased (a retried job whose payload was not kept): nothing to send
+            self.fail(request_id, "the job's payload was erased, so it cannot be sent to the vendor again")
             return None
         job["payload"] = orjson.loads(self.cipher.decrypt(job["payload"].encode()))
         return job

@@ -117,3 +117,11 @@ def test_a_result_that_cannot_be_stored_is_refused_and_leaves_the_job_as_it_was(
     with pytest.raises(UnstorableResult, match="cannot be stored"):
         store.complete(request_id, {"n": 2**63 + 5}, [], detail="too wide")
     assert store.get(request_id)["status"] == "processing"
+
+
+def test_a_job_without_its_payload_fails_instead_of_staying_claimed(store):
+    request_id = new_job(store)
+    store.collection.update_one({"_id": request_id}, {"$unset": {"payload": ""}})
+    assert store.claim(request_id, "m1") is None
+    job = store.get(request_id)
+    assert job["status"] == "failed" and "payload was erased" in job["error"]
