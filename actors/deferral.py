@@ -99,7 +99,7 @@ class VendorGate(Middleware):
         reason = (f"gave up after waiting {waited_s:.0f} s for {vendor.name}: {why} for {wait_ms / 1000:.0f} s more,"
                   f" beyond max_wait_s ({vendor.max_wait_s:g} s)")
         log.warning("job %s: %s", request_id, reason)
-        self.store.fail(request_id, reason)
+        self.store.fail_for_message(request_id, message.message_id, reason)
         self.limiter.forget(vendor, request_id)
         raise SkipMessage("gave up")
 

@@ -27,9 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def fail_dead_letter(store: JobStore, message: dramatiq.Message, reason: str) -> None:
-    """Mark the job of a dead-lettered fetch message failed, with the broker's reason."""
+    """Mark the job of a dead-lettered fetch message failed; the broker's reason goes to its history."""
     if message.actor_name == FETCH_ACTOR and message.args:
-        store.fail(message.args[0], f"dead-lettered: {reason}")
+        store.fail_for_message(
+            message.args[0], message.message_id, "the job could not be processed (its message was dead-lettered)",
+            detail=f"dead-lettered: {reason}",
+        )
 
 
 def setup_worker(config: Config) -> dramatiq.Broker:

@@ -37,8 +37,10 @@ TERMINAL = frozenset({JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.TIMED_OUT}
 ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
     # failed and timed_out: an operator's retry from the dashboard (JobStore.retry), possible only
     # while the job's payload is kept (KEEP_FAILED_PAYLOADS); nothing else reopens a finished job.
+    JobStatus.PENDING: frozenset({JobStatus.QUEUED}),  # the enqueue after the insert failed
     JobStatus.QUEUED: frozenset({JobStatus.PENDING, JobStatus.AWAITING_WEBHOOK, JobStatus.FAILED, JobStatus.TIMED_OUT}),
-    JobStatus.PROCESSING: frozenset({JobStatus.PENDING, JobStatus.QUEUED}),
+    # processing again: only a redelivery of the message that claimed the job (JobStore.claim).
+    JobStatus.PROCESSING: frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING}),
     JobStatus.AWAITING_WEBHOOK: frozenset({JobStatus.PROCESSING}),
     JobStatus.COMPLETE: frozenset({JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.AWAITING_WEBHOOK}),
     JobStatus.FAILED: frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING}),

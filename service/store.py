@@ -26,6 +26,7 @@ PUBLIC_FIELDS = {"payload": False}
 #: The states an operator may retry from, and the filter that says a retry has a payload to send.
 RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.TIMED_OUT})
 PAYLOAD_KEPT = {"payload": {"$exists": True}}
+FRESH = frozenset({JobStatus.PENDING, JobStatus.QUEUED})
 FINISHED_FIELDS = {"vendor": True, "created_at": True, "callback_url": True}
 
 
@@ -130,7 +131,8 @@ class JobStore:
         This is the only writer of `status`. Terminal states start retention and erase the payload
         (failed and timed_out keep it with KEEP_FAILED_PAYLOADS, for a retry).
         """
-        sources = ALLOWED_FROM[to] if allowed_from is None else allowed_from
+        # A caller may only narrow the table, never widen it.
+        sources = ALLOWED_FROM[to] if allowed_from is None else ALLOWED_FROM[to] & allowed_from
         now = utcnow()
         entry = {"state": to.value, "at": now}
         if detail:
@@ -188,7 +190,7 @@ class JobStore:
         job it already holds; any other message finds nothing to do and gets None.
         """
         claim = {"fields": {"message_id": message_id}, "inc": {"attempts": 1}}
-        moved = self.transition(request_id, JobStatus.PROCESSING, **claim) or self.transition(
+        moved = self.transition(request_id, JobStatus.PROCESSING, allowed_from=FRESH, **claim) or self.transition(
             request_id, JobStatus.PROCESSING, allowed_from=frozenset({JobStatus.PROCESSING}),
             extra_filter={"message_id": message_id}, **claim,
         )
@@ -216,6 +218,18 @@ class JobStore:
     def fail(self, request_id: str, reason: str) -> bool:
         """Mark the job failed with a readable reason."""
         return self.transition(request_id, JobStatus.FAILED, detail=reason, fields={"error": reason})
+
+    def fail_for_message(self, request_id: str, message_id: str, reason: str, detail: str | None = None) -> bool:
+        """Fail the job on behalf of one message: only if no message claimed it yet, or this one did.
+
+        A stale or duplicate message must never fail a job another message is working on. The
+        client sees `reason`; `detail` (internal, say an exception) goes only into the history.
+        """
+        fail = {"detail": detail or reason, "fields": {"error": reason}}
+        return self.transition(request_id, JobStatus.FAILED, allowed_from=FRESH, **fail) or self.transition(
+            request_id, JobStatus.FAILED, allowed_from=frozenset({JobStatus.PROCESSING}),
+            extra_filter={"message_id": message_id}, **fail,
+        )
 
     def mark_queued(self, request_id: str, detail: str) -> bool:
         """Move a pending job to queued once its message is in the queue."""

@@ -125,3 +125,13 @@ def test_a_job_without_its_payload_fails_instead_of_staying_claimed(store):
     assert store.claim(request_id, "m1") is None
     job = store.get(request_id)
     assert job["status"] == "failed" and "payload was erased" in job["error"]
+
+
+def test_a_stale_message_cannot_fail_a_job_another_message_holds(store):
+    request_id = new_job(store)
+    store.claim(request_id, "live")
+    assert not store.fail_for_message(request_id, "stale", "dead-lettered")
+    assert store.get(request_id)["status"] == "processing"
+    assert store.fail_for_message(request_id, "live", "the job could not be processed", detail="internal detail")
+    job = store.get(request_id)
+    assert job["error"] == "the job could not be processed" and job["history"][-1]["detail"] == "internal detail"
