@@ -15,6 +15,7 @@ DOWN_VENDOR = """
 [vendors.down]
 mode = "sync"
 url = "http://127.0.0.1:{port}/fetch"
+rate_limit = "6000/minute"  # a third of 100 jobs, each tried twice, must not wait for the window
 timeout_s = 1
 max_retries = 1
 breaker_failures = 0  # these tests count retries; the circuit breaker has tests of its own
