@@ -25,10 +25,9 @@ from pathlib import Path
 
 import pymongo
 import requests
-from cryptography.fernet import Fernet
 
 from devtools import stores
-from devtools.stack import Stack, free_ports, vendors_toml
+from devtools.stack import Stack, free_ports, service_env, vendors_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 MIX_BODY = {"name": "TestUser", "email": "test@mail.com", "password": "pass"}
@@ -53,10 +52,8 @@ def start_stack(folder: Path, args: argparse.Namespace) -> tuple[Stack, list, st
     registry = folder / "vendors.toml"
     registry.write_text(vendors_toml(sync_port, async_port).replace("6000/minute", args.rate_limit))
     stack = Stack({
-        "REDIS_URL": servers[0].url, "MONGODB_URI": servers[1].url, "VENDORS_FILE": str(registry),
-        "ENCRYPTION_KEY": Fernet.generate_key().decode(), "PUBLIC_URL": f"http://127.0.0.1:{api_port}",
-        "WEB_CONCURRENCY": str(args.web_workers), "LOG_LEVEL": "WARNING",
-        "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
+        **service_env(servers[0].url, servers[1].url, registry, api_port),
+        "WEB_CONCURRENCY": str(args.web_workers), "LOG_LEVEL": "WARNING", "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
     }, folder)
     (folder / "metrics").mkdir()
     rate = ["--rate-limit", args.rate_limit]
