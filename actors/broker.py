@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import dramatiq
 import redis
@@ -71,6 +71,17 @@ def delay_key(queue_name: str) -> str:
 def dead_key(queue_name: str) -> str:
     """Return the dead-letter stream of a queue."""
     return f"{{{queue_name}}}:dead"
+
+
+def iter_stream(client: redis.Redis, key: str, page_size: int = 1_000) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
+    """Yield a stream's entries (id, fields), oldest first, reading one page at a time."""
+    start = "-"
+    while True:
+        entries = client.xrange(key, min=start, count=page_size)
+        yield from entries
+        if len(entries) < page_size:
+            return
+        start = "(" + entries[-1][0].decode()
 
 
 def is_nogroup(error: redis.ResponseError) -> bool:

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import dramatiq
 import redis
 
-from actors.broker import dead_key, stream_key
+from actors.broker import dead_key, iter_stream, stream_key
 
 #: Options of a failed run that must not follow a redriven message (it gets a fresh retry budget).
 SPENT_OPTIONS = frozenset({"retries", "traceback", "requeue_timestamp", "eta"})
@@ -63,14 +63,8 @@ def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
 
 def iter_dead_letters(client: redis.Redis, queue_name: str) -> Iterator[DeadLetter]:
     """Yield a queue's dead letters, oldest first, one page at a time."""
-    start = "-"
-    while True:
-        entries = client.xrange(dead_key(queue_name), min=start, count=PAGE_SIZE)
-        for entry_id, fields in entries:
-            yield parse_entry(entry_id, fields)
-        if len(entries) < PAGE_SIZE:
-            return
-        start = "(" + entries[-1][0].decode()
+    for entry_id, fields in iter_stream(client, dead_key(queue_name), PAGE_SIZE):
+        yield parse_entry(entry_id, fields)
 
 
 def list_dead_letters(client: redis.Redis, queue_name: str, count: int = 100) -> list[DeadLetter]:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import dramatiq
 import redis
 
-from actors.broker import delay_key, stream_key
+from actors.broker import delay_key, iter_stream, stream_key
 from actors.queue import FETCH_ACTOR
 
 PAGE_SIZE = 1_000
@@ -32,14 +32,8 @@ def _delayed_payloads(client: redis.Redis, queue_name: str) -> Iterator[bytes]:
 
 
 def _stream_payloads(client: redis.Redis, queue_name: str) -> Iterator[bytes]:
-    start = "-"
-    while True:
-        entries = client.xrange(stream_key(queue_name), min=start, count=PAGE_SIZE)
-        for _entry_id, fields in entries:
-            yield fields.get(b"message", b"")
-        if len(entries) < PAGE_SIZE:
-            return
-        start = "(" + entries[-1][0].decode()
+    for _entry_id, fields in iter_stream(client, stream_key(queue_name), PAGE_SIZE):
+        yield fields.get(b"message", b"")
 
 
 def _request_id(payload: bytes) -> str | None:
