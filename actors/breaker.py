@@ -14,6 +14,7 @@ from __future__ import annotations
 import redis
 
 from actors.ratelimit import vendor_key
+from actors.ratelimit_lua import NOW_MS
 from vendors.registry import Vendor
 
 #: How long, beyond the vendor's timeout, a probe may take before another job may probe instead.
@@ -21,9 +22,8 @@ PROBE_GRACE_MS = 1_000
 #: How long jobs wait while a probe is out before they look again.
 PROBE_POLL_MS = 500
 
-CLOCK = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+CLOCK = NOW_MS + """
+local now = now_ms()
 """
 
 #: Return 0 to let a call through (closed, or this call is the probe) or the ms to wait.
@@ -65,8 +65,7 @@ class CircuitBreaker:
 
     def tripped(self, vendor: Vendor) -> bool:
         """Tell whether the breaker is open or half-open."""
-        failures = int(self.client.hget(vendor_key(vendor.name, "breaker"), "failures") or 0)
-        return 0 < vendor.breaker_failures <= failures
+        return self.state(vendor)[0] in ("open", "half-open")
 
     def state(self, vendor: Vendor) -> tuple[str, int]:
         """Return the breaker's state (off, closed, open or half-open) and its consecutive failures."""

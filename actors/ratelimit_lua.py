@@ -19,12 +19,16 @@ are those holding a slot in the future: the backlog needs no counter that could 
 come from the Redis server, so worker clocks need not agree.
 """
 
-# Shared by the scripts below: the clock, pausing, and the expected start of a job.
-PRELUDE = """
+# The Redis server's clock in ms, shared by every script (the circuit breaker's too).
+NOW_MS = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+"""
+
+# Shared by the scripts below: the clock, pausing, and the expected start of a job.
+PRELUDE = NOW_MS + """
 
 local function score(reply)
   if reply[2] then return tonumber(reply[2]) end
