@@ -74,13 +74,14 @@ class JobStore:
 
     def __init__(
         self, collection: Collection, cipher: MultiFernet, retention: timedelta = timedelta(days=7),
-        on_finished: Callable[[str], None] | None = None, *, keep_failed_payloads: bool = False,
+        *, keep_failed_payloads: bool = False,
     ) -> None:
         self.collection = collection
         self.cipher = cipher
         self.retention = retention
-        # Called with the request_id of a finished job whose client asked for a callback.
-        self.on_finished = on_finished
+        # Called with the request_id of a finished job whose client asked for a callback; set by
+        # actors.callbacks.notify_on_finish once the broker exists (it is built after the store).
+        self.on_finished: Callable[[str], None] | None = None
         # Only an operator's retry needs the payload of a job that did not complete.
         self.erased_at = TERMINAL - RETRYABLE if keep_failed_payloads else TERMINAL
 
