@@ -54,6 +54,9 @@ DELAY_BATCH_SIZE = 500
 PRUNE_INTERVAL_MS = 60_000
 #: The longest XREADGROUP BLOCK, kept well under redis-py's default 5 s socket timeout.
 MAX_BLOCK_MS = 1_000
+#: How often a consumer looks for due delayed messages that others added (retries, deferrals):
+#: the lateness of a delayed message is at most this.
+DELAY_CHECK_INTERVAL_MS = 100
 
 _CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
@@ -412,8 +415,8 @@ class StreamsConsumer(Consumer):
         moved, next_eta = DELAY_BATCH_SIZE, None
         while moved == DELAY_BATCH_SIZE:
             moved, next_eta = self.broker.scripts["MOVE_DUE"](keys=keys, args=[now_ms, DELAY_BATCH_SIZE])
-        # Others may add earlier delays at any time, so look again after one timeout at most.
-        self.next_delay_check_ms = now_ms + self.timeout_ms
+        # Others may add earlier delays at any time, so look again soon.
+        self.next_delay_check_ms = now_ms + min(self.timeout_ms, DELAY_CHECK_INTERVAL_MS)
         if next_eta is not None:
             self.next_delay_check_ms = min(self.next_delay_check_ms, int(float(next_eta)))
 
