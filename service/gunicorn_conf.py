@@ -3,9 +3,11 @@
 import os
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '4000')}"
-# Sync workers: requests are short and I/O-bound on one store; see the README's benchmarks.
+# Threaded workers keep client connections alive, and the requests in flight in one process share
+# the job store's round trips (service/batching.py); see the README's load test for the numbers.
 workers = int(os.environ.get("WEB_CONCURRENCY", "3"))
-worker_class = "sync"
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", "16"))
 timeout = 30
 graceful_timeout = 20
 accesslog = "-" if os.environ.get("ACCESS_LOG") else None

@@ -14,6 +14,7 @@ import pymongo.errors
 from cryptography.fernet import Fernet, MultiFernet
 from pymongo.collection import Collection
 
+from service.batching import Batch
 from service.config import Config
 from service.errors import JobNotFound, UnstorableResult
 from service.metrics import JOB_DURATION, JOBS_FINISHED
@@ -84,6 +85,9 @@ class JobStore:
         self.on_finished: Callable[[str], None] | None = None
         # Only an operator's retry needs the payload of a job that did not complete.
         self.erased_at = TERMINAL - RETRYABLE if keep_failed_payloads else TERMINAL
+        # New jobs and reads by id are the API's hot path: concurrent ones share a round trip.
+        self._insert = Batch(self._insert_many)
+        self._find = Batch(self._find_many)
 
     def ensure_indexes(self) -> None:
         """Create the indexes the sweeps and retention need (idempotent)."""
@@ -107,14 +111,31 @@ class JobStore:
         }
         if callback_url:
             job["callback_url"] = callback_url
-        self.collection.insert_one(job)
+        self._insert(job)
+
+    def _insert_many(self, jobs: list[dict[str, Any]]) -> list[Exception | None]:
+        """Insert a batch of new jobs; return, per job, None or the error that kept it out."""
+        try:
+            self.collection.insert_many(jobs, ordered=False)
+        except pymongo.errors.BulkWriteError as error:
+            refused = {failure["index"]: failure for failure in error.details["writeErrors"]}
+            return [
+                pymongo.errors.WriteError(refused[i]["errmsg"], refused[i]["code"], refused[i]) if i in refused else None
+                for i in range(len(jobs))
+            ]
+        return [None] * len(jobs)
 
     def get(self, request_id: str) -> dict[str, Any]:
         """Return the job without its payload, or raise JobNotFound."""
-        job = self.collection.find_one({"_id": request_id}, PUBLIC_FIELDS)
+        job = self._find(request_id)
         if job is None:
             raise JobNotFound(request_id)
         return job
+
+    def _find_many(self, request_ids: list[str]) -> list[dict[str, Any] | None]:
+        """Read a batch of jobs by id, without their payloads; None for each id that has no job."""
+        found = {job["_id"]: job for job in self.collection.find({"_id": {"$in": list(set(request_ids))}}, PUBLIC_FIELDS)}
+        return [found.get(request_id) for request_id in request_ids]
 
     def transition(
         self,
