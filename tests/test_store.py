@@ -135,3 +135,25 @@ def test_a_stale_message_cannot_fail_a_job_another_message_holds(store):
     assert store.fail_for_message(request_id, "live", "the job could not be processed", detail="internal detail")
     job = store.get(request_id)
     assert job["error"] == "the job could not be processed" and job["history"][-1]["detail"] == "internal detail"
+
+
+def test_concurrent_submissions_and_reads_each_get_their_own_job(store):
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        request_ids = list(pool.map(lambda _: new_job(store), range(200)))
+        views = list(pool.map(store.get, request_ids))
+    assert [view["_id"] for view in views] == request_ids
+    assert store.collection.count_documents({"_id": {"$in": request_ids}}) == 200
+
+
+def test_a_refused_insert_in_a_batch_fails_only_its_own_job(store):
+    taken = new_job(store)
+    fresh = str(uuid.uuid4())
+    batch = [{"_id": taken, "status": "queued"}, {"_id": fresh, "status": "queued"}]
+    refused, stored = store._insert_many(batch)
+    assert "duplicate key" in str(refused).lower() and stored is None
+    assert store.get(fresh)["status"] == "queued"
+
+
+def test_a_read_batch_tells_missing_jobs_apart(store):
+    known = new_job(store)
+    assert [job and job["_id"] for job in store._find_many([known, "nope", known])] == [known, None, known]
