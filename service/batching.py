@@ -17,6 +17,9 @@ from typing import Callable, Generic, TypeVar
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
+#: A bound on one command's size, far above what a few dozen threads in flight can fill.
+MAX_BATCH_ITEMS = 100
+
 
 class _Waiter:
     __slots__ = ("item", "result", "done")
@@ -34,9 +37,8 @@ class Batch(Generic[Item, Result]):
     that item's caller only, and an exception raised by `flush` itself reaches every caller.
     """
 
-    def __init__(self, flush: Callable[[list[Item]], list[Result | Exception]], max_items: int = 100) -> None:
+    def __init__(self, flush: Callable[[list[Item]], list[Result | Exception]]) -> None:
         self.flush = flush
-        self.max_items = max_items
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Waiter] | None = None
         self._pid: int | None = None
@@ -64,7 +66,7 @@ class Batch(Generic[Item, Result]):
     def _flush_forever(self, waiting: queue.SimpleQueue[_Waiter]) -> None:
         while True:
             batch = [waiting.get()]
-            while len(batch) < self.max_items:
+            while len(batch) < MAX_BATCH_ITEMS:
                 try:
                     batch.append(waiting.get_nowait())
                 except queue.Empty:

@@ -3,6 +3,7 @@ import threading
 
 import pytest
 
+from devtools.stack import wait_until
 from service.batching import Batch
 
 
@@ -17,17 +18,17 @@ def test_items_arriving_during_a_flush_share_the_next_one():
     batch = Batch(flush)
     first = threading.Thread(target=batch, args=(0,))
     first.start()
-    while not batches:
-        threading.Event().wait(0.001)
+    wait_until(lambda: batches, 5, "the first flush")
     results = {}
     waiting = [threading.Thread(target=lambda n=n: results.setdefault(n, batch(n))) for n in range(1, 6)]
     for thread in waiting:
         thread.start()
+    wait_until(lambda: batch._waiting().qsize() == 5, 5, "five items waiting behind the first flush")
     release.set()
     for thread in [first, *waiting]:
         thread.join(5)
     assert results == {n: n * 2 for n in range(1, 6)}
-    assert len(batches) <= 3 and sorted(sum(batches, [])) == list(range(6))
+    assert batches[0] == [0] and sorted(batches[1]) == [1, 2, 3, 4, 5] and len(batches) == 2
 
 
 def test_an_error_result_is_raised_to_its_own_caller_only():
@@ -58,7 +59,9 @@ def test_a_forked_child_flushes_on_a_thread_of_its_own():
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.write(write, str(batch(None)).encode())
-        os._exit(0)
+        try:
+            os.write(write, str(batch(None)).encode())
+        finally:
+            os._exit(0)
     os.waitpid(pid, 0)
     assert int(os.read(read, 32)) == pid
