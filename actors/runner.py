@@ -85,7 +85,7 @@ class JobRunner:
         else:
             result, removed = self.cleaner.clean(reply.data)
             try:
-                self.store.complete(request_id, result, removed, detail=f"{vendor.name} answered {reply.status_code}")
+                self.store.complete(request_id, result, removed, detail=f"{vendor.name} answered {reply.status_code}", job=job)
             except UnstorableResult as error:  # calling the vendor again would give the same data
                 self.store.fail(request_id, str(error))
 

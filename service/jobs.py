@@ -140,7 +140,7 @@ class Jobs:
             self.store.note(request_id, f"webhook refused: sent by {vendor.name!r}, job belongs to {job['vendor']!r}")
             raise WebhookWrongVendor(f"job {request_id} was not sent to vendor {vendor.name!r}")
         result, removed = self.cleaner.clean(data)
-        if self.store.complete(request_id, result, removed, detail=f"webhook from {vendor.name}"):
+        if self.store.complete(request_id, result, removed, detail=f"webhook from {vendor.name}", job=job):
             WEBHOOKS.labels(vendor.name, "saved").inc()
             return
         status = self.store.get(request_id)["status"]

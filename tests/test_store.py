@@ -157,3 +157,13 @@ def test_a_refused_insert_in_a_batch_fails_only_its_own_job(store):
 def test_a_read_batch_tells_missing_jobs_apart(store):
     known = new_job(store)
     assert [job and job["_id"] for job in store._find_many([known, "nope", known])] == [known, None, known]
+
+
+def test_a_completion_given_the_job_read_before_uses_it_instead_of_reading_it_again(store):
+    request_id = new_job(store)
+    job = store.claim(request_id, "m1")
+    queued_callbacks = []
+    store.on_finished = queued_callbacks.append
+    job["callback_url"] = "http://client.example/callback"  # only the caller's copy has one
+    assert store.complete(request_id, {"account": "xyz"}, [], detail="done", job=job)
+    assert queued_callbacks == [request_id]
