@@ -8,6 +8,9 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '4000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "3"))
 worker_class = "gthread"
 threads = int(os.environ.get("WEB_THREADS", "16"))
+# Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads keep-alive connections
+# evenly; on one shared socket whichever worker wakes first takes them, and its clients wait longest.
+reuse_port = True
 timeout = 30
 graceful_timeout = 20
 accesslog = "-" if os.environ.get("ACCESS_LOG") else None
