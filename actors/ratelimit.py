@@ -63,9 +63,13 @@ class RateLimiter:
         # Every API request calls a script: those in flight at once share a round trip.
         self.shared = SharedPipeline(client)
 
-    def _run_script(self, script: str, keys: list[str], args: list) -> object:
+    def _run_script(self, name: str, keys: list[str], args: list) -> object:
         """Run one of the limiter's scripts and return its reply."""
-        return self.shared(lambda pipe: self.scripts[script](keys=keys, args=args, client=pipe))
+        script = self.scripts[name]
+        try:
+            return self.shared(lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args))
+        except redis.exceptions.NoScriptError:  # a restarted server lost it: load it and run it
+            return script(keys=keys, args=args)
 
     def admit(self, vendor: Vendor, request_id: str) -> Admission:
         """Reserve the next free slot for a new job, unless max_backlog jobs wait or it would wait past max_wait_s."""

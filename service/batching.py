@@ -30,7 +30,9 @@ class _Waiter:
     def __init__(self, item) -> None:
         self.item = item
         self.result = None
-        self.done = threading.Event()
+        # Held until the flush thread releases it: a far cheaper one-shot signal than an Event.
+        self.done = threading.Lock()
+        self.done.acquire()
 
 
 class Batch(Generic[Item, Result]):
@@ -49,7 +51,7 @@ class Batch(Generic[Item, Result]):
     def __call__(self, item: Item) -> Result:
         waiter = _Waiter(item)
         self._waiting().put(waiter)
-        waiter.done.wait()
+        waiter.done.acquire()
         if isinstance(waiter.result, Exception):
             raise waiter.result
         return waiter.result
@@ -80,15 +82,14 @@ class Batch(Generic[Item, Result]):
                 results = [error] * len(batch)
             for waiter, result in zip(batch, results):
                 waiter.result = result
-                waiter.done.set()
+                waiter.done.release()
 
 
 class SharedPipeline:
     """Send the Redis commands of concurrent callers in one pipeline: `shared(lambda pipe: pipe.get(key))`.
 
     Each caller gets its own command's reply, or its own error raised; a connection error
-    reaches every caller of that pipeline. Scripts may be queued too (`script(keys, args, client=pipe)`):
-    the pipeline loads any the server lost before it runs them.
+    reaches every caller of that pipeline.
     """
 
     def __init__(self, client: redis.Redis) -> None:

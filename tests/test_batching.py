@@ -71,14 +71,12 @@ def test_a_forked_child_flushes_on_a_thread_of_its_own():
 def test_redis_commands_sent_through_a_shared_pipeline_each_get_their_own_reply_or_error(redis_client):
     shared = SharedPipeline(redis_client)
     redis_client.set("not-a-number", "x")
-    script = redis_client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
-    redis_client.script_flush()  # the pipeline must load the script the server lost
     replies, errors = {}, {}
 
     def call(n):
         try:
             key = "not-a-number" if n == 3 else f"counter-{n}"
-            replies[n] = shared(lambda pipe: script(keys=[key], args=[n], client=pipe))
+            replies[n] = shared(lambda pipe: pipe.incrby(key, n))
         except redis.ResponseError as error:
             errors[n] = error
 

@@ -149,6 +149,15 @@ def test_a_job_that_gives_up_its_slot_frees_its_place(limiter):
     assert limiter.admit(acme, "c").accepted
 
 
+def test_scripts_a_restarted_server_lost_are_loaded_again(limiter, redis_client):
+    acme = vendor("2/second")
+    assert limiter.admit(acme, "before").accepted
+    redis_client.script_flush()  # what a restart without persistence does
+    assert limiter.admit(acme, "after").accepted
+    usage = limiter.usage(acme)
+    assert usage.started + usage.backlog == 2  # both slots were taken
+
+
 def test_expected_waits_follow_the_slots_given_at_submission(limiter):
     acme = vendor("2/second")
     admissions = [limiter.admit(acme, f"job-{n}") for n in range(6)]
