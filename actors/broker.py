@@ -42,7 +42,6 @@ from dramatiq.common import current_millis
 from dramatiq.errors import ConnectionClosed, QueueJoinTimeout, QueueNotFound
 
 from actors import broker_lua
-from service.batching import SharedPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +128,6 @@ class StreamsBroker(Broker):
             name: client.register_script(getattr(broker_lua, name))
             for name in ("ACK", "MOVE_DUE", "RECOVER", "REFRESH", "REQUEUE", "DEAD_LETTER", "PRUNE_CONSUMERS")
         }
-        # Many API threads enqueue at once: their messages share a round trip.
-        self.enqueues = SharedPipeline(client)
 
     def close(self) -> None:
         """Release the connection pool, unless the client was handed in."""
@@ -171,9 +168,9 @@ class StreamsBroker(Broker):
         try:
             if delay:
                 member = secrets.token_hex(8).encode() + b"|" + payload
-                self.enqueues(lambda pipe: pipe.zadd(delay_key(message.queue_name), {member: message.options["eta"]}))
+                self.client.zadd(delay_key(message.queue_name), {member: message.options["eta"]})
             else:
-                self.enqueues(lambda pipe: pipe.xadd(stream_key(message.queue_name), {"message": payload}))
+                self.client.xadd(stream_key(message.queue_name), {"message": payload})
         except _CONNECTION_ERRORS as e:
             raise ConnectionClosed(e) from None
         self.emit_after("enqueue", message, delay)

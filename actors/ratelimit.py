@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import redis
 
 from actors import ratelimit_lua
-from service.batching import SharedPipeline
 from vendors.registry import Vendor
 
 #: Two quota reports whose reset times differ by less than this describe the same window.
@@ -60,21 +59,11 @@ class RateLimiter:
             name: client.register_script(getattr(ratelimit_lua, name))
             for name in ("ACQUIRE", "RESTRICT", "ADMIT", "OUTLOOK", "USAGE")
         }
-        # Every API request calls a script: those in flight at once share a round trip.
-        self.shared = SharedPipeline(client)
-
-    def _run_script(self, name: str, keys: list[str], args: list) -> object:
-        """Run one of the limiter's scripts and return its reply."""
-        script = self.scripts[name]
-        try:
-            return self.shared(lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args))
-        except redis.exceptions.NoScriptError:  # a restarted server lost it: load it and run it
-            return script(keys=keys, args=args)
 
     def admit(self, vendor: Vendor, request_id: str) -> Admission:
         """Reserve the next free slot for a new job, unless max_backlog jobs wait or it would wait past max_wait_s."""
         args = [*self.limit_args(vendor), vendor.max_backlog, round(vendor.max_wait_s * 1000), request_id]
-        outcome, now_ms, at_ms = self._run_script("ADMIT", self.keys(vendor, "slots", "pause"), args)
+        outcome, now_ms, at_ms = self.scripts["ADMIT"](keys=self.keys(vendor, "slots", "pause"), args=args)
         refusal = {1: "", 0: f"{vendor.max_backlog} jobs are waiting already",
                    -1: f"it is paused: a new job would wait longer than {vendor.max_wait_s:g} s"}[outcome]
         return Admission(outcome == 1, (at_ms - now_ms) / 1000, self.delay_ms(vendor, at_ms - now_ms), refusal)
@@ -82,13 +71,13 @@ class RateLimiter:
     def acquire(self, vendor: Vendor, request_id: str) -> int:
         """Start the job now and return 0, or return how many ms its message should wait for its slot."""
         keys = self.keys(vendor, "slots", "pause", "quota")
-        wait_ms = int(self._run_script("ACQUIRE", keys, [*self.limit_args(vendor), request_id]))
+        wait_ms = int(self.scripts["ACQUIRE"](keys=keys, args=[*self.limit_args(vendor), request_id]))
         return self.delay_ms(vendor, wait_ms)
 
     def restrict(self, vendor: Vendor, remaining: int, reset_in_s: float) -> None:
         """Allow at most `remaining` more starts in the next `reset_in_s`; 0 pauses the vendor."""
         keys = self.keys(vendor, "slots", "pause", "quota")
-        self._run_script("RESTRICT", keys, [remaining, round(reset_in_s * 1000), SAME_WINDOW_MS])
+        self.scripts["RESTRICT"](keys=keys, args=[remaining, round(reset_in_s * 1000), SAME_WINDOW_MS])
 
     def forget(self, vendor: Vendor, request_id: str) -> None:
         """Give up the slot of a job that will not start."""
@@ -97,12 +86,12 @@ class RateLimiter:
     def expected_wait_s(self, vendor: Vendor, request_id: str) -> float:
         """Return how long until the job is expected to start (0 once it is due)."""
         keys = self.keys(vendor, "slots", "pause")
-        now_ms, at_ms = self._run_script("OUTLOOK", keys, [*self.limit_args(vendor), request_id])
+        now_ms, at_ms = self.scripts["OUTLOOK"](keys=keys, args=[*self.limit_args(vendor), request_id])
         return (at_ms - now_ms) / 1000
 
     def usage(self, vendor: Vendor) -> Usage:
         """Report how much of its limit the vendor used in the last period, its backlog and its pause."""
-        started, backlog, paused_ms, wait_ms = self._run_script("USAGE", self.keys(vendor, "slots", "pause"), self.limit_args(vendor))
+        started, backlog, paused_ms, wait_ms = self.scripts["USAGE"](keys=self.keys(vendor, "slots", "pause"), args=self.limit_args(vendor))
         return Usage(started, backlog, paused_ms / 1000, wait_ms / 1000)
 
     def delay_ms(self, vendor: Vendor, wait_ms: int) -> int:

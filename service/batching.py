@@ -1,11 +1,10 @@
 """Group commit: requests that reach a data store at the same time share one round trip.
 
 An embedded or busy store spends most of each command on the command itself, not on the
-documents it carries: one `insert_many` of 20 jobs costs about what 4 `insert_one` calls do, and
-a Redis script call in a pipeline of 20 costs its client a fifth of a call on its own. A `Batch`
-runs its flush function on a thread of its own for every item that arrived while the previous
-flush ran, so under load batches grow by themselves and when idle an item waits for nothing but
-the hand-over to that thread.
+documents it carries: one `insert_many` of 20 jobs costs about what 4 `insert_one` calls do. A
+`Batch` runs its flush function on a thread of its own for every item that arrived while the
+previous flush ran, so under load batches grow by themselves and when idle an item waits for
+nothing but the hand-over to that thread.
 """
 
 from __future__ import annotations
@@ -13,9 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from typing import Any, Callable, Generic, TypeVar
-
-import redis
+from typing import Callable, Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -83,24 +80,3 @@ class Batch(Generic[Item, Result]):
             for waiter, result in zip(batch, results):
                 waiter.result = result
                 waiter.done.release()
-
-
-class SharedPipeline:
-    """Send the Redis commands of concurrent callers in one pipeline: `shared(lambda pipe: pipe.get(key))`.
-
-    Each caller gets its own command's reply, or its own error raised; a connection error
-    reaches every caller of that pipeline.
-    """
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-        self._batch: Batch[Callable[[Any], object], Any] = Batch(self._execute)
-
-    def __call__(self, command: Callable[[Any], object]) -> Any:
-        return self._batch(command)
-
-    def _execute(self, commands: list[Callable[[Any], object]]) -> list[Any]:
-        with self.client.pipeline(transaction=False) as pipe:
-            for command in commands:
-                command(pipe)
-            return pipe.execute(raise_on_error=False)

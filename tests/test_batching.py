@@ -2,10 +2,9 @@ import os
 import threading
 
 import pytest
-import redis
 
 from devtools.stack import wait_until
-from service.batching import Batch, SharedPipeline
+from service.batching import Batch
 
 
 def test_items_arriving_during_a_flush_share_the_next_one():
@@ -66,25 +65,3 @@ def test_a_forked_child_flushes_on_a_thread_of_its_own():
             os._exit(0)
     os.waitpid(pid, 0)
     assert int(os.read(read, 32)) == pid
-
-
-def test_redis_commands_sent_through_a_shared_pipeline_each_get_their_own_reply_or_error(redis_client):
-    shared = SharedPipeline(redis_client)
-    redis_client.set("not-a-number", "x")
-    replies, errors = {}, {}
-
-    def call(n):
-        try:
-            key = "not-a-number" if n == 3 else f"counter-{n}"
-            replies[n] = shared(lambda pipe: pipe.incrby(key, n))
-        except redis.ResponseError as error:
-            errors[n] = error
-
-    threads = [threading.Thread(target=call, args=(n,)) for n in range(1, 9)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(5)
-    assert replies == {n: n for n in range(1, 9) if n != 3}
-    assert list(errors) == [3] and "not an integer" in str(errors[3])
-    assert shared(lambda pipe: pipe.get("counter-5")) == b"5"
