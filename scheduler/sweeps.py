@@ -19,6 +19,10 @@ from service.store import JobStore
 from vendors.registry import Registry
 
 BATCH_SIZE = 500
+LOST_MESSAGE_NOTES = {
+    JobStatus.QUEUED: "message lost; enqueued again by the orphan sweep",
+    JobStatus.PROCESSING: "message lost while processing; redelivered by the orphan sweep",
+}
 
 
 def time_out_webhooks(store: JobStore, registry: Registry, broker: StreamsBroker, limit: int = BATCH_SIZE) -> dict[str, int]:
@@ -70,14 +74,16 @@ def requeue_orphans(
     for request_id in orphans[JobStatus.PENDING]:
         enqueue_fetch(broker, request_id)
         store.mark_queued(request_id, "enqueued by the orphan sweep")
-    for request_id in orphans[JobStatus.QUEUED]:
-        enqueue_fetch(broker, request_id)
-        store.note(request_id, "message lost; enqueued again by the orphan sweep")
-    for request_id in orphans[JobStatus.PROCESSING]:
-        # The same message id makes it a redelivery, which may re-claim the job it holds.
-        enqueue_fetch(broker, request_id, store.get(request_id).get("message_id"))
-        store.note(request_id, "message lost while processing; redelivered by the orphan sweep")
-    return {status.value: len(ids) for status, ids in orphans.items()}
+    counts = {JobStatus.PENDING.value: len(orphans[JobStatus.PENDING])}
+    for status, detail in LOST_MESSAGE_NOTES.items():
+        # Only a job nobody touched since it was found: a worker may have just taken and finished it.
+        renewed = [i for i in orphans[status] if store.renew_if_stale(i, status, thresholds[status], detail)]
+        for request_id in renewed:
+            # For a processing job the same message id makes it a redelivery, which may re-claim the job.
+            message_id = store.get(request_id).get("message_id") if status is JobStatus.PROCESSING else None
+            enqueue_fetch(broker, request_id, message_id)
+        counts[status.value] = len(renewed)
+    return counts
 
 
 def queue_missed_callbacks(store: JobStore, broker: StreamsBroker, older_than: timedelta, limit: int = BATCH_SIZE) -> dict[str, int]:

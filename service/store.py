@@ -300,6 +300,16 @@ class JobStore:
             update["$inc"] = inc
         self.collection.update_one({"_id": request_id}, update)
 
+    def renew_if_stale(self, request_id: str, status: JobStatus, older_than: timedelta, detail: str) -> bool:
+        """Record `detail` on a job still in `status` and unchanged for `older_than`, restarting its clock; tell whether it was.
+
+        A sweep calls this before acting on a job it found stale: a worker may have moved it since.
+        """
+        now = utcnow()
+        update = {"$set": {"updated_at": now}, "$push": {"history": {"$each": [{"event": detail, "at": now}], "$slice": -HISTORY_LIMIT}}}
+        query = {"_id": request_id, "status": status.value, "updated_at": {"$lt": now - older_than}}
+        return self.collection.update_one(query, update).modified_count == 1
+
     def stale_ids(self, status: JobStatus, older_than: timedelta, batch_size: int = 500) -> Iterator[str]:
         """Yield the ids of jobs in `status` not updated for `older_than`, oldest first, read in batches."""
         cursor = self.collection.find(

@@ -142,6 +142,23 @@ def test_a_processing_job_whose_message_was_lost_is_redelivered_under_the_same_m
     assert store.claim(lost, "m-lost")["attempts"] == 2
 
 
+def test_a_job_a_worker_takes_while_the_orphan_sweep_looks_is_not_enqueued_again(store, broker, redis_client, monkeypatch):
+    request_id = new_job(store)
+    age(store, request_id)
+    stale_ids = store.stale_ids
+
+    def found_then_taken(status, older_than, limit):
+        ids = list(stale_ids(status, older_than, limit))
+        if request_id in ids:  # its message reaches a worker, which claims the job: the message is gone from the queue
+            store.claim(request_id, "the job's own message")
+        return iter(ids)
+
+    monkeypatch.setattr(store, "stale_ids", found_then_taken)
+    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 0}
+    assert queued_messages(redis_client) == []
+    assert [entry.get("state") for entry in store.get(request_id)["history"]] == ["queued", "processing"]
+
+
 def test_the_orphan_sweep_works_in_bounded_batches_and_old_jobs_with_messages_do_not_hide_the_rest(store, broker, redis_client):
     for _ in range(3):
         age(store, new_job(store))
