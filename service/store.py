@@ -35,6 +35,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def push_history(entry: dict[str, Any]) -> dict[str, Any]:
+    """Return the `$push` that appends `entry` to a job's history, keeping the newest HISTORY_LIMIT."""
+    return {"history": {"$each": [entry], "$slice": -HISTORY_LIMIT}}
+
+
 def payload_cipher(encryption_key: str) -> MultiFernet:
     """Build the payload cipher; ENCRYPTION_KEY may list several keys, newest first, for rotation."""
     return MultiFernet([Fernet(key.strip()) for key in encryption_key.split(",") if key.strip()])
@@ -163,7 +168,7 @@ class JobStore:
             entry["detail"] = detail
         update: dict[str, Any] = {
             "$set": {**(fields or {}), "status": to.value, "updated_at": now},
-            "$push": {"history": {"$each": [entry], "$slice": -HISTORY_LIMIT}},
+            "$push": push_history(entry),
         }
         if to.is_terminal:
             update["$set"]["expires_at"] = now + self.retention
@@ -292,7 +297,7 @@ class JobStore:
     def note(self, request_id: str, detail: str, *, inc: dict[str, int] | None = None, **fields: Any) -> None:
         """Append an event to the job's history without changing its state."""
         update: dict[str, Any] = {
-            "$push": {"history": {"$each": [{"event": detail, "at": utcnow()}], "$slice": -HISTORY_LIMIT}},
+            "$push": push_history({"event": detail, "at": utcnow()}),
         }
         if fields:
             update["$set"] = fields
@@ -306,7 +311,7 @@ class JobStore:
         A sweep calls this before acting on a job it found stale: a worker may have moved it since.
         """
         now = utcnow()
-        update = {"$set": {"updated_at": now}, "$push": {"history": {"$each": [{"event": detail, "at": now}], "$slice": -HISTORY_LIMIT}}}
+        update = {"$set": {"updated_at": now}, "$push": push_history({"event": detail, "at": now})}
         query = {"_id": request_id, "status": status.value, "updated_at": {"$lt": now - older_than}}
         return self.collection.update_one(query, update).modified_count == 1
 
