@@ -157,24 +157,38 @@ class StreamsBroker(Broker):
 
     def enqueue(self, message: dramatiq.Message, *, delay: int | None = None) -> dramatiq.Message:
         """Add a message to its queue's stream, or to its delay set when delay (ms) is given."""
+        return self.enqueue_many([(message, delay)])[0]
+
+    def enqueue_many(self, messages: list[tuple[dramatiq.Message, int | None]]) -> list[dramatiq.Message]:
+        """Enqueue several messages, each as `enqueue` would, in one round trip; return them as enqueued."""
+        enqueued = [(*self._prepared(message, delay), delay) for message, delay in messages]
+        for message, _, delay in enqueued:
+            self.emit_before("enqueue", message, delay)
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for message, payload, delay in enqueued:
+                    if delay:
+                        member = secrets.token_hex(8).encode() + b"|" + payload
+                        pipe.zadd(delay_key(message.queue_name), {member: message.options["eta"]})
+                    else:
+                        pipe.xadd(stream_key(message.queue_name), {"message": payload})
+                pipe.execute()
+        except _CONNECTION_ERRORS as e:
+            raise ConnectionClosed(e) from None
+        for message, _, delay in enqueued:
+            self.emit_after("enqueue", message, delay)
+        return [message for message, _, _ in enqueued]
+
+    @staticmethod
+    def _prepared(message: dramatiq.Message | MessageProxy, delay: int | None) -> tuple[dramatiq.Message, bytes]:
+        """Return the message as enqueued (with its eta, if delayed) and its payload, which carries no eta."""
         if isinstance(message, MessageProxy):  # Retries and Callbacks hand back the proxy.
             message = message._message
-        options = {key: value for key, value in message.options.items() if key != "eta"}
-        message = dataclasses.replace(message, options=options)
+        message = dataclasses.replace(message, options={key: value for key, value in message.options.items() if key != "eta"})
         payload = message.encode()
         if delay:
             message = message.copy(options={"eta": current_millis() + delay})
-        self.emit_before("enqueue", message, delay)
-        try:
-            if delay:
-                member = secrets.token_hex(8).encode() + b"|" + payload
-                self.client.zadd(delay_key(message.queue_name), {member: message.options["eta"]})
-            else:
-                self.client.xadd(stream_key(message.queue_name), {"message": payload})
-        except _CONNECTION_ERRORS as e:
-            raise ConnectionClosed(e) from None
-        self.emit_after("enqueue", message, delay)
-        return message
+        return message, payload
 
     def flush(self, queue_name: str) -> None:
         """Drop every message of a queue, delayed ones included (dead letters stay)."""

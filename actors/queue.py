@@ -8,11 +8,8 @@ QUEUE_NAME = "job-queue"
 FETCH_ACTOR = "fetch_job"
 
 
-def enqueue_fetch(
-    broker: dramatiq.Broker, request_id: str, message_id: str | None = None, *,
-    vendor: str | None = None, delay_ms: int = 0,
-) -> None:
-    """Queue the job for a worker, due in `delay_ms` (its rate-limit slot); the message carries the request_id.
+def fetch_message(request_id: str, message_id: str | None = None, *, vendor: str | None = None) -> dramatiq.Message:
+    """Return the message that has a worker fetch the job: it carries the request_id.
 
     Given the message_id of the message that claimed the job, the new message is a redelivery of
     it and may re-claim the job (the orphan sweep uses this for a processing job whose message was lost).
@@ -20,6 +17,14 @@ def enqueue_fetch(
     """
     identity = {"message_id": message_id} if message_id else {}
     options = {"vendor": vendor} if vendor else {}
-    broker.enqueue(dramatiq.Message(
+    return dramatiq.Message(
         queue_name=QUEUE_NAME, actor_name=FETCH_ACTOR, args=(request_id,), kwargs={}, options=options, **identity,
-    ), delay=delay_ms)
+    )
+
+
+def enqueue_fetch(
+    broker: dramatiq.Broker, request_id: str, message_id: str | None = None, *,
+    vendor: str | None = None, delay_ms: int = 0,
+) -> None:
+    """Queue the job for a worker, due in `delay_ms` (its rate-limit slot); see fetch_message."""
+    broker.enqueue(fetch_message(request_id, message_id, vendor=vendor), delay=delay_ms)

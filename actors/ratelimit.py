@@ -62,8 +62,28 @@ class RateLimiter:
 
     def admit(self, vendor: Vendor, request_id: str) -> Admission:
         """Reserve the next free slot for a new job, unless max_backlog jobs wait or it would wait past max_wait_s."""
-        args = [*self.limit_args(vendor), vendor.max_backlog, round(vendor.max_wait_s * 1000), request_id]
-        outcome, now_ms, at_ms = self.scripts["ADMIT"](keys=self.keys(vendor, "slots", "pause"), args=args)
+        return self.admit_many([(vendor, request_id)])[0]
+
+    def admit_many(self, jobs: list[tuple[Vendor, str]]) -> list[Admission]:
+        """Admit several new jobs, each as `admit` would, in submission order and one round trip."""
+        script = self.scripts["ADMIT"]
+
+        def send() -> list:
+            with self.client.pipeline(transaction=False) as pipe:
+                for vendor, request_id in jobs:
+                    args = [*self.limit_args(vendor), vendor.max_backlog, round(vendor.max_wait_s * 1000), request_id]
+                    pipe.evalsha(script.sha, 2, *self.keys(vendor, "slots", "pause"), *args)
+                return pipe.execute()
+
+        try:
+            replies = send()
+        except redis.exceptions.NoScriptError:  # a restarted server lost the script, so none of them ran
+            self.client.script_load(script.script)
+            replies = send()
+        return [self.admission(vendor, *reply) for (vendor, _), reply in zip(jobs, replies)]
+
+    def admission(self, vendor: Vendor, outcome: int, now_ms: int, at_ms: int) -> Admission:
+        """Read the ADMIT script's reply."""
         refusal = {1: "", 0: f"{vendor.max_backlog} jobs are waiting already",
                    -1: f"it is paused: a new job would wait longer than {vendor.max_wait_s:g} s"}[outcome]
         return Admission(outcome == 1, (at_ms - now_ms) / 1000, self.delay_ms(vendor, at_ms - now_ms), refusal)

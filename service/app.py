@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-from functools import partial
 
 import falcon
 import orjson
@@ -12,7 +11,7 @@ import pymongo.errors
 import redis
 
 from actors.callbacks import CALLBACK_QUEUE, notify_on_finish
-from actors.queue import QUEUE_NAME, enqueue_fetch
+from actors.queue import QUEUE_NAME
 from actors.breaker import CircuitBreaker
 from actors.live_metrics import BreakerCollector, QueueCollector
 from actors.ratelimit import RateLimiter
@@ -23,6 +22,7 @@ from service.config import Config
 from service.dashboard import add_dashboard
 from service.health import Liveness, Readiness
 from service.idempotency import IdempotencyKeys
+from service.intake import Intake
 from service.jobs import Jobs
 from service.logs import configure_logging
 from service.metrics import WEBHOOKS
@@ -52,7 +52,8 @@ def create_app(config: Config | None = None) -> falcon.App:
     notify_on_finish(store, broker, config.callback_secret)
     waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry)
     jobs = Jobs(
-        store, registry, partial(enqueue_fetch, broker), Cleaner(config.pii_keys), waiting, IdempotencyKeys(redis_client, config.encryption_key),
+        store, registry, Intake(store, registry, waiting, broker), Cleaner(config.pii_keys), waiting,
+        IdempotencyKeys(redis_client, config.encryption_key),
     )
     warn_at_start(store, registry)
 

@@ -5,16 +5,13 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
-
-from actors.ratelimit import Admission
 from service.cleaning import Cleaner
-from service.errors import (
-    BacklogFull, IdempotencyInFlight, JobNotFound, UnknownVendor, WebhookTooLate, WebhookWrongVendor,
-)
+from service.errors import IdempotencyInFlight, JobNotFound, UnknownVendor, WebhookTooLate, WebhookWrongVendor
 from service.idempotency import IdempotencyKeys
-from service.metrics import JOBS_SUBMITTED, WEBHOOKS
+from service.intake import Intake, Submission
+from service.metrics import WEBHOOKS
 from service.states import JobStatus
 from service.store import JobStore
 from service.waiting import Waiting, completion_after
@@ -29,12 +26,12 @@ class Jobs:
     """Submit jobs, show them to clients, and accept vendor webhooks."""
 
     def __init__(
-        self, store: JobStore, registry: Registry, enqueue: Callable[..., None], cleaner: Cleaner, waiting: Waiting,
+        self, store: JobStore, registry: Registry, intake: Intake, cleaner: Cleaner, waiting: Waiting,
         idempotency: IdempotencyKeys,
     ) -> None:
         self.store = store
         self.registry = registry
-        self.enqueue = enqueue
+        self.intake = intake
         self.cleaner = cleaner
         self.waiting = waiting
         self.idempotency = idempotency
@@ -56,56 +53,28 @@ class Jobs:
         the scheduler enqueues it later; the client still gets its request_id. A repeated
         Idempotency-Key with the same request returns the first job's request_id (and no estimate).
         """
+        pinned = None if vendor_name is None else self.enabled_vendor(vendor_name)
         request_id = str(uuid.uuid4())
         if idempotency_key is not None:
             request = {"payload": payload, "vendor": vendor_name, "callback_url": callback_url}
             earlier = self.idempotency.claim(idempotency_key, request, request_id)
             if earlier is not None:
                 return self.replay(earlier), None
+        document = self.store.new_job(request_id, vendor_name or "", payload, callback_url=callback_url)
         try:
-            vendor, admission = self.admit(vendor_name, request_id)
-            self.store_admitted(vendor, request_id, payload, callback_url=callback_url)
+            submission = self.intake(Submission(request_id, document, pinned))
         except Exception:
             if idempotency_key is not None:
                 self.idempotency.release(idempotency_key)
             raise
-        JOBS_SUBMITTED.labels(vendor.name).inc()
-        try:
-            self.enqueue(request_id, vendor=vendor.name, delay_ms=admission.delay_ms)
-        except Exception as error:  # any broker failure: the scheduler's pending sweep takes over
-            log.warning("enqueue failed for %s, left pending: %s", request_id, type(error).__name__)
-            self.store.transition(
-                request_id, JobStatus.PENDING, detail=f"enqueue failed: {type(error).__name__}",
-                allowed_from=frozenset({JobStatus.QUEUED}),
-            )
-        return request_id, completion_after(admission.wait_s)
+        return request_id, completion_after(submission.admission.wait_s)
 
-    def admit(self, vendor_name: str | None, request_id: str) -> tuple[Vendor, Admission]:
-        """Give the job a slot in the pinned vendor's backlog, or the next vendor's in turn that has room.
-
-        Return the vendor and the admission; raise BacklogFull if no vendor has room.
-        """
-        if vendor_name is not None:
-            vendor = self.vendor(vendor_name)
-            if not vendor.enabled:
-                raise UnknownVendor(f"vendor {vendor.name!r} is disabled")
-            return vendor, self.waiting.admit(vendor, request_id)
-        full = None
-        for _ in range(sum(vendor.enabled for vendor in self.registry.vendors.values())):
-            vendor = self.registry.choose()
-            try:
-                return vendor, self.waiting.admit(vendor, request_id)
-            except BacklogFull as error:
-                full = error
-        raise full
-
-    def store_admitted(self, vendor: Vendor, request_id: str, payload: dict[str, Any], **fields: Any) -> None:
-        """Store a job that got a slot; if it cannot be stored, give the slot up."""
-        try:
-            self.store.create(request_id, vendor.name, payload, **fields)
-        except Exception:
-            self.waiting.withdraw(vendor, request_id)
-            raise
+    def enabled_vendor(self, name: str) -> Vendor:
+        """Return the vendor a job is pinned to, or raise UnknownVendor if it is unknown or disabled."""
+        vendor = self.vendor(name)
+        if not vendor.enabled:
+            raise UnknownVendor(f"vendor {vendor.name!r} is disabled")
+        return vendor
 
     def replay(self, request_id: str) -> str:
         """Return the request_id of the first submission with the same key, once that job is stored."""

@@ -90,8 +90,8 @@ class JobStore:
         self.on_finished: Callable[[str], None] | None = None
         # Only an operator's retry needs the payload of a job that did not complete.
         self.erased_at = TERMINAL - RETRYABLE if keep_failed_payloads else TERMINAL
-        # New jobs and reads by id are the API's hot path: concurrent ones share a round trip.
-        self._insert = Batch(self._insert_many)
+        # Reads by id are on the API's hot path: concurrent ones share a round trip (new jobs
+        # share theirs in service/intake.py).
         self._find = Batch(self._find_many)
 
     def ensure_indexes(self) -> None:
@@ -103,6 +103,12 @@ class JobStore:
 
     def create(self, request_id: str, vendor: str, payload: dict[str, Any], *, callback_url: str | None = None) -> None:
         """Store a new job as queued; the caller enqueues it next or marks it pending."""
+        [error] = self.insert_many([self.new_job(request_id, vendor, payload, callback_url=callback_url)])
+        if error is not None:
+            raise error
+
+    def new_job(self, request_id: str, vendor: str, payload: dict[str, Any], *, callback_url: str | None = None) -> dict[str, Any]:
+        """Return the document of a new queued job, its payload encrypted, for `insert_many`."""
         now = utcnow()
         job = {
             "_id": request_id,
@@ -116,10 +122,10 @@ class JobStore:
         }
         if callback_url:
             job["callback_url"] = callback_url
-        self._insert(job)
+        return job
 
-    def _insert_many(self, jobs: list[dict[str, Any]]) -> list[Exception | None]:
-        """Insert a batch of new jobs; return, per job, None or the error that kept it out."""
+    def insert_many(self, jobs: list[dict[str, Any]]) -> list[Exception | None]:
+        """Insert new jobs in one command; return, per job, None or the error that kept it out."""
         try:
             self.collection.insert_many(jobs, ordered=False)
         except pymongo.errors.BulkWriteError as error:

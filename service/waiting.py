@@ -46,19 +46,16 @@ class Waiting:
         self.limiter = limiter
         self.registry = registry
 
-    def admit(self, vendor: Vendor, request_id: str) -> Admission:
-        """Give the job its slot in the vendor's backlog, or raise BacklogFull.
+    def admit_many(self, jobs: list[tuple[Vendor, str]]) -> list[Admission]:
+        """Give each (vendor, request_id) its slot in the vendor's backlog, or a refusal, in one round trip.
 
-        With Redis down the job is taken anyway: it is stored as pending and enqueued later.
+        With Redis down the jobs are taken anyway: they are stored as pending and enqueued later.
         """
         try:
-            admission = self.limiter.admit(vendor, request_id)
+            return self.limiter.admit_many(jobs)
         except redis.RedisError as error:
-            log.warning("backlog of %s not checked, Redis unavailable: %s", vendor.name, type(error).__name__)
-            return Admission(True, 0.0, 0)
-        if not admission.accepted:
-            raise BacklogFull(f"vendor {vendor.name!r} takes no more work now: {admission.refusal}", admission.wait_s)
-        return admission
+            log.warning("backlogs not checked, Redis unavailable: %s", type(error).__name__)
+            return [Admission(True, 0.0, 0)] * len(jobs)
 
     def withdraw(self, vendor: Vendor, request_id: str) -> None:
         """Give up the slot of a job that was not stored, if Redis allows."""
@@ -78,6 +75,11 @@ class Waiting:
             return completion_after(self.limiter.expected_wait_s(vendor, job["_id"]))
         except redis.RedisError:
             return None
+
+
+def backlog_full(vendor: Vendor, admission: Admission) -> BacklogFull:
+    """Return the error that tells the client why the vendor refused the job, and when to try again."""
+    return BacklogFull(f"vendor {vendor.name!r} takes no more work now: {admission.refusal}", admission.wait_s)
 
 
 def completion_after(wait_s: float) -> datetime:

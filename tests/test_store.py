@@ -149,7 +149,7 @@ def test_a_refused_insert_in_a_batch_fails_only_its_own_job(store):
     taken = new_job(store)
     fresh = str(uuid.uuid4())
     batch = [{"_id": taken, "status": "queued"}, {"_id": fresh, "status": "queued"}]
-    refused, stored = store._insert_many(batch)
+    refused, stored = store.insert_many(batch)
     assert "duplicate key" in str(refused).lower() and stored is None
     assert store.get(fresh)["status"] == "queued"
 

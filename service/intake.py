@@ -1,0 +1,117 @@
+"""Take in new jobs in batches: the submissions in flight at once share their round trips.
+
+A submission needs a slot in its vendor's backlog (Redis), its document stored (MongoDB), then
+its message in the queue (Redis), in that order: a worker must find the job when the message
+comes. Every submission waiting when a batch starts goes through the three steps together, one
+round trip each (service/batching.py), so under load the cost per job falls as batches grow.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from actors.broker import StreamsBroker
+from actors.queue import fetch_message
+from actors.ratelimit import Admission
+from service.batching import Batch
+from service.metrics import JOBS_SUBMITTED
+from service.states import JobStatus
+from service.store import JobStore
+from service.waiting import Waiting, backlog_full
+from vendors.registry import Registry, Vendor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Submission:
+    """A new job on its way in: its document, the vendor it is pinned to (if any), and what became of it."""
+
+    request_id: str
+    document: dict[str, Any]  # from JobStore.new_job; its vendor is set once one admits it
+    pinned: Vendor | None = None
+    vendor: Vendor | None = None
+    admission: Admission | None = None
+    error: Exception | None = None
+
+
+class Intake:
+    """Admit, store and enqueue new jobs, sharing each step's round trip with the others in flight."""
+
+    def __init__(self, store: JobStore, registry: Registry, waiting: Waiting, broker: StreamsBroker) -> None:
+        self.store = store
+        self.registry = registry
+        self.waiting = waiting
+        self.broker = broker
+        self._batch = Batch(self._take_in)
+
+    def __call__(self, submission: Submission) -> Submission:
+        """Take the job in and return it admitted, stored and enqueued (or pending); raise what kept it out."""
+        return self._batch(submission)
+
+    def _take_in(self, submissions: list[Submission]) -> list[Submission | Exception]:
+        self._admit(submissions)
+        self._store([s for s in submissions if s.error is None])
+        self._enqueue([s for s in submissions if s.error is None])
+        return [s.error or s for s in submissions]
+
+    def _admit(self, submissions: list[Submission]) -> None:
+        """Give each job a slot with its pinned vendor, or with the next vendor in turn that has room."""
+        for submission in submissions:
+            submission.vendor = submission.pinned or self.registry.choose()
+        admissions = self.waiting.admit_many([(s.vendor, s.request_id) for s in submissions])
+        for submission, admission in zip(submissions, admissions):
+            submission.admission = admission
+            if not admission.accepted and submission.pinned is None:
+                self._admit_elsewhere(submission)
+            if not submission.admission.accepted:
+                submission.error = backlog_full(submission.vendor, submission.admission)
+
+    def _admit_elsewhere(self, submission: Submission) -> None:
+        """Try the other enabled vendors in turn for a job its first vendor refused (a full backlog)."""
+        for _ in range(sum(vendor.enabled for vendor in self.registry.vendors.values()) - 1):
+            vendor = self.registry.choose()
+            [admission] = self.waiting.admit_many([(vendor, submission.request_id)])
+            submission.vendor, submission.admission = vendor, admission
+            if admission.accepted:
+                return
+
+    def _store(self, submissions: list[Submission]) -> None:
+        """Insert the admitted jobs; a job that could not be stored gives its slot up."""
+        if not submissions:
+            return
+        for submission in submissions:
+            submission.document["vendor"] = submission.vendor.name
+        try:
+            errors = self.store.insert_many([s.document for s in submissions])
+        except Exception as error:  # MongoDB is down, say: none of them was stored
+            errors = [error] * len(submissions)
+        for submission, error in zip(submissions, errors):
+            if error is not None:
+                submission.error = error
+                self.waiting.withdraw(submission.vendor, submission.request_id)
+
+    def _enqueue(self, submissions: list[Submission]) -> None:
+        """Queue the stored jobs, each due at its slot; if the queue is down, leave them pending for the clock."""
+        if not submissions:
+            return
+        for submission in submissions:
+            JOBS_SUBMITTED.labels(submission.vendor.name).inc()
+        try:
+            self.broker.enqueue_many([
+                (fetch_message(s.request_id, vendor=s.vendor.name), s.admission.delay_ms) for s in submissions
+            ])
+        except Exception as error:  # any broker failure: the scheduler's pending sweep takes over
+            log.warning("enqueue failed for %d jobs, left pending: %s", len(submissions), type(error).__name__)
+            for submission in submissions:
+                self._leave_pending(submission, f"enqueue failed: {type(error).__name__}")
+
+    def _leave_pending(self, submission: Submission, detail: str) -> None:
+        try:
+            self.store.transition(
+                submission.request_id, JobStatus.PENDING, detail=detail, allowed_from=frozenset({JobStatus.QUEUED}),
+            )
+        except Exception as error:  # stored as queued: the orphan sweep enqueues it later
+            submission.error = error
