@@ -1,7 +1,7 @@
 """Honest waiting: give jobs their slot in a vendor's backlog, or refuse them, and estimate completion.
 
-Everything here reads Redis only (the rate limiter's state), never MongoDB, so it adds one
-script call to `POST /jobs` and to `GET /jobs/{id}` of a job that is not final.
+Everything here reads Redis only (the rate limiter's state), never MongoDB: one script call
+for each batch of new jobs (service/intake.py) and one for `GET /jobs/{id}` of a job that is not final.
 """
 
 from __future__ import annotations
