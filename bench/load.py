@@ -39,7 +39,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=200)
     parser.add_argument("--duration", type=int, default=60, help="seconds")
     parser.add_argument("--web-workers", type=int, default=3, help="gunicorn worker processes")
-    parser.add_argument("--web-threads", type=int, default=16, help="threads per gunicorn worker")
     parser.add_argument("--worker-processes", type=int, default=1)
     parser.add_argument("--worker-threads", type=int, default=8)
     parser.add_argument("--rate-limit", default="600/minute", help="each mock vendor's limit")
@@ -54,7 +53,7 @@ def start_stack(folder: Path, args: argparse.Namespace) -> tuple[Stack, list, st
     registry.write_text(vendors_toml(sync_port, async_port).replace("6000/minute", args.rate_limit))
     stack = Stack({
         **service_env(servers[0].url, servers[1].url, registry, api_port),
-        "WEB_CONCURRENCY": str(args.web_workers), "WEB_THREADS": str(args.web_threads), "LOG_LEVEL": "WARNING", "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
+        "WEB_CONCURRENCY": str(args.web_workers), "LOG_LEVEL": "WARNING", "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
     }, folder)
     (folder / "metrics").mkdir()
     rate = ["--rate-limit", args.rate_limit]
@@ -128,7 +127,7 @@ def main() -> None:
         for server in servers:
             server.stop()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; tool: {args.tool}; "
-          f"{args.connections} connections for {args.duration} s; gunicorn gthread {args.web_workers}x{args.web_threads}; "
+          f"{args.connections} connections for {args.duration} s; gunicorn gevent x{args.web_workers}; "
           f"worker -p {args.worker_processes} -t {args.worker_threads}; vendors {args.rate_limit} each")
     print(f"requests/s: {result['requests_per_s']:.0f}  requests: {result['requests']}  failures: {result['failures']}  "
           f"over 2 s: {result['over_2s']}")
