@@ -66,21 +66,29 @@ class RateLimiter:
 
     def admit_many(self, jobs: list[tuple[Vendor, str]]) -> list[Admission]:
         """Admit several new jobs, each as `admit` would, in submission order and one round trip."""
-        script = self.scripts["ADMIT"]
+        calls = [
+            (self.keys(vendor, "slots", "pause"),
+             [*self.limit_args(vendor), vendor.max_backlog, round(vendor.max_wait_s * 1000), request_id])
+            for vendor, request_id in jobs
+        ]
+        replies = self.run_many("ADMIT", calls)
+        return [self.admission(vendor, *reply) for (vendor, _), reply in zip(jobs, replies)]
+
+    def run_many(self, name: str, calls: list[tuple[list[str], list]]) -> list:
+        """Run a script once per (keys, args) in one round trip; load it first if a restarted server lost it."""
+        script = self.scripts[name]
 
         def send() -> list:
             with self.client.pipeline(transaction=False) as pipe:
-                for vendor, request_id in jobs:
-                    args = [*self.limit_args(vendor), vendor.max_backlog, round(vendor.max_wait_s * 1000), request_id]
-                    pipe.evalsha(script.sha, 2, *self.keys(vendor, "slots", "pause"), *args)
+                for keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
                 return pipe.execute()
 
         try:
-            replies = send()
-        except redis.exceptions.NoScriptError:  # a restarted server lost the script, so none of them ran
+            return send()
+        except redis.exceptions.NoScriptError:  # none of them ran
             self.client.script_load(script.script)
-            replies = send()
-        return [self.admission(vendor, *reply) for (vendor, _), reply in zip(jobs, replies)]
+            return send()
 
     def admission(self, vendor: Vendor, outcome: int, now_ms: int, at_ms: int) -> Admission:
         """Read the ADMIT script's reply."""
@@ -105,9 +113,12 @@ class RateLimiter:
 
     def expected_wait_s(self, vendor: Vendor, request_id: str) -> float:
         """Return how long until the job is expected to start (0 once it is due)."""
-        keys = self.keys(vendor, "slots", "pause")
-        now_ms, at_ms = self.scripts["OUTLOOK"](keys=keys, args=[*self.limit_args(vendor), request_id])
-        return (at_ms - now_ms) / 1000
+        return self.expected_waits_s([(vendor, request_id)])[0]
+
+    def expected_waits_s(self, jobs: list[tuple[Vendor, str]]) -> list[float]:
+        """Return `expected_wait_s` of several jobs in one round trip."""
+        calls = [(self.keys(vendor, "slots", "pause"), [*self.limit_args(vendor), request_id]) for vendor, request_id in jobs]
+        return [(at_ms - now_ms) / 1000 for now_ms, at_ms in self.run_many("OUTLOOK", calls)]
 
     def usage(self, vendor: Vendor) -> Usage:
         """Report how much of its limit the vendor used in the last period, its backlog and its pause."""

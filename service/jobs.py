@@ -7,6 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from service.batching import Batch
 from service.cleaning import Cleaner
 from service.errors import IdempotencyInFlight, JobNotFound, UnknownVendor, WebhookTooLate, WebhookWrongVendor
 from service.idempotency import IdempotencyKeys
@@ -22,6 +23,15 @@ log = logging.getLogger(__name__)
 VISIBLE_FIELDS = ("vendor", "attempts", "error", "removed_keys", "created_at", "updated_at")
 
 
+def client_view(job: dict[str, Any], estimates: dict[str, datetime | None]) -> dict[str, Any]:
+    """Return the fields of a job its client may see, with the completion estimate of an unfinished one."""
+    view = {"request_id": job["_id"], "status": job["status"], "result": job.get("result")}
+    view.update((name, job[name]) for name in VISIBLE_FIELDS if job.get(name) is not None)
+    if job["_id"] in estimates:
+        view["estimated_completion_at"] = estimates[job["_id"]]
+    return view
+
+
 class Jobs:
     """Submit jobs, show them to clients, and accept vendor webhooks."""
 
@@ -35,6 +45,8 @@ class Jobs:
         self.cleaner = cleaner
         self.waiting = waiting
         self.idempotency = idempotency
+        # Reads by clients are the API's hottest path: those in flight at once share their round trips.
+        self._views = Batch(self._views_of)
 
     def vendor(self, name: str) -> Vendor:
         """Return the registered vendor called `name`, or raise UnknownVendor."""
@@ -88,12 +100,17 @@ class Jobs:
 
     def view(self, request_id: str) -> dict[str, Any]:
         """Return what a client may see of a job: never its payload."""
-        job = self.store.get(request_id)
-        view = {"request_id": job["_id"], "status": job["status"], "result": job.get("result")}
-        view.update((name, job[name]) for name in VISIBLE_FIELDS if job.get(name) is not None)
-        if not JobStatus(job["status"]).is_terminal:
-            view["estimated_completion_at"] = self.waiting.estimate(job)
-        return view
+        return self._views(request_id)
+
+    def _views_of(self, request_ids: list[str]) -> list[dict[str, Any] | Exception]:
+        """Show a batch of jobs: one read for them all, one estimate round trip for the unfinished ones."""
+        jobs = self.store.find_many(request_ids)
+        unfinished = [job for job in jobs if job is not None and not JobStatus(job["status"]).is_terminal]
+        estimates = dict(zip((job["_id"] for job in unfinished), self.waiting.estimate_many(unfinished)))
+        return [
+            JobNotFound(request_id) if job is None else client_view(job, estimates)
+            for request_id, job in zip(request_ids, jobs)
+        ]
 
     def receive_webhook(self, vendor: Vendor, request_id: str, data: dict[str, Any]) -> None:
         """Complete the job with the vendor's data; a repeat after completion changes nothing."""

@@ -92,7 +92,7 @@ class JobStore:
         self.erased_at = TERMINAL - RETRYABLE if keep_failed_payloads else TERMINAL
         # Reads by id are on the API's hot path: concurrent ones share a round trip (new jobs
         # share theirs in service/intake.py).
-        self._find = Batch(self._find_many)
+        self._find = Batch(self.find_many)
 
     def ensure_indexes(self) -> None:
         """Create the indexes the sweeps and retention need (idempotent)."""
@@ -143,7 +143,7 @@ class JobStore:
             raise JobNotFound(request_id)
         return job
 
-    def _find_many(self, request_ids: list[str]) -> list[dict[str, Any] | None]:
+    def find_many(self, request_ids: list[str]) -> list[dict[str, Any] | None]:
         """Read a batch of jobs by id, without their payloads; None for each id that has no job."""
         found = {job["_id"]: job for job in self.collection.find({"_id": {"$in": list(set(request_ids))}}, PUBLIC_FIELDS)}
         return [found.get(request_id) for request_id in request_ids]

@@ -1,7 +1,8 @@
 """Honest waiting: give jobs their slot in a vendor's backlog, or refuse them, and estimate completion.
 
-Everything here reads Redis only (the rate limiter's state), never MongoDB: one script call
-for each batch of new jobs (service/intake.py) and one for `GET /jobs/{id}` of a job that is not final.
+Everything here reads Redis only (the rate limiter's state), never MongoDB: one pipeline of
+script calls for each batch of new jobs (service/intake.py) and one for each batch of reads of
+jobs that are not final (service/jobs.py).
 """
 
 from __future__ import annotations
@@ -64,17 +65,23 @@ class Waiting:
         except redis.RedisError:
             pass  # the slot passes unused
 
-    def estimate(self, job: dict[str, Any]) -> datetime | None:
-        """Return when a job that is not final should be done, or None if that cannot be told now."""
-        if job["status"] == JobStatus.AWAITING_WEBHOOK.value:
-            return job.get("webhook_deadline")  # the vendor calls back by then at the latest
-        vendor = self.registry.get(job["vendor"])
-        if vendor is None:
-            return None
-        try:
-            return completion_after(self.limiter.expected_wait_s(vendor, job["_id"]))
-        except redis.RedisError:
-            return None
+    def estimate_many(self, jobs: list[dict[str, Any]]) -> list[datetime | None]:
+        """Return when each job that is not final should be done (None where that cannot be told now), in one round trip."""
+        estimates: list[datetime | None] = [None] * len(jobs)
+        asked = []  # (index, vendor) of the jobs whose estimate the limiter knows
+        for i, job in enumerate(jobs):
+            if job["status"] == JobStatus.AWAITING_WEBHOOK.value:
+                estimates[i] = job.get("webhook_deadline")  # the vendor calls back by then at the latest
+            elif (vendor := self.registry.get(job["vendor"])) is not None:
+                asked.append((i, vendor))
+        if asked:
+            try:
+                waits = self.limiter.expected_waits_s([(vendor, jobs[i]["_id"]) for i, vendor in asked])
+            except redis.RedisError:
+                return estimates
+            for (i, _), wait_s in zip(asked, waits):
+                estimates[i] = completion_after(wait_s)
+        return estimates
 
 
 def backlog_full(vendor: Vendor, admission: Admission) -> BacklogFull:

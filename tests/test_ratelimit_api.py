@@ -1,5 +1,6 @@
 """Honest waiting through the API: polling hints, completion estimates, and a bounded backlog."""
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
@@ -76,3 +77,20 @@ def test_a_final_job_has_no_estimate_and_no_polling_hint(client, store):
     store.fail(request_id, "test")
     job = client.simulate_get(f"/jobs/{request_id}")
     assert "estimated_completion_at" not in job.json and "Retry-After" not in job.headers
+
+
+def test_concurrent_reads_each_get_their_own_job_and_estimate(client, store):
+    finished, first, second = (submit(client, "slow").json["request_id"] for _ in range(3))
+    store.fail(finished, "test")
+    asked = [finished, first, second, "no-such-job"] * 5
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(lambda request_id: client.simulate_get(f"/jobs/{request_id}"), asked))
+    for request_id, answer in zip(asked, answers):
+        if request_id == "no-such-job":
+            assert answer.status_code == 404
+            continue
+        assert answer.json["request_id"] == request_id
+        assert ("estimated_completion_at" in answer.json) == (request_id != finished)
+    estimates = {request_id: answer.json.get("estimated_completion_at") for request_id, answer in zip(asked, answers)}
+    later = datetime.fromisoformat(estimates[second]) - datetime.fromisoformat(estimates[first])
+    assert later == pytest.approx(MINUTE_PLUS_MARGIN, abs=timedelta(seconds=0.5))

@@ -156,7 +156,7 @@ def test_a_refused_insert_in_a_batch_fails_only_its_own_job(store):
 
 def test_a_read_batch_tells_missing_jobs_apart(store):
     known = new_job(store)
-    assert [job and job["_id"] for job in store._find_many([known, "nope", known])] == [known, None, known]
+    assert [job and job["_id"] for job in store.find_many([known, "nope", known])] == [known, None, known]
 
 
 def test_a_completion_given_the_job_read_before_uses_it_instead_of_reading_it_again(store):
