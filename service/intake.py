@@ -30,7 +30,7 @@ class Submission:
     """A new job on its way in: its document, the vendor it is pinned to (if any), and what became of it."""
 
     request_id: str
-    document: dict[str, Any]  # from JobStore.new_job; its vendor is set once one admits it
+    document: dict[str, Any]  # from JobStore.new_job; its vendor is set once one admits the job
     pinned: Vendor | None = None
     vendor: Vendor | None = None
     admission: Admission | None = None

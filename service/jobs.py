@@ -72,7 +72,7 @@ class Jobs:
             earlier = self.idempotency.claim(idempotency_key, request, request_id)
             if earlier is not None:
                 return self.replay(earlier), None
-        document = self.store.new_job(request_id, vendor_name or "", payload, callback_url=callback_url)
+        document = self.store.new_job(request_id, payload, callback_url=callback_url)
         try:
             submission = self.intake(Submission(request_id, document, pinned))
         except Exception:

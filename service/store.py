@@ -103,17 +103,16 @@ class JobStore:
 
     def create(self, request_id: str, vendor: str, payload: dict[str, Any], *, callback_url: str | None = None) -> None:
         """Store a new job as queued; the caller enqueues it next or marks it pending."""
-        [error] = self.insert_many([self.new_job(request_id, vendor, payload, callback_url=callback_url)])
+        [error] = self.insert_many([{**self.new_job(request_id, payload, callback_url=callback_url), "vendor": vendor}])
         if error is not None:
             raise error
 
-    def new_job(self, request_id: str, vendor: str, payload: dict[str, Any], *, callback_url: str | None = None) -> dict[str, Any]:
-        """Return the document of a new queued job, its payload encrypted, for `insert_many`."""
+    def new_job(self, request_id: str, payload: dict[str, Any], *, callback_url: str | None = None) -> dict[str, Any]:
+        """Return the document of a new queued job, its payload encrypted; `insert_many` takes it once its vendor is set."""
         now = utcnow()
         job = {
             "_id": request_id,
             "status": JobStatus.QUEUED.value,
-            "vendor": vendor,
             "payload": self.cipher.encrypt(orjson.dumps(payload)).decode(),
             "attempts": 0,
             "history": [{"state": JobStatus.QUEUED.value, "at": now}],

@@ -33,7 +33,7 @@ def intake(store, config):
 
 def submission(store, request_id=None):
     request_id = request_id or str(uuid.uuid4())
-    return Submission(request_id, store.new_job(request_id, "", {"name": "n", "password": "pw"}))
+    return Submission(request_id, store.new_job(request_id, {"name": "n", "password": "pw"}))
 
 
 def queued_messages(redis_client):
