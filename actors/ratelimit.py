@@ -86,7 +86,10 @@ class RateLimiter:
 
         try:
             return send()
-        except redis.exceptions.NoScriptError:  # none of them ran
+        except redis.exceptions.NoScriptError:
+            # A restarted server lost it. A call that did run (another client loaded the script
+            # meanwhile) runs again: ADMIT re-slots the same job (at worst an unused slot passes
+            # by, like one whose withdrawal failed), OUTLOOK only reads.
             self.client.script_load(script.script)
             return send()
 
