@@ -78,20 +78,23 @@ class RateLimiter:
         """Run a script once per (keys, args) in one round trip; load it first if a restarted server lost it."""
         script = self.scripts[name]
 
-        def send() -> list:
+        def send(some: list[tuple[list[str], list]]) -> list:
             with self.client.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
+                for keys, args in some:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
-                return pipe.execute()
+                return pipe.execute(raise_on_error=False)
 
-        try:
-            return send()
-        except redis.exceptions.NoScriptError:
-            # A restarted server lost it. A call that did run (another client loaded the script
-            # meanwhile) runs again: ADMIT re-slots the same job (at worst an unused slot passes
-            # by, like one whose withdrawal failed), OUTLOOK only reads.
+        replies = send(calls)
+        # Only the calls that found no script run again: another client may have loaded it meanwhile.
+        lost = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
+        if lost:
             self.client.script_load(script.script)
-            return send()
+            for i, reply in zip(lost, send([calls[i] for i in lost])):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     def admission(self, vendor: Vendor, outcome: int, now_ms: int, at_ms: int) -> Admission:
         """Read the ADMIT script's reply."""

@@ -17,7 +17,7 @@ from typing import Callable, Generic, TypeVar
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
-#: A bound on one command's size, far above what a few dozen threads in flight can fill.
+#: A bound on one command's size; the rest of a crowd waits for the next flush.
 MAX_BATCH_ITEMS = 100
 
 

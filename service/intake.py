@@ -71,8 +71,7 @@ class Intake:
 
     def _admit_elsewhere(self, submission: Submission) -> None:
         """Try the other enabled vendors in turn for a job its first vendor refused (a full backlog)."""
-        for _ in range(sum(vendor.enabled for vendor in self.registry.vendors.values()) - 1):
-            vendor = self.registry.choose()
+        for vendor in self.registry.others_after(submission.vendor):
             [admission] = self.waiting.admit_many([(vendor, submission.request_id)])
             submission.vendor, submission.admission = vendor, admission
             if admission.accepted:
@@ -113,5 +112,5 @@ class Intake:
             self.store.transition(
                 submission.request_id, JobStatus.PENDING, detail=detail, allowed_from=frozenset({JobStatus.QUEUED}),
             )
-        except Exception as error:  # stored as queued: the orphan sweep enqueues it later
-            submission.error = error
+        except Exception as error:  # it is stored as queued all the same: the orphan sweep enqueues it
+            log.warning("job left queued without a message: %s", type(error).__name__, extra={"request_id": submission.request_id})

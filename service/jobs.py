@@ -72,8 +72,8 @@ class Jobs:
             earlier = self.idempotency.claim(idempotency_key, request, request_id)
             if earlier is not None:
                 return self.replay(earlier), None
-        document = self.store.new_job(request_id, payload, callback_url=callback_url)
         try:
+            document = self.store.new_job(request_id, payload, callback_url=callback_url)
             submission = self.intake(Submission(request_id, document, pinned))
         except Exception:
             if idempotency_key is not None:

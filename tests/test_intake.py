@@ -1,5 +1,6 @@
 """Taking in new jobs in batches, against real Redis and MongoDB-wire servers."""
 
+import threading
 import tomllib
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -11,16 +12,24 @@ from actors.broker import delay_key, iter_stream
 from actors.queue import QUEUE_NAME
 from actors.ratelimit import RateLimiter
 from actors.setup import build_broker, connect_redis
+from devtools.stack import wait_until
 from service.intake import Intake, Submission
 from service.waiting import Waiting
 from vendors.registry import parse_registry
 
-# Ten a second: the first ten start at once, every further one waits its turn a tenth of a second apart.
+# Ten a minute: the first ten start at once, every further one waits its turn six seconds apart.
+# A full vendor sends new jobs on to the next one in turn.
 REGISTRY = parse_registry(tomllib.loads("""
 [vendors.paced]
 mode = "sync"
 url = "http://127.0.0.1:9/fetch"
-rate_limit = "10/second"
+rate_limit = "10/minute"
+
+[vendors.full]
+mode = "sync"
+url = "http://127.0.0.1:9/fetch"
+rate_limit = "1/minute"
+max_backlog = 0
 """), "test registry")
 
 
@@ -29,6 +38,12 @@ def intake(store, config):
     broker = build_broker(connect_redis(config.redis_url))
     yield Intake(store, REGISTRY, Waiting(RateLimiter(broker.client, 20), REGISTRY), broker)
     broker.close()
+
+
+def pinned(store, vendor_name="paced"):
+    job = submission(store)
+    job.pinned = REGISTRY.get(vendor_name)
+    return job
 
 
 def submission(store, request_id=None):
@@ -50,19 +65,36 @@ def queued_messages(redis_client):
 
 
 def test_concurrent_submissions_are_each_stored_once_and_enqueued_for_their_own_slot(intake, store, redis_client):
-    flushes, insert_many = [], store.insert_many
-    store.insert_many = lambda jobs: flushes.append(len(jobs)) or insert_many(jobs)
+    release, flushes, insert_many = threading.Event(), [], store.insert_many
+
+    def held_insert_many(jobs):
+        flushes.append(len(jobs))
+        release.wait(5)  # hold the first flush until the other submissions wait behind it
+        return insert_many(jobs)
+
+    store.insert_many = held_insert_many
     with ThreadPoolExecutor(max_workers=16) as pool:
-        taken = list(pool.map(lambda _: intake(submission(store)), range(60)))
+        futures = [pool.submit(intake, pinned(store)) for _ in range(60)]
+        # Every thread's submission is in the held flush or waiting behind it.
+        wait_until(lambda: flushes and flushes[0] + intake._batch._waiting().qsize() == 16, 10, "the others to wait")
+        release.set()
+        taken = [future.result(timeout=20) for future in futures]
     request_ids = [s.request_id for s in taken]
     assert sum(flushes) == 60 and len(flushes) < 60, "submissions in flight together shared no insert"
     assert store.collection.count_documents({"_id": {"$in": request_ids}, "status": "queued", "vendor": "paced"}) == 60
     messages = queued_messages(redis_client)
     assert set(messages) == set(request_ids)
     assert sum(due is None for _, due in messages.values()) == 10  # the first window's ten start at once
-    # Every job was told the wait its message has: later slots, later messages.
-    delayed = sorted((s.admission.wait_s, messages[s.request_id][1]) for s in taken if s.admission.delay_ms)
-    assert [due for _, due in delayed] == sorted(due for _, due in delayed)
+    # Each waiting job's message comes due in the order of its slot.
+    slots = {i: redis_client.zscore("{vendor:paced}:slots", i) for i in request_ids if messages[i][1] is not None}
+    assert sorted(slots, key=slots.get) == sorted(slots, key=lambda i: messages[i][1])
+
+
+def test_unpinned_jobs_refused_by_a_full_vendor_go_to_the_next_one_in_the_same_batch(intake, store, redis_client):
+    batch = [submission(store) for _ in range(4)]
+    assert intake._take_in(batch) == batch  # none refused, though every other one was offered to the full vendor first
+    assert {s.vendor.name for s in batch} == {"paced"}
+    assert set(queued_messages(redis_client)) == {s.request_id for s in batch}
 
 
 def test_a_job_that_cannot_be_stored_fails_alone_and_gives_its_slot_back(intake, store, redis_client):

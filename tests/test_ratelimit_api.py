@@ -1,13 +1,22 @@
 """Honest waiting through the API: polling hints, completion estimates, and a bounded backlog."""
 
-from concurrent.futures import ThreadPoolExecutor
+import tomllib
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import falcon.testing
 import pytest
 
+from actors.ratelimit import RateLimiter
+from actors.setup import build_broker, connect_redis
 from service.app import create_app
+from service.cleaning import Cleaner
+from service.errors import JobNotFound
+from service.idempotency import IdempotencyKeys
+from service.intake import Intake
+from service.jobs import Jobs
+from service.waiting import Waiting
+from vendors.registry import parse_registry
 
 # One job a minute: the first starts at once, every further one waits a minute more (no worker runs).
 REGISTRY = """
@@ -79,18 +88,27 @@ def test_a_final_job_has_no_estimate_and_no_polling_hint(client, store):
     assert "estimated_completion_at" not in job.json and "Retry-After" not in job.headers
 
 
-def test_concurrent_reads_each_get_their_own_job_and_estimate(client, store):
-    finished, first, second = (submit(client, "slow").json["request_id"] for _ in range(3))
+@pytest.fixture
+def jobs(config, store, redis_client):
+    registry = parse_registry(tomllib.loads(REGISTRY), "test registry")
+    waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry)
+    broker = build_broker(connect_redis(config.redis_url))
+    yield Jobs(
+        store, registry, Intake(store, registry, waiting, broker), Cleaner(()), waiting,
+        IdempotencyKeys(redis_client, config.encryption_key),
+    )
+    broker.close()
+
+
+def test_a_batch_of_reads_gives_each_its_own_job_and_estimate(jobs, store):
+    finished, first, second = (jobs.submit({"name": "Ann"}, "slow")[0] for _ in range(3))
     store.fail(finished, "test")
-    asked = [finished, first, second, "no-such-job"] * 5
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        answers = list(pool.map(lambda request_id: client.simulate_get(f"/jobs/{request_id}"), asked))
-    for request_id, answer in zip(asked, answers):
-        if request_id == "no-such-job":
-            assert answer.status_code == 404
-            continue
-        assert answer.json["request_id"] == request_id
-        assert ("estimated_completion_at" in answer.json) == (request_id != finished)
-    estimates = {request_id: answer.json.get("estimated_completion_at") for request_id, answer in zip(asked, answers)}
-    later = datetime.fromisoformat(estimates[second]) - datetime.fromisoformat(estimates[first])
-    assert later == pytest.approx(MINUTE_PLUS_MARGIN, abs=timedelta(seconds=0.5))
+    views = jobs._views_of([finished, first, "no-such-job", second, first])  # one batch
+    assert [view.args[0] if isinstance(view, JobNotFound) else view["request_id"] for view in views] == [
+        finished, first, "no-such-job", second, first,
+    ]
+    assert "estimated_completion_at" not in views[0] and views[0]["status"] == "failed"
+    assert views[3]["estimated_completion_at"] - views[1]["estimated_completion_at"] == pytest.approx(
+        MINUTE_PLUS_MARGIN, abs=timedelta(seconds=0.5),
+    )
+    assert views[4] == views[1]

@@ -93,10 +93,10 @@ class Registry:
 
     def __init__(self, vendors: list[Vendor]) -> None:
         self.vendors = {vendor.name: vendor for vendor in vendors}
-        enabled = [vendor for vendor in vendors if vendor.enabled]
-        if not enabled:
+        self.enabled = [vendor for vendor in vendors if vendor.enabled]
+        if not self.enabled:
             raise RegistryError("the vendor registry has no enabled vendor")
-        self._rotation = itertools.cycle(enabled)
+        self._rotation = itertools.cycle(self.enabled)
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Vendor | None:
@@ -107,6 +107,11 @@ class Registry:
         """Pick the vendor for a new job: the next enabled one in turn."""
         with self._lock:
             return next(self._rotation)
+
+    def others_after(self, vendor: Vendor) -> list[Vendor]:
+        """Return the other enabled vendors in the order of the rotation, starting after `vendor`."""
+        at = self.enabled.index(vendor)
+        return self.enabled[at + 1:] + self.enabled[:at]
 
     def unsigned_webhook_vendors(self) -> list[str]:
         """Name the async vendors whose webhooks carry no authentication."""
