@@ -54,8 +54,8 @@ def start_stack(folder: Path, args: argparse.Namespace) -> tuple[Stack, list, st
     servers = [stores.valkey(folder / "valkey").start(), stores.secantus(folder / "mongodb").start()]
     api_port, sync_port, async_port = free_ports(3)
     registry = folder / "vendors.toml"
-    toml = vendors_toml(sync_port, async_port, sync=BACKLOG, **{"async": f'webhook_auth = "token"\n{BACKLOG}'})
-    registry.write_text(toml.replace("6000/minute", args.rate_limit))
+    limit = f'rate_limit = "{args.rate_limit}"\n{BACKLOG}'
+    registry.write_text(vendors_toml(sync_port, async_port).replace('rate_limit = "6000/minute"', limit))
     stack = Stack({
         **service_env(servers[0].url, servers[1].url, registry, api_port),
         "WEB_CONCURRENCY": str(args.web_workers), "LOG_LEVEL": "WARNING", "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
