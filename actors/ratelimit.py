@@ -140,10 +140,10 @@ class RateLimiter:
         return max(wait_ms - self.limit_args(vendor)[2] // 2, 1) if wait_ms > 0 else 0
 
     def limit_args(self, vendor: Vendor) -> list[int]:
-        """Return the script arguments limit, period ms and margin ms of a vendor."""
+        """Return the script arguments limit, period ms, margin ms and burst of a vendor."""
         count, period_s = vendor.limit
         period_ms = round(period_s * 1000)
-        return [count, period_ms, max(self.margin_ms, period_ms // MARGIN_SHARE_OF_PERIOD)]
+        return [count, period_ms, max(self.margin_ms, period_ms // MARGIN_SHARE_OF_PERIOD), vendor.burst]
 
     @staticmethod
     def keys(vendor: Vendor, *parts: str) -> list[str]:

@@ -13,10 +13,13 @@ so no window of the period ever holds more than ``limit`` starts, even when a st
 margin / 2 early or late, or the vendor sees it up to margin / 2 later than another.  A job gets
 its slot when it is submitted, appended (submission order) at period + margin from the entry
 ``limit`` places back, and behind other reservations at least (period + margin) / limit after
-the last one.  When it comes back for its slot it starts whenever its neighbours allow, a little
-early or late; one that comes too late for that is appended again.  The jobs waiting for a vendor
-are those holding a slot in the future: the backlog needs no counter that could drift.  Times
-come from the Redis server, so worker clocks need not agree.
+the last one.  A vendor's ``burst`` (at most ``limit``) caps the slots given at once the same
+way: a slot is also burst / limit of period + margin after the entry ``burst`` places back, so
+after a burst the slots keep an even pace.  The limit is the guarantee; the burst only spreads
+the calls.  When a job comes back for its slot it starts whenever its neighbours allow, a little
+early or late; one that comes too late for that is appended again.  The jobs waiting for a
+vendor are those holding a slot in the future: the backlog needs no counter that could drift.
+Times come from the Redis server, so worker clocks need not agree.
 """
 
 # The Redis server's clock in ms, shared by every script (the circuit breaker's too).
@@ -53,23 +56,30 @@ end
 
 -- The earliest time a reservation appended now could start.  Behind other reservations it
 -- also keeps an even pace (a window's share apart), so that waiting jobs come due one by one
--- rather than a window's worth at once, which would make the last of them start late.
-local function next_free(slots, pause, now, limit, spacing)
+-- rather than a window's worth at once, which would make the last of them start late.  At most
+-- `burst` start at once: burst + 1 consecutive entries span at least burst shares.
+local function next_free(slots, pause, now, limit, spacing, burst)
+  local share = spacing / limit
   local at = math.max(now, tonumber(redis.call('GET', pause) or 0))
   local last = score(redis.call('ZRANGE', slots, -1, -1, 'WITHSCORES'))
-  if last and last > now then at = math.max(at, last + spacing / limit) end
+  if last and last > now then at = math.max(at, last + share) end
   local nth = score(redis.call('ZRANGE', slots, -limit, -limit, 'WITHSCORES'))
   if nth and nth + spacing > at then at = nth + spacing end
+  if burst < limit then
+    local bth = score(redis.call('ZRANGE', slots, -burst, -burst, 'WITHSCORES'))
+    if bth and bth + burst * share > at then at = bth + burst * share end
+  end
   return at
 end
 
 """
 
 #: Start a job now or keep (or give) it a slot; return 0 (start now) or the ms until its slot.
-#: KEYS: slots, pause, quota.  ARGV: limit, period ms, margin ms, request_id.
+#: KEYS: slots, pause, quota.  ARGV: limit, period ms, margin ms, burst, request_id.
 ACQUIRE = PRELUDE + """
 local slots, pause, quota = KEYS[1], KEYS[2], KEYS[3]
-local limit, period, margin, member = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local limit, period, margin, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local member = ARGV[5]
 local now = now_ms()
 local spacing = period + margin
 local tolerated = period + margin / 2
@@ -108,7 +118,7 @@ elseif own and own > now then
   redis.call('ZADD', slots, own, member)  -- too early: it keeps its slot
   return own - now
 else
-  local at = next_free(slots, pause, now, limit, spacing)
+  local at = next_free(slots, pause, now, limit, spacing, burst)
   if at > now then
     redis.call('ZADD', slots, at, member)
     return at - now
@@ -151,11 +161,11 @@ return 1
 #: Reserve a slot for a new job, unless max_backlog jobs already hold one in the future or the
 #: job would wait longer than max_wait (the vendor is paused).
 #: Return {1, now ms, slot ms}, or {0 (backlog full) or -1 (wait too long), now ms, when to try again ms}.
-#: KEYS: slots, pause.  ARGV: limit, period ms, margin ms, max backlog, max wait ms, request_id.
+#: KEYS: slots, pause.  ARGV: limit, period ms, margin ms, burst, max backlog, max wait ms, request_id.
 ADMIT = PRELUDE + """
 local slots, pause = KEYS[1], KEYS[2]
-local limit, period, margin = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local max_backlog, max_wait = tonumber(ARGV[4]), tonumber(ARGV[5])
+local limit, period, margin, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local max_backlog, max_wait = tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = now_ms()
 local spacing = period + margin
 if redis.call('ZCOUNT', slots, '(' .. now, '+inf') >= max_backlog then
@@ -163,31 +173,31 @@ if redis.call('ZCOUNT', slots, '(' .. now, '+inf') >= max_backlog then
   local first = score(redis.call('ZRANGEBYSCORE', slots, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1))
   return {0, now, first or now}
 end
-local at = next_free(slots, pause, now, limit, spacing)
+local at = next_free(slots, pause, now, limit, spacing, burst)
 if at - now > max_wait then return {-1, now, at - max_wait} end
-redis.call('ZADD', slots, at, ARGV[6])
+redis.call('ZADD', slots, at, ARGV[7])
 return {1, now, at}
 """
 
 #: Return {now ms, expected start ms} of a job: its slot, now if it is due or running, or the
 #: next free slot if it holds none (it was queued again and no worker has seen it yet).
-#: KEYS: slots, pause.  ARGV: limit, period ms, margin ms, request_id.
+#: KEYS: slots, pause.  ARGV: limit, period ms, margin ms, burst, request_id.
 OUTLOOK = PRELUDE + """
-local limit, period, margin = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local limit, period, margin, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
-local own = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[4]) or redis.call('ZSCORE', KEYS[1], ARGV[4] .. '@started'))
+local own = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[5]) or redis.call('ZSCORE', KEYS[1], ARGV[5] .. '@started'))
 if own then return {now, math.max(own, now)} end
-return {now, next_free(KEYS[1], KEYS[2], now, limit, period + margin)}
+return {now, next_free(KEYS[1], KEYS[2], now, limit, period + margin, burst)}
 """
 
 #: Report a vendor's use of its limit, read-only: {starts in the last period, jobs holding a
 #: future slot (the backlog), ms the vendor stays paused, ms until a new job's slot}.
-#: KEYS: slots, pause.  ARGV: limit, period ms, margin ms.
+#: KEYS: slots, pause.  ARGV: limit, period ms, margin ms, burst.
 USAGE = PRELUDE + """
-local limit, period, margin = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local limit, period, margin, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local started = redis.call('ZCOUNT', KEYS[1], '(' .. (now - period), now)
 local backlog = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 local paused = math.max(tonumber(redis.call('GET', KEYS[2]) or 0) - now, 0)
-return {started, backlog, paused, next_free(KEYS[1], KEYS[2], now, limit, period + margin) - now}
+return {started, backlog, paused, next_free(KEYS[1], KEYS[2], now, limit, period + margin, burst) - now}
 """

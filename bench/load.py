@@ -2,6 +2,7 @@
 
     python -m bench.load                       # wrk, 200 connections, 60 s
     python -m bench.load --connections 100
+    python -m bench.load --burst 10            # the vendors' calls paced: 10 at once, then evenly
     python -m bench.load --tool locust         # the same mix from locust (which needs CPU of its own)
 
 Starts fresh embedded Redis and MongoDB-wire servers, both mock vendors, the API (gunicorn), a
@@ -46,6 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--worker-processes", type=int, default=1)
     parser.add_argument("--worker-threads", type=int, default=8)
     parser.add_argument("--rate-limit", default="600/minute", help="each mock vendor's limit")
+    parser.add_argument("--burst", type=int, help="each mock vendor's burst (default: its whole limit)")
     return parser.parse_args()
 
 
@@ -54,7 +56,7 @@ def start_stack(folder: Path, args: argparse.Namespace) -> tuple[Stack, list, st
     servers = [stores.valkey(folder / "valkey").start(), stores.secantus(folder / "mongodb").start()]
     api_port, sync_port, async_port = free_ports(3)
     registry = folder / "vendors.toml"
-    limit = f'rate_limit = "{args.rate_limit}"\n{BACKLOG}'
+    limit = f'rate_limit = "{args.rate_limit}"\n{BACKLOG}' + (f"\nburst = {args.burst}" if args.burst else "")
     registry.write_text(vendors_toml(sync_port, async_port).replace('rate_limit = "6000/minute"', limit))
     stack = Stack({
         **service_env(servers[0].url, servers[1].url, registry, api_port),
@@ -133,7 +135,8 @@ def main() -> None:
             server.stop()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; tool: {args.tool}; "
           f"{args.connections} connections for {args.duration} s; gunicorn gevent x{args.web_workers}; "
-          f"worker -p {args.worker_processes} -t {args.worker_threads}; vendors {args.rate_limit} each")
+          f"worker -p {args.worker_processes} -t {args.worker_threads}; vendors {args.rate_limit} each, "
+          f"burst {args.burst or 'the whole limit'}")
     print(f"requests/s: {result['requests_per_s']:.0f}  requests: {result['requests']}  failures: {result['failures']}  "
           f"over 2 s: {result['over_2s']}")
     print(f"latency ms: p50 {result['p50_ms']:.1f}  p95 {result['p95_ms']:.1f}  p99 {result['p99_ms']:.1f}  max {result['max_ms']:.1f}")

@@ -69,6 +69,23 @@ def test_waiting_jobs_get_slots_in_submission_order_at_an_even_pace_that_uses_th
     assert [later - earlier for earlier, later in zip(slots[5:], slots[6:])] == [(1000 + MARGIN_MS) / 5] * 9
 
 
+def test_a_burst_below_the_limit_starts_that_many_at_once_and_paces_the_rest(limiter):
+    acme = vendor("5/second", burst=2)
+    admissions = [limiter.admit(acme, f"job-{n}") for n in range(8)]
+    # A share of the window is (1000 + margin) / 5 = 220 ms. Two start at once, the third two
+    # shares later (no three in any two shares), then one a share; the limit holds throughout.
+    assert [a.wait_s for a in admissions] == pytest.approx([0, 0, 0.44, 0.66, 0.88, 1.1, 1.32, 1.54], abs=0.01)
+    assert most_in_any_window([a.wait_s for a in admissions], 1.0) <= 5
+
+
+def test_an_idle_vendor_earns_its_burst_back(limiter):
+    acme = vendor("10/second", burst=2)
+    assert [limiter.admit(acme, name).wait_s for name in ("a", "b")] == [0, 0]
+    time.sleep(0.25)  # more than two shares (2 x 110 ms): the next two may start at once again
+    assert [limiter.admit(acme, name).wait_s for name in ("c", "d")] == [0, 0]
+    assert limiter.admit(acme, "e").wait_s == pytest.approx(0.22, abs=0.01)
+
+
 def test_a_job_back_before_its_slot_keeps_it(limiter):
     acme = vendor("1/second")
     assert limiter.acquire(acme, "first") == 0

@@ -45,12 +45,19 @@ def test_vendor_without_a_secret_defaults_to_token_auth():
     assert registry.get("v").webhook_auth == "token"
 
 
+def test_a_vendors_burst_defaults_to_its_whole_limit():
+    registry = parse_registry({"vendors": {"v": {"mode": "sync", "url": "http://v/", "rate_limit": "30/minute"}}}, "t")
+    assert registry.get("v").burst == 30
+
+
 @pytest.mark.parametrize("table, message", [
     pytest.param({"mode": "push", "url": "http://v/"}, "mode", id="bad-mode"),
     pytest.param({"mode": "sync", "url": "ftp://v/"}, "url", id="bad-url"),
     pytest.param({"mode": "async", "url": "http://v/", "webhook_auth": "signature"}, "needs a webhook_secret", id="signature-without-secret"),
     pytest.param({"mode": "sync", "url": "http://v/", "colour": "red"}, "unknown setting", id="unknown-key"),
     pytest.param({"mode": "sync", "url": "http://v/", "timeout_s": "soon"}, "vendors.v", id="bad-number"),
+    pytest.param({"mode": "sync", "url": "http://v/", "rate_limit": "5/second", "burst": 6}, "burst", id="burst-over-limit"),
+    pytest.param({"mode": "sync", "url": "http://v/", "burst": 0}, "burst", id="burst-zero"),
 ])
 def test_invalid_vendor_tables_name_the_problem(table, message):
     with pytest.raises(RegistryError, match=message):

@@ -34,7 +34,7 @@ webhook_timeout_s = 300
 
 # Optional per-vendor settings of the rate limiter, retries and circuit breaker, with their types.
 LIMIT_SETTINGS = {
-    "max_wait_s": float, "max_backlog": int, "breaker_failures": int, "breaker_cooldown_s": float,
+    "burst": int, "max_wait_s": float, "max_backlog": int, "breaker_failures": int, "breaker_cooldown_s": float,
     "retry_backoff_s": float, "retry_backoff_max_s": float,
 }
 
@@ -72,6 +72,8 @@ class Vendor:
     breaker_cooldown_s: float = 30.0
     retry_backoff_s: float = 1.0  # the first retry waits up to this; each further one up to twice as long
     retry_backoff_max_s: float = 300.0
+    # Calls that may start at once; after them calls keep an even pace. Default: the whole limit.
+    burst: int | None = None
     limit: tuple[int, float] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -79,8 +81,12 @@ class Vendor:
         for name in LIMIT_SETTINGS:
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        count, period_s = self.limit
+        if self.burst is None:
+            object.__setattr__(self, "burst", count)
+        elif not 1 <= self.burst <= count:
+            raise ValueError(f"burst must be between 1 and the rate limit's {count}")
         if self.max_backlog is None:
-            count, period_s = self.limit
             object.__setattr__(self, "max_backlog", max(1, int(self.max_wait_s * count / period_s)))
 
     @property
