@@ -14,7 +14,7 @@ from actors.callbacks import notify_on_finish
 from actors.setup import build_broker, connect_redis
 from scheduler.leader import LeaderLease
 from scheduler.runs import run_if_leader
-from scheduler.sweeps import ensure_indexes, queue_missed_callbacks, requeue_orphans, time_out_webhooks
+from scheduler.sweeps import ensure_indexes, purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
 from service.config import Config
 from service.logs import configure_logging
 from service.store import open_store
@@ -37,6 +37,7 @@ def main() -> None:
     sweeps = {
         "webhook_timeouts": partial(time_out_webhooks, store, registry, broker),
         "orphans": partial(requeue_orphans, store, registry, broker, timedelta(seconds=config.orphan_after_s)),
+        "retention": partial(purge_expired_jobs, store),
     }
     sweeps["indexes"] = partial(ensure_indexes, store)
     if config.callback_secret:

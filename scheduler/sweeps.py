@@ -95,6 +95,11 @@ def queue_missed_callbacks(store: JobStore, broker: StreamsBroker, older_than: t
     return {"queued": len(request_ids)}
 
 
+def purge_expired_jobs(store: JobStore, limit: int = BATCH_SIZE) -> dict[str, int]:
+    """Delete finished jobs whose retention has ended, at most `limit` a run."""
+    return {"deleted": store.purge_expired(limit)}
+
+
 def ensure_indexes(store: JobStore) -> dict[str, int]:
     """Create the job store's indexes if they are missing (the API may have started while MongoDB was down)."""
     store.ensure_indexes()

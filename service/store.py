@@ -95,11 +95,12 @@ class JobStore:
         self._find = Batch(self.find_many)
 
     def ensure_indexes(self) -> None:
-        """Create the indexes the sweeps and retention need (idempotent)."""
+        """Create the index the sweeps and retention need (idempotent)."""
         # Every secondary index slows every insert (the submission path); the sweeps' queries,
-        # overdue webhooks included, all start from a status, so this one index serves them.
+        # overdue webhooks and expired jobs included, all start from a status, so this one
+        # index serves them. Retention is a sweep, not a TTL index: the embedded server's TTL
+        # monitor decodes every document each minute under its storage lock (3 s at 60,000 jobs).
         self.collection.create_index([("status", 1), ("updated_at", 1)], name="status_updated_at")
-        self.collection.create_index("expires_at", name="retention_ttl", expireAfterSeconds=0)
 
     def create(self, request_id: str, vendor: str, payload: dict[str, Any], *, callback_url: str | None = None) -> None:
         """Store a new job as queued; the caller enqueues it next or marks it pending."""
@@ -202,6 +203,21 @@ class JobStore:
                 self.mark_callback_queued(request_id)
         except Exception as error:  # the state change stands; the callback sweep queues what was missed
             log.warning("could not record finished job: %s", type(error).__name__, extra={"request_id": request_id})
+
+    def purge_expired(self, limit: int) -> int:
+        """Delete up to `limit` finished jobs whose retention has ended; return how many."""
+        now = utcnow()
+        # A job's retention starts at its last update, so the index reads only jobs finished at
+        # least a retention ago; expires_at keeps any job whose retention ends later.
+        expired = {
+            "status": {"$in": [status.value for status in TERMINAL]},
+            "updated_at": {"$lt": now - self.retention},
+            "expires_at": {"$lt": now},
+        }
+        request_ids = [job["_id"] for job in self.collection.find(expired, {"_id": True}).limit(limit)]
+        if not request_ids:
+            return 0
+        return self.collection.delete_many({**expired, "_id": {"$in": request_ids}}).deleted_count
 
     def mark_callback_queued(self, request_id: str) -> None:
         """Record that the job's client callback is queued, so the callback sweep leaves it alone."""

@@ -7,7 +7,7 @@ import pytest
 from actors.broker import delay_key
 from actors.queue import QUEUE_NAME, enqueue_fetch
 from actors.setup import build_broker, connect_redis
-from scheduler.sweeps import queue_missed_callbacks, requeue_orphans, time_out_webhooks
+from scheduler.sweeps import purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
 from service.states import JobStatus
 from service.store import utcnow
 from vendors.registry import parse_registry
@@ -184,8 +184,20 @@ def test_every_terminal_job_has_its_payload_erased_and_expires_after_the_retenti
     job = store.collection.find_one({"_id": request_id})
     assert "payload" not in job
     assert job["expires_at"] - job["updated_at"] == store.retention
-    ttl = store.collection.index_information()["retention_ttl"]
-    assert ttl["key"] == [("expires_at", 1)] and ttl["expireAfterSeconds"] == 0
+
+
+def test_the_retention_sweep_deletes_only_finished_jobs_whose_retention_has_ended(store):
+    expired, recent, waiting = new_job(store), new_job(store), new_job(store)
+    for request_id in (expired, recent):
+        store.claim(request_id, "m1")
+        store.fail(request_id, "vendor rejected")
+    finished_at = utcnow() - store.retention - timedelta(minutes=1)
+    store.collection.update_one({"_id": expired}, {"$set": {"updated_at": finished_at, "expires_at": finished_at + store.retention}})
+    age(store, waiting, by=store.retention * 2)  # unchanged for long, but not finished
+    assert purge_expired_jobs(store) == {"deleted": 1}
+    assert store.collection.find_one({"_id": expired}) is None
+    assert store.collection.count_documents({"_id": {"$in": [recent, waiting]}}) == 2
+    assert purge_expired_jobs(store) == {"deleted": 0}
 
 
 def test_a_callback_that_could_not_be_queued_is_queued_by_the_sweep_once(store, broker, redis_client):
