@@ -18,7 +18,9 @@ os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess, values  # noqa: E402
 from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 
-values.ValueClass = values.MultiProcessValue(lambda: f"{socket.gethostname()}-{os.getpid()}")
+# Called on every update to notice a fork; the host name is read once, the pid each time.
+HOST = socket.gethostname()
+values.ValueClass = values.MultiProcessValue(lambda: f"{HOST}-{os.getpid()}")
 
 JOBS_SUBMITTED = Counter("vendorfetch_jobs_submitted_total", "Jobs accepted by POST /jobs", ["vendor"])
 JOBS_FINISHED = Counter("vendorfetch_jobs_finished_total", "Jobs that reached a final state", ["vendor", "status"])
