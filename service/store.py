@@ -101,6 +101,8 @@ class JobStore:
         # index serves them. Retention is a sweep, not a TTL index: the embedded server's TTL
         # monitor decodes every document each minute under its storage lock (3 s at 60,000 jobs).
         self.collection.create_index([("status", 1), ("updated_at", 1)], name="status_updated_at")
+        if "retention_ttl" in self.collection.index_information():  # what retention used before
+            self.collection.drop_index("retention_ttl")
 
     def create(self, request_id: str, vendor: str, payload: dict[str, Any], *, callback_url: str | None = None) -> None:
         """Store a new job as queued; the caller enqueues it next or marks it pending."""
@@ -205,19 +207,21 @@ class JobStore:
             log.warning("could not record finished job: %s", type(error).__name__, extra={"request_id": request_id})
 
     def purge_expired(self, limit: int) -> int:
-        """Delete up to `limit` finished jobs whose retention has ended; return how many."""
-        now = utcnow()
-        # A job's retention starts at its last update, so the index reads only jobs finished at
-        # least a retention ago; expires_at keeps any job whose retention ends later.
-        expired = {
-            "status": {"$in": [status.value for status in TERMINAL]},
-            "updated_at": {"$lt": now - self.retention},
-            "expires_at": {"$lt": now},
-        }
-        request_ids = [job["_id"] for job in self.collection.find(expired, {"_id": True}).limit(limit)]
-        if not request_ids:
-            return 0
-        return self.collection.delete_many({**expired, "_id": {"$in": request_ids}}).deleted_count
+        """Delete up to `limit` finished jobs per final state whose retention has ended; return how many."""
+        now, deleted = utcnow(), 0
+        for status in TERMINAL:
+            # A job's retention starts when it finishes, its last update, so the index reads only
+            # jobs finished a retention ago. The filter names exactly the index's fields: with any
+            # other field the embedded server scans the whole collection. expires_at is checked
+            # here and again on delete: a job finished under a longer retention stays until then.
+            finished = self.collection.find(
+                {"status": status.value, "updated_at": {"$lt": now - self.retention}}, {"expires_at": True},
+            ).limit(limit)
+            request_ids = [job["_id"] for job in finished if job.get("expires_at") and job["expires_at"] < now]
+            if request_ids:
+                expired = {"_id": {"$in": request_ids}, "status": status.value, "expires_at": {"$lt": now}}
+                deleted += self.collection.delete_many(expired).deleted_count
+        return deleted
 
     def mark_callback_queued(self, request_id: str) -> None:
         """Record that the job's client callback is queued, so the callback sweep leaves it alone."""

@@ -56,8 +56,8 @@ def test_a_vendors_burst_defaults_to_its_whole_limit():
     pytest.param({"mode": "async", "url": "http://v/", "webhook_auth": "signature"}, "needs a webhook_secret", id="signature-without-secret"),
     pytest.param({"mode": "sync", "url": "http://v/", "colour": "red"}, "unknown setting", id="unknown-key"),
     pytest.param({"mode": "sync", "url": "http://v/", "timeout_s": "soon"}, "vendors.v", id="bad-number"),
-    pytest.param({"mode": "sync", "url": "http://v/", "rate_limit": "5/second", "burst": 6}, "burst", id="burst-over-limit"),
-    pytest.param({"mode": "sync", "url": "http://v/", "burst": 0}, "burst", id="burst-zero"),
+    pytest.param({"mode": "sync", "url": "http://v/", "rate_limit": "5/second", "burst": 6}, "burst must be between 1 and", id="burst-over-limit"),
+    pytest.param({"mode": "sync", "url": "http://v/", "burst": 0}, "burst must be between 1 and", id="burst-zero"),
 ])
 def test_invalid_vendor_tables_name_the_problem(table, message):
     with pytest.raises(RegistryError, match=message):

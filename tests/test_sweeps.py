@@ -187,17 +187,28 @@ def test_every_terminal_job_has_its_payload_erased_and_expires_after_the_retenti
 
 
 def test_the_retention_sweep_deletes_only_finished_jobs_whose_retention_has_ended(store):
-    expired, recent, waiting = new_job(store), new_job(store), new_job(store)
-    for request_id in (expired, recent):
+    expired, recent, kept_longer, waiting = (new_job(store) for _ in range(4))
+    for request_id in (expired, recent, kept_longer):
         store.claim(request_id, "m1")
         store.fail(request_id, "vendor rejected")
-    finished_at = utcnow() - store.retention - timedelta(minutes=1)
-    store.collection.update_one({"_id": expired}, {"$set": {"updated_at": finished_at, "expires_at": finished_at + store.retention}})
-    age(store, waiting, by=store.retention * 2)  # unchanged for long, but not finished
+    long_ago = utcnow() - store.retention - timedelta(minutes=1)
+    dates = {
+        expired: (long_ago, long_ago + store.retention),
+        kept_longer: (long_ago, utcnow() + AN_HOUR),  # finished when the retention was longer
+        waiting: (long_ago, long_ago),  # unchanged for long, with a past expires_at, but not finished
+    }
+    for request_id, (updated_at, expires_at) in dates.items():
+        store.collection.update_one({"_id": request_id}, {"$set": {"updated_at": updated_at, "expires_at": expires_at}})
     assert purge_expired_jobs(store) == {"deleted": 1}
     assert store.collection.find_one({"_id": expired}) is None
-    assert store.collection.count_documents({"_id": {"$in": [recent, waiting]}}) == 2
+    assert store.collection.count_documents({"_id": {"$in": [recent, kept_longer, waiting]}}) == 3
     assert purge_expired_jobs(store) == {"deleted": 0}
+
+
+def test_the_ttl_index_retention_used_before_is_dropped(store):
+    store.collection.create_index("expires_at", name="retention_ttl", expireAfterSeconds=0)
+    store.ensure_indexes()
+    assert set(store.collection.index_information()) == {"_id_", "status_updated_at"}
 
 
 def test_a_callback_that_could_not_be_queued_is_queued_by_the_sweep_once(store, broker, redis_client):
