@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import functools
 import itertools
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from actors.broker import StreamsBroker
 from actors.callbacks import enqueue_client_callback
 from actors.queue import QUEUE_NAME, enqueue_fetch
 from scheduler.inflight import request_ids_in_queue
 from service.states import JobStatus
-from service.store import JobStore, utcnow
+from service.store import JobStore
 from vendors.registry import Registry
 
 BATCH_SIZE = 500
-# Where the callback sweep looks on from: the jobs finished before it have been looked at.
-CALLBACKS_LOOKED_AT_KEY = "scheduler:callbacks-looked-at-until"
 LOST_MESSAGE_NOTES = {
     JobStatus.QUEUED: "message lost; enqueued again by the orphan sweep",
     JobStatus.PROCESSING: "message lost while processing; redelivered by the orphan sweep",
@@ -89,19 +87,11 @@ def requeue_orphans(
 
 
 def queue_missed_callbacks(store: JobStore, broker: StreamsBroker, older_than: timedelta, limit: int = BATCH_SIZE) -> dict[str, int]:
-    """Queue the client callbacks of finished jobs whose callback could not be queued when they finished.
-
-    Each run reads only the jobs finished since the last run looked, not every finished job
-    (the first run, or one after Redis lost the mark, looks back a whole retention).
-    """
-    until = utcnow() - older_than
-    mark = broker.client.get(CALLBACKS_LOOKED_AT_KEY)
-    since = datetime.fromisoformat(mark.decode()) if mark else until - store.retention
-    request_ids, look_on_from = store.unqueued_callbacks(since, until, limit)
+    """Queue the client callbacks of finished jobs whose callback could not be queued when they finished."""
+    request_ids = store.unqueued_callbacks(older_than, limit)
     for request_id in request_ids:
         enqueue_client_callback(broker, request_id)
         store.mark_callback_queued(request_id)
-    broker.client.set(CALLBACKS_LOOKED_AT_KEY, look_on_from.isoformat())
     return {"queued": len(request_ids)}
 
 

@@ -227,23 +227,15 @@ class JobStore:
         """Record that the job's client callback is queued, so the callback sweep leaves it alone."""
         self.collection.update_one({"_id": request_id}, {"$set": {"callback_queued_at": utcnow()}})
 
-    def unqueued_callbacks(self, since: datetime, until: datetime, limit: int) -> tuple[list[str], datetime]:
-        """Return ids of jobs finished in [since, until) whose client callback was never queued, and where to look on from.
-
-        At most `limit` jobs of each final state are read, oldest first; where one state had more,
-        the next look starts at the last one read.
-        """
-        missed, look_on_from = [], until
-        for status in TERMINAL:
-            # Exactly the index's fields: with any other field the embedded server scans the whole collection.
-            finished = list(self.collection.find(
-                {"status": status.value, "updated_at": {"$gte": since, "$lt": until}},
-                {"updated_at": True, "callback_url": True, "callback_queued_at": True},
-            ).sort("updated_at", 1).limit(limit))
-            missed += [job["_id"] for job in finished if job.get("callback_url") and "callback_queued_at" not in job]
-            if len(finished) == limit:
-                look_on_from = min(look_on_from, finished[-1]["updated_at"])
-        return missed, look_on_from
+    def unqueued_callbacks(self, older_than: timedelta, limit: int) -> list[str]:
+        """Return ids of finished jobs whose client callback was never queued (Redis was down)."""
+        cursor = self.collection.find({
+            "status": {"$in": [status.value for status in TERMINAL]},
+            "updated_at": {"$lt": utcnow() - older_than},
+            "callback_url": {"$exists": True},
+            "callback_queued_at": {"$exists": False},
+        }, {"_id": True}).limit(limit)
+        return [job["_id"] for job in cursor]
 
     def claim(self, request_id: str, message_id: str) -> dict[str, Any] | None:
         """Mark the job processing for this message and return it with its payload decrypted.

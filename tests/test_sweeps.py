@@ -211,37 +211,16 @@ def test_the_ttl_index_retention_used_before_is_dropped(store):
     assert set(store.collection.index_information()) == {"_id_", "status_updated_at"}
 
 
-def finished_with_missed_callback(store, by=AN_HOUR):
-    request_id = str(uuid.uuid4())
-    store.create(request_id, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
-    store.claim(request_id, "m1")
-    store.fail(request_id, "vendor rejected")  # no on_finished hook: as if Redis had been down
-    age(store, request_id, by)
-    return request_id
-
-
 def test_a_callback_that_could_not_be_queued_is_queued_by_the_sweep_once(store, broker, redis_client):
     from actors.callbacks import CALLBACK_QUEUE
 
-    plain = new_job(store)
-    store.claim(plain, "m1")
-    store.fail(plain, "vendor rejected")
-    age(store, plain)
-    request_id = finished_with_missed_callback(store)
+    request_id, plain = str(uuid.uuid4()), new_job(store)
+    store.create(request_id, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
+    for job in (request_id, plain):
+        store.claim(job, "m1")
+        store.fail(job, "vendor rejected")  # no on_finished hook: as if Redis had been down
+        age(store, job)
     assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 1}
     [(_, fields)] = redis_client.xrange(CALLBACK_QUEUE)
     assert dramatiq.Message.decode(fields[b"message"]).args == (request_id,)
     assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 0}
-
-
-def test_the_callback_sweep_looks_on_from_where_its_last_run_stopped(store, broker, redis_client):
-    from actors.callbacks import CALLBACK_QUEUE
-
-    oldest, older, old = (finished_with_missed_callback(store, by=timedelta(minutes=m)) for m in (30, 20, 10))
-    assert queue_missed_callbacks(store, broker, timedelta(minutes=1), limit=2) == {"queued": 2}
-    assert queue_missed_callbacks(store, broker, timedelta(minutes=1), limit=2) == {"queued": 1}
-    # A job that finishes later is found by a later run; the ones before are not read again.
-    recent = finished_with_missed_callback(store, by=timedelta(0))
-    assert queue_missed_callbacks(store, broker, timedelta(0), limit=2) == {"queued": 1}
-    queued = [dramatiq.Message.decode(fields[b"message"]).args[0] for _, fields in redis_client.xrange(CALLBACK_QUEUE)]
-    assert queued == [oldest, older, old, recent]
