@@ -49,8 +49,9 @@ def deliver(store: JobStore, session: requests.Session, secret: str, request_id:
     body = orjson.dumps({
         "request_id": request_id, "status": job["status"], "result": job.get("result"), "error": job.get("error"),
     }).decode()
-    # The webhook-id stays the same on every retry, so the client can drop duplicates.
-    webhook_id = f"msg_{request_id}"
+    # The webhook-id stays the same on every attempt, so the client can drop duplicates; an
+    # operator's retry of the job makes a new outcome, with an id of its own.
+    webhook_id = f"msg_{request_id}" + (f"_{job['retries']}" if job.get("retries") else "")
     now = datetime.now(timezone.utc)
     headers = {
         "content-type": "application/json",

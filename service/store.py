@@ -233,7 +233,7 @@ class JobStore:
             "status": {"$in": [status.value for status in TERMINAL]},
             "updated_at": {"$lt": utcnow() - older_than},
             "callback_url": {"$exists": True},
-            "callback_queued_at": {"$exists": False},
+            "callback_queued_at": None,  # missing, or cleared by a retry
         }, {"_id": True}).limit(limit)
         return [job["_id"] for job in cursor]
 
@@ -313,10 +313,15 @@ class JobStore:
         )
 
     def retry(self, request_id: str, detail: str) -> bool:
-        """Queue a failed or timed-out job again, with a fresh retry budget, if its payload is kept."""
+        """Queue a failed or timed-out job again, with a fresh retry budget, if its payload is kept.
+
+        The job will finish again, and a client that asked for a callback hears of that outcome too.
+        """
         return self.transition(
             request_id, JobStatus.QUEUED, detail=detail, allowed_from=RETRYABLE, extra_filter=PAYLOAD_KEPT,
-            fields={"attempts": 0, "rerequests": 0, "error": None, "expires_at": None},
+            fields={"attempts": 0, "rerequests": 0, "error": None, "expires_at": None,
+                    "callback_queued_at": None, "callback_delivered_at": None},
+            inc={"retries": 1},
         )
 
     def note(self, request_id: str, detail: str, *, inc: dict[str, int] | None = None, **fields: Any) -> None:

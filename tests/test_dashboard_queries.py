@@ -1,18 +1,22 @@
 """What the dashboard reads and does, against real Redis and MongoDB: counts, vendors, failures, actions."""
 
+import base64
 import dataclasses
 from functools import partial
 
 import dramatiq
 import orjson
 import pytest
+import requests
 
 from actors.breaker import CircuitBreaker
 from actors.broker import dead_key
+from actors.callbacks import deliver
 from actors.deadletters import list_dead_letters
 from actors.queue import FETCH_ACTOR, QUEUE_NAME, enqueue_fetch
 from actors.ratelimit import RateLimiter
 from actors.setup import build_broker
+from devtools.stack import CallbackReceiver
 from scheduler.inflight import request_ids_in_queue
 from scheduler.leader import LeaderLease
 from scheduler.runs import run_if_leader
@@ -108,6 +112,25 @@ def test_a_job_view_shows_history_and_result_but_never_the_payload(parts, keepin
     assert view["took_s"] is not None and not view["retryable"]
     assert "hunter2" not in orjson.dumps(view).decode() and "payload" not in view
     assert queries.job("missing") is None
+
+
+def test_a_retried_jobs_client_hears_of_its_new_outcome_under_a_webhook_id_of_its_own(keeping_store):
+    receiver, secret = CallbackReceiver(), "whsec_" + base64.b64encode(b"k" * 32).decode()
+    try:
+        keeping_store.create("cb", "sync", PAYLOAD, callback_url=receiver.url)
+        keeping_store.claim("cb", "m1")
+        keeping_store.fail("cb", "sync answered 503")
+        with requests.Session() as session:
+            deliver(keeping_store, session, secret, "cb")
+            assert keeping_store.retry("cb", "retried by an operator")
+            keeping_store.claim("cb", "m2")
+            keeping_store.complete("cb", {"account": "xyz"}, [], detail="sync answered 200")
+            deliver(keeping_store, session, secret, "cb")
+            deliver(keeping_store, session, secret, "cb")  # delivered already: nothing more
+    finally:
+        receiver.close()
+    outcomes = [(headers["webhook-id"], orjson.loads(body)["status"]) for headers, body in receiver.calls]
+    assert outcomes == [("msg_cb", "failed"), ("msg_cb_1", "complete")]
 
 
 def test_retrying_a_failed_job_queues_it_again_with_a_fresh_budget_and_records_it(parts, keeping_store, redis_client):

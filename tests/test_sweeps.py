@@ -224,3 +224,6 @@ def test_a_callback_that_could_not_be_queued_is_queued_by_the_sweep_once(store, 
     [(_, fields)] = redis_client.xrange(CALLBACK_QUEUE)
     assert dramatiq.Message.decode(fields[b"message"]).args == (request_id,)
     assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 0}
+    # An operator's retry clears the mark: when the job finishes again its callback is due again.
+    store.collection.update_one({"_id": request_id}, {"$set": {"callback_queued_at": None}})
+    assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 1}
