@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import uuid
@@ -88,12 +89,25 @@ def config(redis_url, mongodb_uri, mongo_client, redis_client):
     mongo_client.drop_database(name)
 
 
-@pytest.fixture
-def store(config):
-    """Give a JobStore on this test's database, with its indexes."""
+def open_test_store(config):
     from service.store import open_store
 
     job_store = open_store(config)
     job_store.ensure_indexes()
+    return job_store
+
+
+@pytest.fixture
+def store(config):
+    """Give a JobStore on this test's database, with its indexes."""
+    job_store = open_test_store(config)
+    yield job_store
+    job_store.collection.database.client.close()
+
+
+@pytest.fixture
+def keeping_store(config):
+    """Give a store that keeps failed jobs' payloads, as with KEEP_FAILED_PAYLOADS."""
+    job_store = open_test_store(dataclasses.replace(config, keep_failed_payloads=True))
     yield job_store
     job_store.collection.database.client.close()

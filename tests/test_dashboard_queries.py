@@ -1,7 +1,6 @@
 """What the dashboard reads and does, against real Redis and MongoDB: counts, vendors, failures, actions."""
 
 import base64
-import dataclasses
 from functools import partial
 
 import dramatiq
@@ -23,7 +22,6 @@ from scheduler.runs import run_if_leader
 from service.dashboard.actions import OperatorActions
 from service.dashboard.queries import DashboardQueries
 from service.states import JobStatus
-from service.store import open_store
 from vendors.registry import parse_registry
 
 REGISTRY = {"vendors": {
@@ -31,15 +29,6 @@ REGISTRY = {"vendors": {
     "other": {"mode": "sync", "url": "http://127.0.0.1:2/fetch"},
 }}
 PAYLOAD = {"name": "Ann", "password": "hunter2-secret"}
-
-
-@pytest.fixture
-def keeping_store(config):
-    """Give a store that keeps failed jobs' payloads, as with KEEP_FAILED_PAYLOADS."""
-    job_store = open_store(dataclasses.replace(config, keep_failed_payloads=True))
-    job_store.ensure_indexes()
-    yield job_store
-    job_store.collection.database.client.close()
 
 
 @pytest.fixture

@@ -1,3 +1,4 @@
+import dataclasses
 import uuid
 from datetime import timedelta
 
@@ -9,7 +10,9 @@ from actors.queue import QUEUE_NAME, enqueue_fetch
 from actors.setup import build_broker, connect_redis
 from scheduler.sweeps import purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
 from service.states import JobStatus
-from service.store import utcnow
+from service.store import pending_callbacks, utcnow
+from tests.conftest import open_test_store
+from tests.signing import new_secret
 from vendors.registry import parse_registry
 
 REGISTRY = parse_registry({"vendors": {
@@ -18,6 +21,14 @@ REGISTRY = parse_registry({"vendors": {
     "patient": {"mode": "async", "url": "http://127.0.0.1:9/fetch", "webhook_retries": 1},
 }}, "test registry")
 AN_HOUR = timedelta(hours=1)
+
+
+@pytest.fixture
+def calling_store(config):
+    """Give a store with client callbacks on, keeping failed jobs' payloads for a retry."""
+    job_store = open_test_store(dataclasses.replace(config, keep_failed_payloads=True, callback_secret=new_secret("client callbacks")))
+    yield job_store
+    job_store.collection.database.client.close()
 
 
 @pytest.fixture
@@ -211,19 +222,40 @@ def test_the_ttl_index_retention_used_before_is_dropped(store):
     assert set(store.collection.index_information()) == {"_id_", "status_updated_at"}
 
 
-def test_a_callback_that_could_not_be_queued_is_queued_by_the_sweep_once(store, broker, redis_client):
+def finish_unnoticed(store, request_id):
+    """Fail the job an hour ago with no on_finished hook, as if Redis had been down: its callback never queued."""
+    store.claim(request_id, "m1")
+    store.fail(request_id, "vendor rejected")
+    store.collection.update_one({"_id": request_id}, {"$set": {"finished_at": utcnow() - AN_HOUR}})
+
+
+def test_a_callback_that_could_not_be_queued_is_queued_by_the_sweep_once(calling_store, broker, redis_client):
     from actors.callbacks import CALLBACK_QUEUE
 
-    request_id, plain = str(uuid.uuid4()), new_job(store)
-    store.create(request_id, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
+    store = calling_store
+    request_id, unfinished, plain = str(uuid.uuid4()), str(uuid.uuid4()), new_job(store)
+    for job in (request_id, unfinished):
+        store.create(job, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
+    age(store, unfinished)  # waiting for long, but nothing to tell its client yet
     for job in (request_id, plain):
-        store.claim(job, "m1")
-        store.fail(job, "vendor rejected")  # no on_finished hook: as if Redis had been down
-        age(store, job)
+        finish_unnoticed(store, job)
     assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 1}
     [(_, fields)] = redis_client.xrange(CALLBACK_QUEUE)
     assert dramatiq.Message.decode(fields[b"message"]).args == (request_id,)
     assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 0}
-    # An operator's retry clears the mark: when the job finishes again its callback is due again.
-    store.collection.update_one({"_id": request_id}, {"$set": {"callback_queued_at": None}})
+    # An operator's retry makes a new outcome: once the job finishes again, its callback is due again.
+    assert store.retry(request_id, "retried by an operator")
+    assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 0}
+    finish_unnoticed(store, request_id)
     assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 1}
+
+
+def test_the_callback_sweep_reads_only_jobs_whose_callback_is_pending(calling_store):
+    """Finished jobs pile up for the whole retention: the sweep's query must not read them."""
+    for job in [new_job(calling_store) for _ in range(3)]:
+        finish_unnoticed(calling_store, job)
+    request_id = str(uuid.uuid4())
+    calling_store.create(request_id, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
+    finish_unnoticed(calling_store, request_id)
+    plan = calling_store.collection.find(pending_callbacks(timedelta(minutes=1))).explain()
+    assert plan["executionStats"]["totalDocsExamined"] == 1
