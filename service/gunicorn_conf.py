@@ -13,8 +13,9 @@ worker_class = "gevent"
 # evenly; on one shared socket whichever worker wakes first takes them, and its clients wait longest.
 reuse_port = True
 # gunicorn's C parser (gunicorn_h1c, pinned in requirements.txt), required rather than tried so a
-# missing build fails at start-up instead of quietly serving slower: in interleaved runs it took
-# 8-15 % off the API's CPU per request and added 13-24 % to throughput (see the README's load test).
+# missing build fails at start-up instead of quietly serving slower: over five interleaved pairs
+# it took about an eighth off the API's CPU per request and added 13 % to throughput (see the
+# README's load test).
 http_parser = "fast"
 timeout = 30
 graceful_timeout = 20
