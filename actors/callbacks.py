@@ -11,6 +11,7 @@ import orjson
 import requests
 import standardwebhooks
 
+from service.states import JobStatus
 from service.store import JobStore, utcnow
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,9 @@ def deliver(store: JobStore, session: requests.Session, secret: str, request_id:
     """Send the job's final status and result once; raise CallbackFailed to be retried."""
     job = store.get(request_id)
     url = job.get("callback_url")
-    if not url or job.get("callback_delivered_at"):
+    # An operator may have retried the job since this callback was queued: its new outcome will
+    # queue one of its own, and a client hears only of final states.
+    if not url or job.get("callback_delivered_at") or not JobStatus(job["status"]).is_terminal:
         return
     body = orjson.dumps({
         "request_id": request_id, "status": job["status"], "result": job.get("result"), "error": job.get("error"),

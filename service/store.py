@@ -52,7 +52,8 @@ def past_webhook_deadline() -> dict[str, Any]:
 
 def pending_callbacks(finished_before: timedelta) -> dict[str, Any]:
     """Filter jobs finished over `finished_before` ago whose client callback is not queued: the fields of index callbacks_pending."""
-    return {"callback_pending": True, "finished_at": {"$lt": utcnow() - finished_before}}  # unfinished: no finished_at
+    # An unfinished job's finished_at is missing, or None after a retry: neither is less than a date.
+    return {"callback_pending": True, "finished_at": {"$lt": utcnow() - finished_before}}
 
 
 def connect(mongodb_uri: str, timeout_ms: int = 2_000) -> pymongo.MongoClient:
@@ -103,8 +104,8 @@ class JobStore:
     def ensure_indexes(self) -> None:
         """Create the indexes the sweeps and retention need (idempotent)."""
         # Every secondary index slows every insert (the submission path); the sweeps' queries,
-        # overdue webhooks and expired jobs included, all start from a status, so this one
-        # index serves them. Retention is a sweep, not a TTL index: the embedded server's TTL
+        # overdue webhooks and expired jobs included, start from a status, so this one index
+        # serves them all but the callback sweep's. Retention is a sweep, not a TTL index: the embedded server's TTL
         # monitor decodes every document each minute under its storage lock (3 s at 60,000 jobs).
         self.collection.create_index([("status", 1), ("updated_at", 1)], name="status_updated_at")
         if self.client_callbacks:
@@ -240,8 +241,10 @@ class JobStore:
 
     def mark_callback_queued(self, request_id: str) -> None:
         """Record that the job's client callback is queued, so the callback sweep leaves it alone."""
+        # Only while the job is finished: a retry since then makes a new outcome, whose callback is due again.
         self.collection.update_one(
-            {"_id": request_id}, {"$set": {"callback_queued_at": utcnow()}, "$unset": {"callback_pending": ""}},
+            {"_id": request_id, "finished_at": {"$ne": None}},
+            {"$set": {"callback_queued_at": utcnow()}, "$unset": {"callback_pending": ""}},
         )
 
     def unqueued_callbacks(self, older_than: timedelta, limit: int) -> list[str]:

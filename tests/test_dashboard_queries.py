@@ -122,6 +122,25 @@ def test_a_retried_jobs_client_hears_of_its_new_outcome_under_a_webhook_id_of_it
     assert outcomes == [("msg_cb", "failed"), ("msg_cb_1", "complete")]
 
 
+def test_a_callback_queued_just_before_a_retry_tells_the_client_only_of_the_new_outcome(keeping_store):
+    receiver, secret = CallbackReceiver(), "whsec_" + base64.b64encode(b"k" * 32).decode()
+    try:
+        keeping_store.create("cb", "sync", PAYLOAD, callback_url=receiver.url)
+        keeping_store.claim("cb", "m1")
+        keeping_store.fail("cb", "sync answered 503")
+        assert keeping_store.retry("cb", "retried by an operator")
+        keeping_store.mark_callback_queued("cb")  # the callback sweep, acting on what it read before the retry
+        assert keeping_store.collection.find_one({"_id": "cb"})["callback_pending"]
+        with requests.Session() as session:
+            deliver(keeping_store, session, secret, "cb")  # the callback that sweep queued: nothing final to tell
+            keeping_store.claim("cb", "m2")
+            keeping_store.complete("cb", {"account": "xyz"}, [], detail="sync answered 200")
+            deliver(keeping_store, session, secret, "cb")
+    finally:
+        receiver.close()
+    assert [(headers["webhook-id"], orjson.loads(body)["status"]) for headers, body in receiver.calls] == [("msg_cb_1", "complete")]
+
+
 def test_retrying_a_failed_job_queues_it_again_with_a_fresh_budget_and_records_it(parts, keeping_store, redis_client):
     _, broker, _, queries, actions = parts
     failed_job(keeping_store, "r")

@@ -222,8 +222,8 @@ def test_the_ttl_index_retention_used_before_is_dropped(store):
     assert set(store.collection.index_information()) == {"_id_", "status_updated_at"}
 
 
-def finish_unnoticed(store, request_id):
-    """Fail the job an hour ago with no on_finished hook, as if Redis had been down: its callback never queued."""
+def finish_an_hour_ago(store, request_id):
+    """Fail the job and date its finish an hour back, past the callback sweep's grace."""
     store.claim(request_id, "m1")
     store.fail(request_id, "vendor rejected")
     store.collection.update_one({"_id": request_id}, {"$set": {"finished_at": utcnow() - AN_HOUR}})
@@ -234,11 +234,10 @@ def test_a_callback_that_could_not_be_queued_is_queued_by_the_sweep_once(calling
 
     store = calling_store
     request_id, unfinished, plain = str(uuid.uuid4()), str(uuid.uuid4()), new_job(store)
-    for job in (request_id, unfinished):
+    for job in (request_id, unfinished):  # the unfinished one has nothing to tell its client yet
         store.create(job, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
-    age(store, unfinished)  # waiting for long, but nothing to tell its client yet
     for job in (request_id, plain):
-        finish_unnoticed(store, job)
+        finish_an_hour_ago(store, job)  # no on_finished hook: as if Redis had been down
     assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 1}
     [(_, fields)] = redis_client.xrange(CALLBACK_QUEUE)
     assert dramatiq.Message.decode(fields[b"message"]).args == (request_id,)
@@ -246,16 +245,28 @@ def test_a_callback_that_could_not_be_queued_is_queued_by_the_sweep_once(calling
     # An operator's retry makes a new outcome: once the job finishes again, its callback is due again.
     assert store.retry(request_id, "retried by an operator")
     assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 0}
-    finish_unnoticed(store, request_id)
+    finish_an_hour_ago(store, request_id)
     assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 1}
 
 
 def test_the_callback_sweep_reads_only_jobs_whose_callback_is_pending(calling_store):
     """Finished jobs pile up for the whole retention: the sweep's query must not read them."""
     for job in [new_job(calling_store) for _ in range(3)]:
-        finish_unnoticed(calling_store, job)
-    request_id = str(uuid.uuid4())
-    calling_store.create(request_id, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
-    finish_unnoticed(calling_store, request_id)
+        finish_an_hour_ago(calling_store, job)
+    finished, unfinished = str(uuid.uuid4()), str(uuid.uuid4())
+    for job in (finished, unfinished):
+        calling_store.create(job, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
+    finish_an_hour_ago(calling_store, finished)
     plan = calling_store.collection.find(pending_callbacks(timedelta(minutes=1))).explain()
     assert plan["executionStats"]["totalDocsExamined"] == 1
+
+
+def test_a_callback_queued_as_its_job_finishes_leaves_nothing_for_the_sweep(calling_store, broker):
+    queued = []
+    calling_store.on_finished = queued.append
+    request_id = str(uuid.uuid4())
+    calling_store.create(request_id, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
+    finish_an_hour_ago(calling_store, request_id)
+    assert queued == [request_id]
+    assert "callback_pending" not in calling_store.collection.find_one({"_id": request_id})
+    assert queue_missed_callbacks(calling_store, broker, timedelta(minutes=1)) == {"queued": 0}
