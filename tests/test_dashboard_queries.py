@@ -29,6 +29,7 @@ REGISTRY = {"vendors": {
     "other": {"mode": "sync", "url": "http://127.0.0.1:2/fetch"},
 }}
 PAYLOAD = {"name": "Ann", "password": "hunter2-secret"}
+CALLBACK_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 
 
 @pytest.fixture
@@ -103,43 +104,51 @@ def test_a_job_view_shows_history_and_result_but_never_the_payload(parts, keepin
     assert queries.job("missing") is None
 
 
-def test_a_retried_jobs_client_hears_of_its_new_outcome_under_a_webhook_id_of_its_own(keeping_store):
-    receiver, secret = CallbackReceiver(), "whsec_" + base64.b64encode(b"k" * 32).decode()
-    try:
-        keeping_store.create("cb", "sync", PAYLOAD, callback_url=receiver.url)
-        keeping_store.claim("cb", "m1")
-        keeping_store.fail("cb", "sync answered 503")
-        with requests.Session() as session:
-            deliver(keeping_store, session, secret, "cb")
-            assert keeping_store.retry("cb", "retried by an operator")
-            keeping_store.claim("cb", "m2")
-            keeping_store.complete("cb", {"account": "xyz"}, [], detail="sync answered 200")
-            deliver(keeping_store, session, secret, "cb")
-            deliver(keeping_store, session, secret, "cb")  # delivered already: nothing more
-    finally:
-        receiver.close()
-    outcomes = [(headers["webhook-id"], orjson.loads(body)["status"]) for headers, body in receiver.calls]
-    assert outcomes == [("msg_cb", "failed"), ("msg_cb_1", "complete")]
+@pytest.fixture
+def receiver():
+    receiver = CallbackReceiver()
+    yield receiver
+    receiver.close()
 
 
-def test_a_callback_queued_just_before_a_retry_tells_the_client_only_of_the_new_outcome(keeping_store):
-    receiver, secret = CallbackReceiver(), "whsec_" + base64.b64encode(b"k" * 32).decode()
-    try:
-        keeping_store.create("cb", "sync", PAYLOAD, callback_url=receiver.url)
-        keeping_store.claim("cb", "m1")
-        keeping_store.fail("cb", "sync answered 503")
+def fail_job_with_callback(store, url):
+    store.create("cb", "sync", PAYLOAD, callback_url=url)
+    store.claim("cb", "m1")
+    store.fail("cb", "sync answered 503")
+
+
+def complete_retried_job(store):
+    store.claim("cb", "m2")
+    store.complete("cb", {"account": "xyz"}, [], detail="sync answered 200")
+
+
+def callbacks_received(receiver):
+    return [(headers["webhook-id"], orjson.loads(body)["status"]) for headers, body in receiver.calls]
+
+
+def test_a_retried_jobs_client_hears_of_its_new_outcome_under_a_webhook_id_of_its_own(keeping_store, receiver):
+    fail_job_with_callback(keeping_store, receiver.url)
+    with requests.Session() as session:
+        send = partial(deliver, keeping_store, session, CALLBACK_SECRET, "cb")
+        send()
         assert keeping_store.retry("cb", "retried by an operator")
-        keeping_store.mark_callback_queued("cb")  # the callback sweep, acting on what it read before the retry
-        assert keeping_store.collection.find_one({"_id": "cb"})["callback_pending"]
-        with requests.Session() as session:
-            deliver(keeping_store, session, secret, "cb")  # the callback that sweep queued: nothing final to tell
-            keeping_store.claim("cb", "m2")
-            keeping_store.complete("cb", {"account": "xyz"}, [], detail="sync answered 200")
-            deliver(keeping_store, session, secret, "cb")
-    finally:
-        receiver.close()
-    assert [(headers["webhook-id"], orjson.loads(body)["status"]) for headers, body in receiver.calls] == [("msg_cb_1", "complete")]
+        complete_retried_job(keeping_store)
+        send()
+        send()  # delivered already: nothing more
+    assert callbacks_received(receiver) == [("msg_cb", "failed"), ("msg_cb_1", "complete")]
 
+
+def test_a_callback_queued_just_before_a_retry_tells_the_client_only_of_the_new_outcome(keeping_store, receiver):
+    fail_job_with_callback(keeping_store, receiver.url)
+    assert keeping_store.retry("cb", "retried by an operator")
+    keeping_store.mark_callback_queued("cb")  # the callback sweep, acting on what it read before the retry
+    assert keeping_store.collection.find_one({"_id": "cb"})["callback_pending"]
+    with requests.Session() as session:
+        send = partial(deliver, keeping_store, session, CALLBACK_SECRET, "cb")
+        send()  # the callback that sweep queued: nothing final to tell
+        complete_retried_job(keeping_store)
+        send()
+    assert callbacks_received(receiver) == [("msg_cb_1", "complete")]
 
 def test_retrying_a_failed_job_queues_it_again_with_a_fresh_budget_and_records_it(parts, keeping_store, redis_client):
     _, broker, _, queries, actions = parts
