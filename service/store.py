@@ -105,8 +105,9 @@ class JobStore:
         """Create the indexes the sweeps and retention need (idempotent)."""
         # Every secondary index slows every insert (the submission path); the sweeps' queries,
         # overdue webhooks and expired jobs included, start from a status, so this one index
-        # serves them all but the callback sweep's. Retention is a sweep, not a TTL index: the embedded server's TTL
-        # monitor decodes every document each minute under its storage lock (3 s at 60,000 jobs).
+        # serves them all but the callback sweep's. Retention is a sweep, not a TTL index: the
+        # embedded server's TTL monitor decodes every document each minute under its storage
+        # lock (3 s at 60,000 jobs).
         self.collection.create_index([("status", 1), ("updated_at", 1)], name="status_updated_at")
         if self.client_callbacks:
             # Only the jobs whose client callback is not queued yet, which is all the callback
