@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from actors.broker import StreamsBroker
@@ -18,7 +19,7 @@ from actors.ratelimit import Admission
 from service.batching import Batch
 from service.metrics import JOBS_SUBMITTED
 from service.states import JobStatus
-from service.store import JobStore
+from service.store import JobStore, utcnow
 from service.waiting import Waiting, backlog_full
 from vendors.registry import Registry, Vendor
 
@@ -30,7 +31,7 @@ class Submission:
     """A new job on its way in: its document, the vendor it is pinned to (if any), and what became of it."""
 
     request_id: str
-    document: dict[str, Any]  # from JobStore.new_job; its vendor is set once one admits the job
+    document: dict[str, Any]  # from JobStore.new_job; its vendor and start are set once one admits the job
     pinned: Vendor | None = None
     vendor: Vendor | None = None
     admission: Admission | None = None
@@ -81,8 +82,10 @@ class Intake:
         """Insert the admitted jobs; a job that could not be stored gives its slot up."""
         if not submissions:
             return
+        now = utcnow()
         for submission in submissions:
-            submission.document["vendor"] = submission.vendor.name
+            starts_in = timedelta(milliseconds=submission.admission.delay_ms)
+            submission.document.update(vendor=submission.vendor.name, due_at=now + starts_in)
         try:
             errors = self.store.insert_many([s.document for s in submissions])
         except Exception as error:  # MongoDB is down, say: none of them was stored

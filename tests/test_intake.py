@@ -4,6 +4,7 @@ import threading
 import tomllib
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 
 import dramatiq
 import pytest
@@ -88,6 +89,18 @@ def test_concurrent_submissions_are_each_stored_once_and_enqueued_for_their_own_
     # Each waiting job's message comes due in the order of its slot.
     slots = {i: redis_client.zscore("{vendor:paced}:slots", i) for i in request_ids if messages[i][1] is not None}
     assert sorted(slots, key=slots.get) == sorted(slots, key=lambda i: messages[i][1])
+
+
+def test_each_job_is_stored_due_when_its_slot_comes(intake, store, redis_client):
+    """The orphan sweep times a queued job from its start, so the store must know it."""
+    taken = [intake(pinned(store)) for _ in range(12)]  # ten start now, the next two 6 and 12 s later
+    messages = queued_messages(redis_client)
+    for job in taken:
+        due_ms = messages[job.request_id][1]
+        stored = store.collection.find_one({"_id": job.request_id})
+        expected = stored["created_at"] if due_ms is None else datetime.fromtimestamp(due_ms / 1000, timezone.utc)
+        assert abs(stored["due_at"] - expected) < timedelta(seconds=1)
+    assert sum(due is not None for _, due in messages.values()) == 2
 
 
 def test_unpinned_jobs_refused_by_a_full_vendor_go_to_the_next_one_in_the_same_batch(intake, store, redis_client):

@@ -10,7 +10,7 @@ from actors.queue import QUEUE_NAME, enqueue_fetch
 from actors.setup import build_broker, connect_redis
 from scheduler.sweeps import purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
 from service.states import JobStatus
-from service.store import pending_callbacks, utcnow
+from service.store import pending_callbacks, stale_jobs, utcnow
 from tests.conftest import open_test_store
 from tests.signing import new_secret
 from vendors.registry import parse_registry
@@ -45,8 +45,14 @@ def new_job(store, vendor="sync"):
 
 
 def age(store, request_id, by=AN_HOUR):
-    """Pretend the job has not changed for `by`."""
-    store.collection.update_one({"_id": request_id}, {"$set": {"updated_at": utcnow() - by}})
+    """Pretend the job has not changed, and was due to start, `by` ago."""
+    then = utcnow() - by
+    store.collection.update_one({"_id": request_id}, {"$set": {"updated_at": then, "due_at": then}})
+
+
+def wait_for_slot(store, request_id, slot_in):
+    """Pretend the job was stored an hour ago behind a backlog, its slot `slot_in` from now."""
+    store.collection.update_one({"_id": request_id}, {"$set": {"updated_at": utcnow() - AN_HOUR, "due_at": utcnow() + slot_in}})
 
 
 def awaiting_job(store, vendor="async", overdue_by=timedelta(seconds=1)):
@@ -142,6 +148,25 @@ def test_recent_queued_jobs_are_not_orphans_yet(store, broker, redis_client):
     assert queued_messages(redis_client) == []
 
 
+def test_a_queued_job_is_not_an_orphan_before_its_slot_has_come(store, broker, redis_client):
+    """Behind a long backlog a job's message waits in the delay set for hours: its age alone says nothing."""
+    request_id = new_job(store)
+    wait_for_slot(store, request_id, timedelta(minutes=10))
+    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1))["queued"] == 0
+    age(store, request_id)  # its slot came an hour ago and no message was there for it
+    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1))["queued"] == 1
+    assert [i for i, _ in queued_messages(redis_client)] == [request_id]
+
+
+def test_the_orphan_sweep_reads_only_queued_jobs_whose_slot_is_past(store):
+    """A vendor's backlog may hold tens of thousands of queued jobs: the sweep's query must not read them."""
+    for request_id in [new_job(store) for _ in range(3)]:
+        wait_for_slot(store, request_id, AN_HOUR)
+    age(store, new_job(store))
+    plan = store.collection.find(stale_jobs(JobStatus.QUEUED, timedelta(minutes=1))).explain()
+    assert plan["executionStats"]["totalDocsExamined"] == 1
+
+
 def test_a_processing_job_whose_message_was_lost_is_redelivered_under_the_same_message_id(store, broker, redis_client):
     lost, recent = new_job(store), new_job(store)
     store.claim(lost, "m-lost")
@@ -219,7 +244,7 @@ def test_the_retention_sweep_deletes_only_finished_jobs_whose_retention_has_ende
 def test_the_ttl_index_retention_used_before_is_dropped(store):
     store.collection.create_index("expires_at", name="retention_ttl", expireAfterSeconds=0)
     store.ensure_indexes()
-    assert set(store.collection.index_information()) == {"_id_", "status_updated_at"}
+    assert set(store.collection.index_information()) == {"_id_", "status_updated_at", "queued_due_at"}
 
 
 def finish_an_hour_ago(store, request_id):
