@@ -7,7 +7,9 @@
 
 Starts fresh embedded Redis and MongoDB-wire servers, both mock vendors, the API (gunicorn), a
 worker and the clock, all on 127.0.0.1, then prints requests/s, latency percentiles, failures and
-the jobs completed end to end while the load ran.
+the jobs completed end to end while the load ran, and the busy CPU per request of each part
+(read from /proc): the machine's speed moves from hour to hour, and the CPU a request costs
+shows where it went.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import csv
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -36,6 +39,7 @@ MIX_BODY = {"name": "TestUser", "email": "test@mail.com", "password": "pass"}
 # hour: 72,000 jobs for both vendors at 600/minute) a fast run fills the backlog before it ends
 # and the API rightly answers 503 "Backlog full"; four hours keeps the run about the API.
 BACKLOG = "max_wait_s = 14400"
+PARTS = {"valkey-server": "valkey", "secantusd-py": "mongodb", "vendor-sync": "mock vendors", "vendor-async": "mock vendors"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -113,6 +117,33 @@ def run_locust(url: str, args: argparse.Namespace, folder: Path) -> dict:
     }
 
 
+def busy_cpu_s(stack: Stack, servers: list) -> dict[str, float]:
+    """Return the CPU seconds each part of the stack has used so far (Linux; elsewhere nothing).
+
+    A stack process runs in a session of its own, so the workers gunicorn and dramatiq fork share
+    its process group; a data store is a single process.
+    """
+    parts = {server.process.pid: server.name for server in servers}
+    groups = {process.process.pid: process.name for process in stack.processes}
+    used: dict[str, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()  # the fields after the command name
+        except OSError:  # it exited meanwhile
+            continue
+        name = parts.get(int(stat.parent.name)) or groups.get(int(fields[2]))  # its pid, or its process group
+        if name:
+            part = PARTS.get(name, name)
+            used[part] = used.get(part, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
+
+
+def generator_cpu_s() -> float:
+    """Return the CPU seconds of this process's finished children: the load generator, once it has run."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return children.ru_utime + children.ru_stime
+
+
 def job_counts(mongodb_uri: str) -> dict[str, int]:
     with pymongo.MongoClient(mongodb_uri) as client:
         pipeline = [{"$group": {"_id": "$status", "n": {"$sum": 1}}}]
@@ -125,9 +156,11 @@ def main() -> None:
     stack, servers, url = start_stack(folder, args)
     try:
         warm_up(url)
-        started = time.monotonic()
+        started, cpu_before, generator_before = time.monotonic(), busy_cpu_s(stack, servers), generator_cpu_s()
         result = run_wrk(url, args) if args.tool == "wrk" else run_locust(url, args, folder)
         elapsed = time.monotonic() - started
+        cpu = {part: used - cpu_before.get(part, 0.0) for part, used in busy_cpu_s(stack, servers).items()}
+        cpu[args.tool] = generator_cpu_s() - generator_before
         counts = job_counts(servers[1].url)
     finally:
         stack.stop()
@@ -141,6 +174,10 @@ def main() -> None:
           f"over 2 s: {result['over_2s']}")
     print(f"latency ms: p50 {result['p50_ms']:.1f}  p95 {result['p95_ms']:.1f}  p99 {result['p99_ms']:.1f}  max {result['max_ms']:.1f}")
     print(f"jobs by status after {elapsed:.0f} s: {json.dumps(counts, sort_keys=True)}")
+    per_request = {part: 1e6 * used / result["requests"] for part, used in cpu.items()}
+    by_cost = sorted(per_request.items(), key=lambda item: -item[1])
+    print("busy CPU per request, µs: " + ", ".join(f"{part} {us:,.0f}" for part, us in by_cost)
+          + f"; {sum(per_request.values()):,.0f} in all ({sum(cpu.values()) / elapsed:.2f} cores busy)")
     shutil.rmtree(folder, ignore_errors=True)
 
 
