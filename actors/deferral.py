@@ -10,8 +10,10 @@ A vendor's 429 reaches the actor as `Deferred`, which re-enqueues the same way.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import dramatiq
+import pymongo.errors
 from dramatiq.common import current_millis
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 
@@ -20,7 +22,7 @@ from actors.queue import FETCH_ACTOR
 from actors.ratelimit import RateLimiter
 from service.errors import JobNotFound
 from service.metrics import DEFERRALS
-from service.store import JobStore
+from service.store import JobStore, utcnow
 from vendors.registry import Registry, Vendor
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,7 @@ class VendorGate(Middleware):
         if waited_s + wait_ms / 1000 <= vendor.max_wait_s:
             log.debug("job %s waits %d ms for %s", request_id, wait_ms, vendor.name)
             message.options["vendor"] = vendor.name
+            self.postpone(request_id, wait_ms)
             defer(broker, message, wait_ms, vendor.name, reason)
             raise SkipMessage("deferred")
         why = "its circuit breaker is open" if self.breaker.tripped(vendor) else "it is paused or at its rate limit"
@@ -102,6 +105,13 @@ class VendorGate(Middleware):
         self.store.fail_for_message(request_id, message.message_id, reason)
         self.limiter.forget(vendor, request_id)
         raise SkipMessage("gave up")
+
+    def postpone(self, request_id: str, wait_ms: int) -> None:
+        """Tell the store when a queued job's deferred message comes due, so the orphan sweep does not look for it before."""
+        try:
+            self.store.postpone(request_id, utcnow() + timedelta(milliseconds=wait_ms))
+        except pymongo.errors.PyMongoError as error:  # the sweep then reads the queue to find the message
+            log.warning("job %s: start not postponed: %s", request_id, type(error).__name__)
 
     def vendor_of(self, message: dramatiq.Message) -> Vendor | None:
         """Return the job's vendor: named in the message, or else read from the job once."""

@@ -39,6 +39,7 @@ MIX_BODY = {"name": "TestUser", "email": "test@mail.com", "password": "pass"}
 # hour: 72,000 jobs for both vendors at 600/minute) a fast run fills the backlog before it ends
 # and the API rightly answers 503 "Backlog full"; four hours keeps the run about the API.
 BACKLOG = "max_wait_s = 14400"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PARTS = {"valkey-server": "valkey", "secantusd-py": "mongodb", "vendor-sync": "mock vendors", "vendor-async": "mock vendors"}
 
 
@@ -118,10 +119,10 @@ def run_locust(url: str, args: argparse.Namespace, folder: Path) -> dict:
 
 
 def busy_cpu_s(stack: Stack, servers: list) -> dict[str, float]:
-    """Return the CPU seconds each part of the stack has used so far (Linux; elsewhere nothing).
+    """Return the CPU seconds each part of the stack has used so far, its reaped children's included (Linux).
 
     A stack process runs in a session of its own, so the workers gunicorn and dramatiq fork share
-    its process group; a data store is a single process.
+    its process group; a data store is matched by its pid (with what its finished forks used).
     """
     parts = {server.process.pid: server.name for server in servers}
     groups = {process.process.pid: process.name for process in stack.processes}
@@ -134,7 +135,7 @@ def busy_cpu_s(stack: Stack, servers: list) -> dict[str, float]:
         name = parts.get(int(stat.parent.name)) or groups.get(int(fields[2]))  # its pid, or its process group
         if name:
             part = PARTS.get(name, name)
-            used[part] = used.get(part, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            used[part] = used.get(part, 0.0) + sum(int(ticks) for ticks in fields[11:15]) / CLOCK_TICKS  # utime .. cstime
     return used
 
 
@@ -174,7 +175,7 @@ def main() -> None:
           f"over 2 s: {result['over_2s']}")
     print(f"latency ms: p50 {result['p50_ms']:.1f}  p95 {result['p95_ms']:.1f}  p99 {result['p99_ms']:.1f}  max {result['max_ms']:.1f}")
     print(f"jobs by status after {elapsed:.0f} s: {json.dumps(counts, sort_keys=True)}")
-    per_request = {part: 1e6 * used / result["requests"] for part, used in cpu.items()}
+    per_request = {part: 1e6 * used / max(result["requests"], 1) for part, used in cpu.items()}
     by_cost = sorted(per_request.items(), key=lambda item: -item[1])
     print("busy CPU per request, µs: " + ", ".join(f"{part} {us:,.0f}" for part, us in by_cost)
           + f"; {sum(per_request.values()):,.0f} in all ({sum(cpu.values()) / elapsed:.2f} cores busy)")

@@ -50,10 +50,11 @@ def requeue_orphans(
 ) -> dict[str, int]:
     """Enqueue again the jobs whose message is gone from the queue; return the counts by state.
 
-    A pending or queued job is a candidate once unchanged for `orphan_after`; a processing job
-    once unchanged for the broker's visibility timeout plus the longest vendor timeout, since until
-    then a live worker may still hold its message. Every candidate is looked at, oldest first, so
-    a long queue cannot hide a younger orphan; at most `limit` orphans of each state are handled.
+    A pending job is a candidate once unchanged for `orphan_after`, a queued one once its start
+    (`due_at`: its slot) is `orphan_after` past, and a processing job once unchanged for the
+    broker's visibility timeout plus the longest vendor timeout, since until then a live worker may
+    still hold its message. Every candidate is looked at, most overdue first, so a long queue
+    cannot hide a younger orphan; at most `limit` orphans of each state are handled.
     """
     longest_call_s = max(vendor.timeout_s for vendor in registry.vendors.values())
     thresholds = {

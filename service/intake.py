@@ -105,7 +105,7 @@ class Intake:
             self.broker.enqueue_many([
                 (fetch_message(s.request_id, vendor=s.vendor.name), s.admission.delay_ms) for s in submissions
             ])
-        except Exception as error:  # any broker failure: the scheduler's pending sweep takes over
+        except Exception as error:  # any broker failure: the clock's orphan sweep takes over
             log.warning("enqueue failed for %d jobs, left pending: %s", len(submissions), type(error).__name__)
             for submission in submissions:
                 self._leave_pending(submission, f"enqueue failed: {type(error).__name__}")

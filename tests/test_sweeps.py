@@ -4,9 +4,13 @@ from datetime import timedelta
 
 import dramatiq
 import pytest
+from dramatiq.middleware import SkipMessage
 
+from actors.breaker import CircuitBreaker
 from actors.broker import delay_key
-from actors.queue import QUEUE_NAME, enqueue_fetch
+from actors.deferral import VendorGate
+from actors.queue import QUEUE_NAME, enqueue_fetch, fetch_message
+from actors.ratelimit import RateLimiter
 from actors.setup import build_broker, connect_redis
 from scheduler.sweeps import purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
 from service.states import JobStatus
@@ -165,6 +169,36 @@ def test_the_orphan_sweep_reads_only_queued_jobs_whose_slot_is_past(store):
     age(store, new_job(store))
     plan = store.collection.find(stale_jobs(JobStatus.QUEUED, timedelta(minutes=1))).explain()
     assert plan["executionStats"]["totalDocsExamined"] == 1
+
+
+def test_every_move_back_to_queued_makes_the_job_due_at_once(store):
+    request_id = awaiting_job(store, "patient")
+    wait_for_slot(store, request_id, AN_HOUR)
+    assert store.rerequest(request_id, "no webhook by the deadline")
+    assert abs(store.get(request_id)["due_at"] - utcnow()) < timedelta(seconds=5)
+
+
+def test_a_queued_job_whose_message_the_gate_defers_is_due_when_the_message_is(store, broker):
+    """Jobs enqueued again (a re-request, a retry) wait behind the backlog with no slot of their own."""
+    slow = {"mode": "sync", "url": "http://127.0.0.1:9/fetch", "rate_limit": "1/minute"}
+    registry = parse_registry({"vendors": {"slow": slow}}, "one call a minute")
+    gate = VendorGate(registry, RateLimiter(broker.client, 20), CircuitBreaker(broker.client), store)
+    first, second = new_job(store, "slow"), new_job(store, "slow")
+    gate.before_process_message(broker, fetch_message(first, vendor="slow"))  # the minute's one call
+    with pytest.raises(SkipMessage):
+        gate.before_process_message(broker, fetch_message(second, vendor="slow"))
+    assert store.get(second)["due_at"] > utcnow() + timedelta(seconds=50)
+    assert abs(store.get(first)["due_at"] - utcnow()) < timedelta(seconds=5)
+
+
+def test_queued_jobs_an_earlier_version_stored_get_a_start_with_the_new_index(store, broker):
+    """The version before stored no due_at, and the sweep's query cannot see a missing field."""
+    request_id = new_job(store)
+    store.collection.update_one({"_id": request_id}, {"$unset": {"due_at": ""}, "$set": {"updated_at": utcnow() - AN_HOUR}})
+    store.collection.drop_index("queued_due_at")
+    assert requeue_orphans(store, REGISTRY, broker, timedelta(0))["queued"] == 0
+    store.ensure_indexes()
+    assert requeue_orphans(store, REGISTRY, broker, timedelta(0))["queued"] == 1
 
 
 def test_a_processing_job_whose_message_was_lost_is_redelivered_under_the_same_message_id(store, broker, redis_client):
