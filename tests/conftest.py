@@ -89,10 +89,11 @@ def config(redis_url, mongodb_uri, mongo_client, redis_client):
     mongo_client.drop_database(name)
 
 
-def open_test_store(config):
+def open_test_store(config, **settings):
+    """Open a JobStore on this test's database, with `settings` in place of the config's, and its indexes."""
     from service.store import open_store
 
-    job_store = open_store(config)
+    job_store = open_store(dataclasses.replace(config, **settings))
     job_store.ensure_indexes()
     return job_store
 
@@ -108,6 +109,6 @@ def store(config):
 @pytest.fixture
 def keeping_store(config):
     """Give a store that keeps failed jobs' payloads, as with KEEP_FAILED_PAYLOADS."""
-    job_store = open_test_store(dataclasses.replace(config, keep_failed_payloads=True))
+    job_store = open_test_store(config, keep_failed_payloads=True)
     yield job_store
     job_store.collection.database.client.close()

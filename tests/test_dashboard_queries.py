@@ -1,6 +1,5 @@
 """What the dashboard reads and does, against real Redis and MongoDB: counts, vendors, failures, actions."""
 
-import base64
 from functools import partial
 
 import dramatiq
@@ -22,6 +21,7 @@ from scheduler.runs import run_if_leader
 from service.dashboard.actions import OperatorActions
 from service.dashboard.queries import DashboardQueries
 from service.states import JobStatus
+from tests.signing import new_secret
 from vendors.registry import parse_registry
 
 REGISTRY = {"vendors": {
@@ -29,7 +29,7 @@ REGISTRY = {"vendors": {
     "other": {"mode": "sync", "url": "http://127.0.0.1:2/fetch"},
 }}
 PAYLOAD = {"name": "Ann", "password": "hunter2-secret"}
-CALLBACK_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+CALLBACK_SECRET = new_secret("client callbacks")
 
 
 @pytest.fixture
@@ -149,6 +149,7 @@ def test_a_callback_queued_just_before_a_retry_tells_the_client_only_of_the_new_
         complete_retried_job(keeping_store)
         send()
     assert callbacks_received(receiver) == [("msg_cb_1", "complete")]
+
 
 def test_retrying_a_failed_job_queues_it_again_with_a_fresh_budget_and_records_it(parts, keeping_store, redis_client):
     _, broker, _, queries, actions = parts

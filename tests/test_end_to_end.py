@@ -1,15 +1,14 @@
 """The real processes together: gunicorn API, dramatiq worker, both mock vendors."""
 
-import base64
-
 import pytest
 import requests
 import standardwebhooks
 
 from tests.conftest import with_database
+from tests.signing import new_secret
 from devtools.stack import CallbackReceiver, Stack, free_ports, vendors_toml, wait_until
 
-CALLBACK_SECRET = "whsec_" + base64.b64encode(b"client-callback-secret-0123456").decode()
+CALLBACK_SECRET = new_secret("client callbacks")
 E2E_DATABASE = "e2e_jobs"
 DOWN_VENDOR = """
 [vendors.down]

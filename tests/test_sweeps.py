@@ -1,4 +1,3 @@
-import dataclasses
 import uuid
 from datetime import timedelta
 
@@ -30,7 +29,7 @@ AN_HOUR = timedelta(hours=1)
 @pytest.fixture
 def calling_store(config):
     """Give a store with client callbacks on, keeping failed jobs' payloads for a retry."""
-    job_store = open_test_store(dataclasses.replace(config, keep_failed_payloads=True, callback_secret=new_secret("client callbacks")))
+    job_store = open_test_store(config, keep_failed_payloads=True, callback_secret=new_secret("client callbacks"))
     yield job_store
     job_store.collection.database.client.close()
 
