@@ -103,9 +103,10 @@ def test_stale_ids_finds_only_old_jobs_in_that_state(store):
     old, fresh, other = new_job(store), new_job(store), new_job(store)
     for request_id in (old, fresh, other):
         store.transition(request_id, JobStatus.PENDING, allowed_from=frozenset({JobStatus.QUEUED}))
-    store.collection.update_many({"_id": {"$in": [old, other]}}, {"$set": {"updated_at": store.get(old)["updated_at"] - timedelta(minutes=5)}})
+    five_minutes_ago = store.get(old)["updated_at"] - timedelta(minutes=5)
+    store.collection.update_many({"_id": {"$in": [old, other]}}, {"$set": {"updated_at": five_minutes_ago, "due_at": five_minutes_ago}})
     store.claim(other, "m1")
-    store.collection.update_one({"_id": other}, {"$set": {"updated_at": store.get(old)["updated_at"]}})
+    store.collection.update_one({"_id": other}, {"$set": {"updated_at": five_minutes_ago, "due_at": five_minutes_ago}})
     assert list(store.stale_ids(JobStatus.PENDING, timedelta(minutes=1))) == [old]
 
 

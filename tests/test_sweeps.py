@@ -170,6 +170,16 @@ def test_the_orphan_sweep_reads_only_queued_jobs_whose_slot_is_past(store):
     assert plan["executionStats"]["totalDocsExamined"] == 1
 
 
+def test_every_transition_makes_the_job_due_from_then_in_its_new_state(store):
+    """The sweeps time every state by due_at: a job claimed after waiting for its slot is timed from its claim."""
+    request_id = new_job(store)
+    wait_for_slot(store, request_id, AN_HOUR)
+    store.claim(request_id, "m1")
+    job = store.collection.find_one({"_id": request_id})
+    assert job["due_at"] == job["updated_at"]
+    assert abs(job["due_at"] - utcnow()) < timedelta(seconds=5)
+
+
 def test_every_move_back_to_queued_makes_the_job_due_at_once(store):
     request_id = awaiting_job(store, "patient")
     wait_for_slot(store, request_id, AN_HOUR)
@@ -190,14 +200,18 @@ def test_a_queued_job_whose_message_the_gate_defers_is_due_when_the_message_is(s
     assert abs(store.get(first)["due_at"] - utcnow()) < timedelta(seconds=5)
 
 
-def test_queued_jobs_an_earlier_version_stored_get_a_start_with_the_new_index(store, broker):
-    """The version before stored no due_at, and the sweep's query cannot see a missing field."""
-    request_id = new_job(store)
-    store.collection.update_one({"_id": request_id}, {"$unset": {"due_at": ""}, "$set": {"updated_at": utcnow() - AN_HOUR}})
-    store.collection.drop_index("queued_due_at")
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(0))["queued"] == 0
+def test_jobs_an_earlier_version_stored_are_dated_for_the_sweeps_when_the_index_is_created(store, broker):
+    """Earlier versions kept due_at on queued jobs only, if at all, and the sweeps' queries cannot see a missing field."""
+    queued, processing = new_job(store), new_job(store)
+    store.claim(processing, "m1")
+    an_hour_ago = utcnow() - AN_HOUR
+    store.collection.update_many({}, {"$unset": {"due_at": ""}, "$set": {"updated_at": an_hour_ago}})
+    store.collection.drop_index("status_due_at")
+    store.collection.create_index([("status", 1), ("updated_at", 1)], name="status_updated_at")
+    assert requeue_orphans(store, REGISTRY, broker, timedelta(0)) == {"pending": 0, "queued": 0, "processing": 0}
     store.ensure_indexes()
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(0))["queued"] == 1
+    assert abs(store.collection.find_one({"_id": processing})["due_at"] - an_hour_ago) < timedelta(milliseconds=1)
+    assert requeue_orphans(store, REGISTRY, broker, timedelta(0)) == {"pending": 0, "queued": 1, "processing": 1}
 
 
 def test_a_processing_job_whose_message_was_lost_is_redelivered_under_the_same_message_id(store, broker, redis_client):
@@ -267,17 +281,22 @@ def test_the_retention_sweep_deletes_only_finished_jobs_whose_retention_has_ende
         waiting: (long_ago, long_ago),  # unchanged for long, with a past expires_at, but not finished
     }
     for request_id, (updated_at, expires_at) in dates.items():
-        store.collection.update_one({"_id": request_id}, {"$set": {"updated_at": updated_at, "expires_at": expires_at}})
+        store.collection.update_one({"_id": request_id}, {"$set": {"updated_at": updated_at, "due_at": updated_at, "expires_at": expires_at}})
     assert purge_expired_jobs(store) == {"deleted": 1}
     assert store.collection.find_one({"_id": expired}) is None
     assert store.collection.count_documents({"_id": {"$in": [recent, kept_longer, waiting]}}) == 3
     assert purge_expired_jobs(store) == {"deleted": 0}
 
 
-def test_the_ttl_index_retention_used_before_is_dropped(store):
+def test_the_indexes_earlier_versions_used_are_dropped(store):
+    """Each index the sweeps no longer read would still cost every insert and update."""
     store.collection.create_index("expires_at", name="retention_ttl", expireAfterSeconds=0)
+    store.collection.create_index([("status", 1), ("updated_at", 1)], name="status_updated_at")
+    store.collection.create_index(
+        [("status", 1), ("due_at", 1)], name="queued_due_at", partialFilterExpression={"status": JobStatus.QUEUED.value},
+    )
     store.ensure_indexes()
-    assert set(store.collection.index_information()) == {"_id_", "status_updated_at", "queued_due_at"}
+    assert set(store.collection.index_information()) == {"_id_", "status_due_at"}
 
 
 def finish_an_hour_ago(store, request_id):

@@ -115,13 +115,14 @@ class DashboardQueries:
     def per_minute(self, field: str, statuses) -> list[dict[str, Any]]:
         """Count jobs in `statuses` by the minute of a time field (and status), over the last hour only.
 
-        A job created or finished in the last hour was also updated in it, so the match starts
-        from the status index (status, updated_at) rather than needing an index of its own.
+        A job created or finished in the last hour has its `due_at` in it or later (it is never
+        before the job's last change), so the match starts from the status index (status, due_at)
+        rather than needing an index of its own.
         """
         since = utcnow().replace(second=0, microsecond=0) - timedelta(minutes=CHART_MINUTES - 1)
         minute = {"$dateTrunc": {"date": f"${field}", "unit": "minute"}}
         return list(self.store.collection.aggregate([
-            {"$match": {"status": {"$in": [status.value for status in statuses]}, "updated_at": {"$gte": since},
+            {"$match": {"status": {"$in": [status.value for status in statuses]}, "due_at": {"$gte": since},
                         field: {"$gte": since}}},
             {"$group": {"_id": {"minute": minute, "status": "$status"}, "count": {"$sum": 1}}},
         ]))
