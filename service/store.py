@@ -203,9 +203,10 @@ class JobStore:
 
         This is the only writer of `status`, and it makes the job due now (`due_at`) in its new
         state: the sweeps time every state from there, and a queued job's start moves to its slot
-        when the intake or the worker's gate gives it one. Terminal states start retention and erase the payload
-        (failed and timed_out keep it with KEEP_FAILED_PAYLOADS, for a retry). A caller that read
-        the job before may pass it as `job` (its FINISHED_FIELDS never change), which spares a read.
+        when the intake or the worker's gate gives it one. Terminal states start retention and
+        erase the payload (failed and timed_out keep it with KEEP_FAILED_PAYLOADS, for a retry).
+        A caller that read the job before may pass it as `job` (its FINISHED_FIELDS never
+        change), which spares a read.
         """
         # A caller may only narrow the table, never widen it.
         sources = ALLOWED_FROM[to] if allowed_from is None else ALLOWED_FROM[to] & allowed_from
