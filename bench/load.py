@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import resource
@@ -54,8 +55,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--web-workers", type=int, default=3, help="gunicorn worker processes")
     parser.add_argument("--worker-processes", type=int, default=1)
     parser.add_argument("--worker-threads", type=int, default=8)
-    parser.add_argument("--worker-nice", type=int, default=10,
-                        help="the worker's CPU priority against the API's, as the compose file's cpu_shares sets it (0: equal)")
+    parser.add_argument("--worker-nice", type=int, default=10, choices=range(20), metavar="0-19",
+                        help="the worker's nice value, as the compose file's cpu_shares weighs it against the API (0: equal)")
     parser.add_argument("--rate-limit", default="600/minute", help="each mock vendor's limit")
     parser.add_argument("--burst", type=int, help="each mock vendor's burst (default: its whole limit)")
     return parser.parse_args()
@@ -86,17 +87,16 @@ def start_stack(folder: Path, args: argparse.Namespace) -> tuple[Stack, list, st
 
 
 def lower_priority(pid: int, niceness: int) -> None:
-    """Lower the CPU priority of a stack process and the children it forks (Linux).
+    """Lower the CPU priority of a stack process, the leader of its own session, and of its children.
 
-    Under autogroup scheduling, the default of most kernels, a nice value counts only against the
-    processes of its own session, and each stack process has a session of its own: so it is the
-    session's nice value that is set.
+    Under Linux's autogroup scheduling, on by default in most kernels for processes outside any
+    CPU cgroup, a nice value counts only against the processes of its own session: there the
+    session's nice value is what counts, so both are set.
     """
+    os.setpriority(os.PRIO_PGRP, pid, niceness)
     autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
     if autogroup.exists() and autogroup.read_text().strip() == "1":
         Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
-    else:
-        os.setpriority(os.PRIO_PGRP, pid, niceness)
 
 
 def warm_up(url: str) -> None:
@@ -174,6 +174,11 @@ def job_outcomes(mongodb_uri: str) -> tuple[dict[str, int], list[float]]:
         return counts, sorted((job["finished_at"] - job["created_at"]).total_seconds() for job in completed)
 
 
+def nearest_rank(ordered: list[float], fraction: float) -> float:
+    """Return the value at the given fraction of a sorted list (nearest-rank percentile)."""
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
 def main() -> None:
     args = parse_args()
     folder = Path(tempfile.mkdtemp(prefix="vendorfetch-load-"))
@@ -199,8 +204,8 @@ def main() -> None:
     print(f"latency ms: p50 {result['p50_ms']:.1f}  p95 {result['p95_ms']:.1f}  p99 {result['p99_ms']:.1f}  max {result['max_ms']:.1f}")
     print(f"jobs by status after {elapsed:.0f} s: {json.dumps(counts, sort_keys=True)}")
     if took_s:
-        print(f"completed jobs, submission to result, s: p50 {took_s[len(took_s) // 2]:.1f}  "
-              f"p99 {took_s[len(took_s) * 99 // 100]:.1f}  max {took_s[-1]:.1f}")
+        print(f"completed jobs, submission to result, s: p50 {nearest_rank(took_s, 0.50):.1f}  "
+              f"p99 {nearest_rank(took_s, 0.99):.1f}  max {took_s[-1]:.1f}")
     per_request = {part: 1e6 * used / max(result["requests"], 1) for part, used in cpu.items()}
     by_cost = sorted(per_request.items(), key=lambda item: -item[1])
     print("busy CPU per request, µs: " + ", ".join(f"{part} {us:,.0f}" for part, us in by_cost)
