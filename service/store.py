@@ -128,6 +128,8 @@ class JobStore:
                 [("callback_pending", 1), ("finished_at", 1)], name="callbacks_pending",
                 partialFilterExpression={"callback_pending": True},
             )
+        elif "callbacks_pending" in earlier:  # callbacks turned off since: nothing reads it now
+            self.collection.drop_index("callbacks_pending")
 
     def _date_earlier_jobs(self) -> None:
         """Give the jobs stored by earlier versions the `due_at` this one keeps; once, as each is a collection scan here."""

@@ -288,8 +288,12 @@ def test_the_retention_sweep_deletes_only_finished_jobs_whose_retention_has_ende
     assert purge_expired_jobs(store) == {"deleted": 0}
 
 
-def test_the_indexes_earlier_versions_used_are_dropped(store):
+def test_the_indexes_earlier_versions_or_settings_used_are_dropped(store):
     """Each index the sweeps no longer read would still cost every insert and update."""
+    assert not store.client_callbacks
+    store.collection.create_index(
+        [("callback_pending", 1), ("finished_at", 1)], name="callbacks_pending", partialFilterExpression={"callback_pending": True},
+    )
     store.collection.create_index("expires_at", name="retention_ttl", expireAfterSeconds=0)
     store.collection.create_index([("status", 1), ("updated_at", 1)], name="status_updated_at")
     store.collection.create_index(
