@@ -17,12 +17,13 @@ from standardwebhooks import Webhook
 
 from devtools.stack import CallbackReceiver, wait_until
 from devtools.stores import free_port
+from tests.signing import new_secret
 from vendors import mock_async, mock_sync
 from vendors.mock_async import AsyncSettings
 from vendors.mock_common import MockSettings, SlidingWindowLimiter, parse_latency_ms
 
 ROOT = Path(__file__).resolve().parents[1]
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SECRET = new_secret("mock-async-vendor")
 STARTUP_TIMEOUT_S = 15.0
 CALLBACK_DEADLINE_S = 5.0
 

@@ -11,9 +11,10 @@ import schemathesis
 from service.app import create_app
 from service.dashboard.auth import PREFIX as DASHBOARD_PREFIX
 from service.openapi import build_spec
+from tests.signing import new_secret
 
 SPEC = build_spec(["async", "sync"], callbacks=True)
-CALLBACK_SECRET = "whsec_" + "c2VjcmV0LWZvci1mdXp6aW5nLWNhbGxiYWNrcw=="
+CALLBACK_SECRET = new_secret("fuzzing-callbacks")
 
 
 @pytest.fixture(scope="module")
