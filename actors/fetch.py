@@ -8,6 +8,7 @@ from dramatiq.middleware import CurrentMessage
 from actors.deferral import Deferred, defer
 from actors.queue import FETCH_ACTOR, QUEUE_NAME
 from actors.runner import JobRunner
+from service.logs import about_job
 
 # Vendor failures are counted against each vendor's max_retries by the runner; this bound only
 # stops endless retries of unexpected errors (a long MongoDB outage, a bug).
@@ -21,11 +22,12 @@ def declare_fetch_actor(broker: dramatiq.Broker, runner: JobRunner) -> dramatiq.
 
     def fetch_job(request_id: str) -> None:
         message = CurrentMessage.get_current_message()
-        try:
-            runner.run(request_id, message.message_id)
-        except Deferred as deferral:
-            # Re-enqueued here, not raised: Retries would count it as a failed attempt.
-            defer(broker, message, deferral.delay_ms, deferral.vendor, "vendor_pushback")
+        with about_job(request_id, message.options.get("vendor")):
+            try:
+                runner.run(request_id, message.message_id)
+            except Deferred as deferral:
+                # Re-enqueued here, not raised: Retries would count it as a failed attempt.
+                defer(broker, message, deferral.delay_ms, deferral.vendor, "vendor_pushback")
 
     return dramatiq.actor(
         fetch_job, broker=broker, actor_name=FETCH_ACTOR, queue_name=QUEUE_NAME,

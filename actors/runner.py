@@ -98,8 +98,12 @@ class JobRunner:
             outcome = OUTCOMES[type(error)]
             raise
         finally:
+            elapsed_s = time.perf_counter() - started
             VENDOR_REQUESTS.labels(vendor.name, outcome).inc()
-            VENDOR_LATENCY.labels(vendor.name).observe(time.perf_counter() - started)
+            VENDOR_LATENCY.labels(vendor.name).observe(elapsed_s)
+            log.info("%s call: %s", vendor.name, outcome, extra={
+                "request_id": request_id, "vendor": vendor.name, "outcome": outcome, "duration_ms": round(elapsed_s * 1000, 1),
+            })
 
     def await_webhook(self, vendor: Vendor, request_id: str) -> None:
         """Record that the vendor accepted the job; its webhook may already have completed it."""

@@ -14,6 +14,7 @@ from actors.broker import StreamsBroker
 from actors.callbacks import enqueue_client_callback
 from actors.queue import QUEUE_NAME, enqueue_fetch
 from scheduler.inflight import request_ids_in_queue
+from service.logs import about_job
 from service.states import JobStatus
 from service.store import JobStore
 from vendors.registry import Registry
@@ -29,19 +30,20 @@ def time_out_webhooks(store: JobStore, registry: Registry, broker: StreamsBroker
     """Ask the vendor again, or time out, async jobs whose webhook is overdue; return the counts."""
     counts = {"re_requested": 0, "timed_out": 0}
     for job in store.overdue_webhooks(limit):
-        request_id, rerequests = job["_id"], job.get("rerequests", 0)
-        vendor = registry.get(job["vendor"])
-        allowed = vendor.webhook_retries if vendor else 0
-        if rerequests < allowed:
-            detail = f"no webhook from {job['vendor']} by the deadline; asking again ({rerequests + 1} of {allowed})"
-            # Queued first, then enqueued: a worker must find the job claimable when the message arrives.
-            if store.rerequest(request_id, detail):
-                enqueue_fetch(broker, request_id, vendor=job["vendor"])
-                counts["re_requested"] += 1
-            continue
-        asked = f" after {rerequests + 1} requests" if rerequests else ""
-        reason = f"no webhook from {job['vendor']} by {job['webhook_deadline'].isoformat(timespec='seconds')}{asked}"
-        counts["timed_out"] += store.time_out(request_id, reason)
+        with about_job(job["_id"], job["vendor"]):  # its log lines name the job and vendor
+            request_id, rerequests = job["_id"], job.get("rerequests", 0)
+            vendor = registry.get(job["vendor"])
+            allowed = vendor.webhook_retries if vendor else 0
+            if rerequests < allowed:
+                detail = f"no webhook from {job['vendor']} by the deadline; asking again ({rerequests + 1} of {allowed})"
+                # Queued first, then enqueued: a worker must find the job claimable when the message arrives.
+                if store.rerequest(request_id, detail):
+                    enqueue_fetch(broker, request_id, vendor=job["vendor"])
+                    counts["re_requested"] += 1
+                continue
+            asked = f" after {rerequests + 1} requests" if rerequests else ""
+            reason = f"no webhook from {job['vendor']} by {job['webhook_deadline'].isoformat(timespec='seconds')}{asked}"
+            counts["timed_out"] += store.time_out(request_id, reason)
     return counts
 
 

@@ -109,6 +109,12 @@ class Intake:
             log.warning("enqueue failed for %d jobs, left pending: %s", len(submissions), type(error).__name__)
             for submission in submissions:
                 self._leave_pending(submission, f"enqueue failed: {type(error).__name__}")
+            return
+        for submission in submissions:
+            log.info("job queued", extra={
+                "request_id": submission.request_id, "vendor": submission.vendor.name, "state": "queued",
+                "starts_in_ms": submission.admission.delay_ms,
+            })
 
     def _leave_pending(self, submission: Submission, detail: str) -> None:
         try:

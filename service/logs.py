@@ -6,9 +6,35 @@ pass a job's payload or a secret: nothing here filters them out.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+from collections.abc import Iterator
 
 from pythonjsonlogger.json import JsonFormatter
+
+# The job the current thread (or greenlet) is handling, as fields for each record it logs.
+_current_job: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("current_job", default={})
+
+
+@contextlib.contextmanager
+def about_job(request_id: str, vendor: str | None) -> Iterator[None]:
+    """Tag every record logged inside the block, here and in what it calls, with the job and its vendor."""
+    token = _current_job.set({"request_id": request_id, **({"vendor": vendor} if vendor else {})})
+    try:
+        yield
+    finally:
+        _current_job.reset(token)
+
+
+class CurrentJobFields(logging.Filter):
+    """Give a record the current job's fields, unless it names its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in _current_job.get().items():
+            if not hasattr(record, name):
+                setattr(record, name, value)
+        return True
 
 
 def json_formatter() -> JsonFormatter:
@@ -24,4 +50,5 @@ def configure_logging(level: str) -> None:
     """Send every logger's records to stderr as JSON lines."""
     handler = logging.StreamHandler()
     handler.setFormatter(json_formatter())
+    handler.addFilter(CurrentJobFields())
     logging.basicConfig(level=level, handlers=[handler], force=True)

@@ -9,6 +9,7 @@ import falcon
 import orjson
 
 from service.jobs import Jobs
+from service.logs import about_job
 from service.states import JobStatus
 from service.waiting import poll_hint_s
 from service.webhooks import WebhookAuth
@@ -108,6 +109,7 @@ class VendorWebhook:
         if not isinstance(request_id, str) or not request_id:
             raise falcon.HTTPBadRequest(title="Missing request_id", description="the body must carry a string request_id")
         self.auth.verify(registered, request_id, raw, req.headers, req.get_param("token"))
-        self.jobs.receive_webhook(registered, request_id, data)
+        with about_job(request_id, registered.name):
+            self.jobs.receive_webhook(registered, request_id, data)
         self.auth.remember(registered, req.headers)
         resp.media = {"message": "Result saved"}

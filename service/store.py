@@ -231,22 +231,27 @@ class JobStore:
         query = {**(extra_filter or {}), "_id": request_id, "status": {"$in": [state.value for state in sources]}}
         moved = self.collection.update_one(query, update).modified_count == 1
         if moved:
-            log.info("job %s", to.value, extra={"request_id": request_id, "state": to.value, "detail": detail})
+            facts = {"request_id": request_id, "state": to.value, "detail": detail}
             if to.is_terminal:
-                self._finished(request_id, to, job)
+                facts.update(self._finished(request_id, to, job))
+            log.info("job %s", to.value, extra=facts)
         return moved
 
-    def _finished(self, request_id: str, status: JobStatus, job: dict[str, Any] | None) -> None:
-        """Count a job that just finished and, if its client asked for one, queue its callback."""
+    def _finished(self, request_id: str, status: JobStatus, job: dict[str, Any] | None) -> dict[str, Any]:
+        """Count a finished job and queue its client callback if asked for; return its vendor and age for the log line."""
+        facts: dict[str, Any] = {}
         try:
             job = job or self.collection.find_one({"_id": request_id}, FINISHED_FIELDS)
+            age_s = (utcnow() - job["created_at"]).total_seconds()
+            facts = {"vendor": job["vendor"], "duration_ms": round(age_s * 1000)}
             JOBS_FINISHED.labels(job["vendor"], status.value).inc()
-            JOB_DURATION.labels(job["vendor"], status.value).observe((utcnow() - job["created_at"]).total_seconds())
+            JOB_DURATION.labels(job["vendor"], status.value).observe(age_s)
             if job.get("callback_url") and self.on_finished is not None:
                 self.on_finished(request_id)
                 self.mark_callback_queued(request_id)
         except Exception as error:  # the state change stands; the callback sweep queues what was missed
             log.warning("could not record finished job: %s", type(error).__name__, extra={"request_id": request_id})
+        return facts
 
     def purge_expired(self, limit: int) -> int:
         """Delete up to `limit` finished jobs per final state whose retention has ended; return how many."""
