@@ -30,8 +30,8 @@ def time_out_webhooks(store: JobStore, registry: Registry, broker: StreamsBroker
     """Ask the vendor again, or time out, async jobs whose webhook is overdue; return the counts."""
     counts = {"re_requested": 0, "timed_out": 0}
     for job in store.overdue_webhooks(limit):
-        with about_job(job["_id"], job["vendor"]):  # its log lines name the job and vendor
-            request_id, rerequests = job["_id"], job.get("rerequests", 0)
+        request_id, rerequests = job["_id"], job.get("rerequests", 0)
+        with about_job(request_id, job["vendor"]):
             vendor = registry.get(job["vendor"])
             allowed = vendor.webhook_retries if vendor else 0
             if rerequests < allowed:

@@ -28,12 +28,13 @@ def about_job(request_id: str, vendor: str | None) -> Iterator[None]:
 
 
 class CurrentJobFields(logging.Filter):
-    """Give a record the current job's fields, unless it names its own."""
+    """Give a record the current job's fields it lacks, unless it is about another job."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        for name, value in _current_job.get().items():
-            if not hasattr(record, name):
-                setattr(record, name, value)
+        job = _current_job.get()
+        if job and getattr(record, "request_id", job["request_id"]) == job["request_id"]:
+            for name, value in job.items():
+                record.__dict__.setdefault(name, value)
         return True
 
 

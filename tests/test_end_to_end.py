@@ -139,8 +139,9 @@ def test_metrics_sum_the_workers_vendor_calls_with_the_apis_counts(stack):
 
 
 def logged_events(process, request_id):
-    """The JSON lines a stack process logged about one job."""
-    events = [json.loads(line) for line in process.log().splitlines() if line.startswith("{")]
+    """The JSON lines a stack process has finished writing about one job."""
+    text = process.log()
+    events = [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines() if line.startswith("{")]
     return [event for event in events if event.get("request_id") == request_id]
 
 
@@ -158,9 +159,9 @@ def test_each_event_is_one_json_line_naming_the_job_its_vendor_and_timing_never_
         event = wait_until(lambda: finished(process, request_id), 5, f"the {vendor} job's completion to be logged")
         assert event["vendor"] == vendor and event["duration_ms"] >= 0 and event["level"] == "INFO"
     for request_id, vendor, outcome in ((sync_id, "sync", "ok"), (async_id, "async", "accepted")):
-        events = logged_events(worker, request_id)
-        [call] = [e for e in events if "outcome" in e]
+        call = wait_until(lambda: next((e for e in logged_events(worker, request_id) if "outcome" in e), None), 5, "the call to be logged")
         assert (call["vendor"], call["outcome"]) == (vendor, outcome) and call["duration_ms"] > 0
+        events = logged_events(worker, request_id)
         assert {e["state"] for e in events if "state" in e} >= {"processing"}
         assert all(e["vendor"] == vendor for e in events)
     for request_id, vendor in ((sync_id, "sync"), (async_id, "async")):
