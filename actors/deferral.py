@@ -21,6 +21,7 @@ from actors.breaker import CircuitBreaker
 from actors.queue import FETCH_ACTOR
 from actors.ratelimit import RateLimiter
 from service.errors import JobNotFound
+from service.logs import about_job
 from service.metrics import DEFERRALS
 from service.store import JobStore, utcnow
 from vendors.registry import Registry, Vendor
@@ -73,13 +74,14 @@ class VendorGate(Middleware):
             vendor = self.vendor_of(message)
             if vendor is None:
                 return  # an unknown job or vendor: the runner finds nothing to do and says so
-            # The limiter first: a job that gets a slot keeps its place in line even if the
-            # breaker then holds it back (an open breaker also pauses the limiter).
-            wait_ms, reason = self.limiter.acquire(vendor, message.args[0]), "rate_limit"
-            if not wait_ms:
-                wait_ms, reason = self.breaker.check(vendor), "breaker_open"
-            if wait_ms:
-                self.wait_or_give_up(broker, message, vendor, wait_ms, reason)
+            with about_job(message.args[0], vendor.name):
+                # The limiter first: a job that gets a slot keeps its place in line even if the
+                # breaker then holds it back (an open breaker also pauses the limiter).
+                wait_ms, reason = self.limiter.acquire(vendor, message.args[0]), "rate_limit"
+                if not wait_ms:
+                    wait_ms, reason = self.breaker.check(vendor), "breaker_open"
+                if wait_ms:
+                    self.wait_or_give_up(broker, message, vendor, wait_ms, reason)
         except MiddlewareError:
             raise
         except Exception as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -52,6 +53,12 @@ class ManagedProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def logged_events(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        """Return the JSON lines the process has finished writing to its log, or only those about one job."""
+        text = self.log()
+        events = [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines() if line.startswith("{")]
+        return [event for event in events if request_id is None or event.get("request_id") == request_id]
 
     def terminate(self, timeout_s: float = 20.0) -> None:
         """Send SIGTERM to the process only (not its group), then SIGKILL the group if it lingers."""

@@ -1,6 +1,5 @@
 """The real processes together: gunicorn API, dramatiq worker, both mock vendors."""
 
-import json
 import uuid
 
 import pytest
@@ -138,13 +137,6 @@ def test_metrics_sum_the_workers_vendor_calls_with_the_apis_counts(stack):
     assert samples[("vendorfetch_jobs_submitted_total", (("vendor", "sync"),))] >= 1
 
 
-def logged_events(process, request_id):
-    """The JSON lines a stack process has finished writing about one job."""
-    text = process.log()
-    events = [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines() if line.startswith("{")]
-    return [event for event in events if event.get("request_id") == request_id]
-
-
 def test_each_event_is_one_json_line_naming_the_job_its_vendor_and_timing_never_the_payload(stack):
     password = f"pw-{uuid.uuid4().hex}"
     sync_id, async_id = (submit(stack, vendor, {"name": "Ann", "password": password}) for vendor in ("sync", "async"))
@@ -152,19 +144,19 @@ def test_each_event_is_one_json_line_naming_the_job_its_vendor_and_timing_never_
     api, worker = (next(p for p in stack.processes if p.name == name) for name in ("api", "worker"))
 
     def finished(process, request_id):
-        return next((e for e in logged_events(process, request_id) if e.get("state") == "complete"), None)
+        return next((e for e in process.logged_events(request_id) if e.get("state") == "complete"), None)
 
     # The worker completes the sync job; the async one is completed by its webhook, in the API.
     for process, request_id, vendor in ((worker, sync_id, "sync"), (api, async_id, "async")):
         event = wait_until(lambda: finished(process, request_id), 5, f"the {vendor} job's completion to be logged")
         assert event["vendor"] == vendor and event["duration_ms"] >= 0 and event["level"] == "INFO"
     for request_id, vendor, outcome in ((sync_id, "sync", "ok"), (async_id, "async", "accepted")):
-        call = wait_until(lambda: next((e for e in logged_events(worker, request_id) if "outcome" in e), None), 5, "the call to be logged")
+        call = wait_until(lambda: next((e for e in worker.logged_events(request_id) if "outcome" in e), None), 5, "the call to be logged")
         assert (call["vendor"], call["outcome"]) == (vendor, outcome) and call["duration_ms"] > 0
-        events = logged_events(worker, request_id)
+        events = worker.logged_events(request_id)
         assert {e["state"] for e in events if "state" in e} >= {"processing"}
         assert all(e["vendor"] == vendor for e in events)
     for request_id, vendor in ((sync_id, "sync"), (async_id, "async")):
-        [queued] = [e for e in logged_events(api, request_id) if e.get("state") == "queued"]
+        [queued] = [e for e in api.logged_events(request_id) if e.get("state") == "queued"]
         assert queued["vendor"] == vendor and queued["starts_in_ms"] >= 0
     assert password not in api.log() + worker.log()

@@ -28,10 +28,9 @@ def stack(config, tmp_path):
 
 def sweeps_in_log(clock):
     """Return the (started, finished) times of every sweep a clock process logged."""
-    records = [json.loads(line) for line in clock.log().splitlines() if line.startswith("{")]
     return [
         (datetime.fromisoformat(r["started_at"]).timestamp(), datetime.fromisoformat(r["finished_at"]).timestamp())
-        for r in records if "sweep" in r and "counts" in r
+        for r in clock.logged_events() if "sweep" in r and "counts" in r
     ]
 
 
