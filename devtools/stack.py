@@ -97,6 +97,10 @@ class Stack:
                 raise AssertionError(f"{name} exited early:\n{process.log()[-3000:]}")
         return process
 
+    def process(self, name: str) -> ManagedProcess:
+        """Return the running process started under `name`."""
+        return next(process for process in self.processes if process.name == name)
+
     def start_api(self, port: int) -> ManagedProcess:
         argv = [str(BIN / "gunicorn"), "--config", "service/gunicorn_conf.py", "--workers", "2", "service.app:create_app()"]
         self.env["PORT"] = str(port)

@@ -141,7 +141,7 @@ def test_each_event_is_one_json_line_naming_the_job_its_vendor_and_timing_never_
     password = f"pw-{uuid.uuid4().hex}"
     sync_id, async_id = (submit(stack, vendor, {"name": "Ann", "password": password}) for vendor in ("sync", "async"))
     assert final_state(stack, sync_id)["status"] == "complete" and final_state(stack, async_id)["status"] == "complete"
-    api, worker = (next(p for p in stack.processes if p.name == name) for name in ("api", "worker"))
+    api, worker = stack.process("api"), stack.process("worker")
 
     def finished(process, request_id):
         return next((e for e in process.logged_events(request_id) if e.get("state") == "complete"), None)

@@ -218,8 +218,7 @@ def test_a_job_held_by_an_open_breaker_past_max_wait_fails_and_new_ones_are_refu
     view = final(stack, request_id, timeout_s=10)
     assert view["status"] == "failed" and view["attempts"] == 1
     assert "circuit breaker is open" in view["error"] and "max_wait_s (2 s)" in view["error"]
-    worker = next(process for process in stack.processes if process.name == "worker")
-    [gave_up] = [event for event in worker.logged_events(request_id) if "gave up" in event["message"]]
+    [gave_up] = [event for event in stack.process("worker").logged_events(request_id) if "gave up" in event["message"]]
     assert gave_up["level"] == "WARNING" and gave_up["vendor"] == "stuck"
     refused = requests.post(f"{stack.url}/jobs", json={"name": "Ann"}, params={"vendor": "stuck"}, timeout=5)
     assert refused.status_code == 503 and 20 <= int(refused.headers["Retry-After"]) <= 30
