@@ -11,7 +11,9 @@ INSTALLED := $(VENV)/.installed
 run: $(INSTALLED)
 	$(PY) -m devtools.run
 
+# The import-linter contracts (.importlinter) first: a wrong import fails the build.
 test: $(INSTALLED) chromium
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 # The dashboard's browser tests drive Debian's Chromium; where it cannot be installed they skip.

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from functools import partial
 
 import dramatiq
 import orjson
 import requests
 import standardwebhooks
 
+from queueing.messages import CALLBACK_ACTOR, CALLBACK_QUEUE
 from service.states import JobStatus
 from service.store import JobStore, utcnow
 
 log = logging.getLogger(__name__)
 
-CALLBACK_QUEUE = "client-callbacks"
-CALLBACK_ACTOR = "deliver_client_callback"
 CALLBACK_TIMEOUT_S = 10
 MAX_RETRIES = 10
 MIN_BACKOFF_MS = 1_000
@@ -26,19 +24,6 @@ MAX_BACKOFF_MS = 10 * 60_000
 
 class CallbackFailed(Exception):
     """The client's endpoint could not take the callback now; it is retried with backoff."""
-
-
-def enqueue_client_callback(broker: dramatiq.Broker, request_id: str) -> None:
-    """Queue the client callback of a finished job."""
-    broker.enqueue(dramatiq.Message(
-        queue_name=CALLBACK_QUEUE, actor_name=CALLBACK_ACTOR, args=(request_id,), kwargs={}, options={},
-    ))
-
-
-def notify_on_finish(store: JobStore, broker: dramatiq.Broker, callback_secret: str | None) -> None:
-    """Have the store queue a client callback when a job that asked for one finishes."""
-    if callback_secret:
-        store.on_finished = partial(enqueue_client_callback, broker)
 
 
 def deliver(store: JobStore, session: requests.Session, secret: str, request_id: str) -> None:

@@ -4,7 +4,8 @@ Before a fetch runs, `VendorGate` asks the rate limiter for a start and the circ
 a go. Without both, the message goes back to the broker's delay set for exactly the wait and is
 skipped (acknowledged) here: no thread sleeps, no retry is spent, the job is never claimed, so
 the wait is not an attempt. A job that would wait past its vendor's `max_wait_s` fails instead.
-A vendor's 429 reaches the actor as `Deferred`, which re-enqueues the same way.
+A vendor's 429, and the backoff after a failed attempt, reach the actor as `Deferred`, which
+re-enqueues the same way: Dramatiq's Retries middleware is left only the unexpected errors.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import pymongo.errors
 from dramatiq.common import current_millis
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 
-from actors.breaker import CircuitBreaker
-from actors.queue import FETCH_ACTOR
-from actors.ratelimit import RateLimiter
+from queueing.breaker import CircuitBreaker
+from queueing.messages import FETCH_ACTOR
+from queueing.ratelimit import RateLimiter
 from service.errors import JobNotFound
 from service.logs import about_job
 from service.metrics import DEFERRALS
+from service.outcomes import Outcomes
+from service.states import JobStatus
 from service.store import JobStore, utcnow
 from vendors.registry import Registry, Vendor
 
@@ -30,12 +33,13 @@ log = logging.getLogger(__name__)
 
 
 class Deferred(Exception):
-    """The job must wait `delay_ms` for its vendor; this is not a failed attempt."""
+    """The job's message must run again in `delay_ms` (`cause`: vendor_pushback or retry_backoff)."""
 
-    def __init__(self, reason: str, delay_ms: int, vendor: str) -> None:
+    def __init__(self, reason: str, delay_ms: int, vendor: str, cause: str) -> None:
         super().__init__(reason)
         self.delay_ms = delay_ms
         self.vendor = vendor
+        self.cause = cause
 
 
 class GateUnavailable(MiddlewareError):
@@ -58,11 +62,14 @@ class SkippedDeferrals(logging.Filter):
 class VendorGate(Middleware):
     """Let a fetch through only when its vendor has capacity and its circuit is not open."""
 
-    def __init__(self, registry: Registry, limiter: RateLimiter, breaker: CircuitBreaker, store: JobStore) -> None:
+    def __init__(
+        self, registry: Registry, limiter: RateLimiter, breaker: CircuitBreaker, store: JobStore, outcomes: Outcomes,
+    ) -> None:
         self.registry = registry
         self.limiter = limiter
         self.breaker = breaker
         self.store = store
+        self.outcomes = outcomes
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         logging.getLogger("dramatiq.worker.WorkerThread").addFilter(SkippedDeferrals())
@@ -104,7 +111,8 @@ class VendorGate(Middleware):
         reason = (f"gave up after waiting {waited_s:.0f} s for {vendor.name}: {why} for {wait_ms / 1000:.0f} s more,"
                   f" beyond max_wait_s ({vendor.max_wait_s:g} s)")
         log.warning("job %s: %s", request_id, reason)
-        self.store.fail_for_message(request_id, message.message_id, reason)
+        if self.store.fail(request_id, message.message_id, reason):
+            self.outcomes.finished(request_id, JobStatus.FAILED, detail=reason)
         self.limiter.forget(vendor, request_id)
         raise SkipMessage("gave up")
 

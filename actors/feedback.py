@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from actors.breaker import CircuitBreaker
-from actors.ratelimit import RateLimiter
+from queueing.breaker import CircuitBreaker
+from queueing.ratelimit import RateLimiter
 from vendors.quota import Quota
 from vendors.registry import Vendor
 

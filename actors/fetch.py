@@ -6,12 +6,12 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from actors.deferral import Deferred, defer
-from actors.queue import FETCH_ACTOR, QUEUE_NAME
 from actors.runner import JobRunner
+from queueing.messages import FETCH_ACTOR, QUEUE_NAME
 from service.logs import about_job
 
-# Vendor failures are counted against each vendor's max_retries by the runner; this bound only
-# stops endless retries of unexpected errors (a long MongoDB outage, a bug).
+# Vendor failures are retried by the runner against each vendor's max_retries and never reach
+# Retries; this bound only stops endless retries of unexpected errors (a long MongoDB outage, a bug).
 MAX_RETRIES = 30
 MIN_BACKOFF_MS = 1_000
 MAX_BACKOFF_MS = 5 * 60_000
@@ -26,8 +26,8 @@ def declare_fetch_actor(broker: dramatiq.Broker, runner: JobRunner) -> dramatiq.
             try:
                 runner.run(request_id, message.message_id)
             except Deferred as deferral:
-                # Re-enqueued here, not raised: Retries would count it as a failed attempt.
-                defer(broker, message, deferral.delay_ms, deferral.vendor, "vendor_pushback")
+                # Re-enqueued here, not raised: the runner counted any failed attempt, Retries must not.
+                defer(broker, message, deferral.delay_ms, deferral.vendor, deferral.cause)
 
     return dramatiq.actor(
         fetch_job, broker=broker, actor_name=FETCH_ACTOR, queue_name=QUEUE_NAME,

@@ -7,7 +7,6 @@ import random
 import time
 from datetime import timedelta
 
-import dramatiq
 import requests
 
 from actors.deferral import Deferred
@@ -15,12 +14,11 @@ from actors.feedback import VendorFeedback
 from service.cleaning import Cleaner
 from service.errors import UnstorableResult
 from service.metrics import VENDOR_LATENCY, VENDOR_REQUESTS
+from service.outcomes import Outcomes
 from service.states import JobStatus
 from service.store import JobStore, utcnow
 from service.webhooks import WebhookAuth
-from vendors.client import (
-    VendorError, VendorRateLimited, VendorRejected, VendorReply, VendorUnavailable, call_vendor,
-)
+from vendors.client import VendorError, VendorRateLimited, VendorRejected, VendorReply, VendorUnavailable, call_vendor
 from vendors.registry import Registry, Vendor
 
 log = logging.getLogger(__name__)
@@ -35,13 +33,19 @@ def backoff_ms(vendor: Vendor, attempts: int) -> int:
 
 
 class JobRunner:
-    """Carry a job from queued to complete, awaiting_webhook or failed; safe to run twice."""
+    """Carry a job from queued to complete, awaiting_webhook or failed; safe to run twice.
+
+    The retry policy lives here: a timeout, connection error or 5xx is a failed attempt, counted
+    in the job's `attempts` as it is recorded and retried with backoff up to the vendor's
+    max_retries; a 429 is pushback, not an attempt.
+    """
 
     def __init__(
-        self, store: JobStore, registry: Registry, session: requests.Session,
+        self, store: JobStore, outcomes: Outcomes, registry: Registry, session: requests.Session,
         webhook_auth: WebhookAuth, public_url: str, cleaner: Cleaner, feedback: VendorFeedback,
     ) -> None:
         self.store = store
+        self.outcomes = outcomes
         self.registry = registry
         self.session = session
         self.webhook_auth = webhook_auth
@@ -50,50 +54,68 @@ class JobRunner:
         self.feedback = feedback
 
     def run(self, request_id: str, message_id: str) -> None:
-        """Process the job once; raise Retry to have it retried with backoff, Deferred to have it wait."""
+        """Process the job once; raise Deferred to have its message run again later."""
         job = self.store.claim(request_id, message_id)
         if job is None:
             log.info("job %s: nothing to do (already handled or unknown)", request_id)
             return
         vendor = self.registry.get(job["vendor"])
         if vendor is None:
-            self.store.fail(request_id, f"vendor {job['vendor']!r} is no longer in the registry")
+            self.fail(job, message_id, f"vendor {job['vendor']!r} is no longer in the registry")
             return
+        if "payload" not in job:  # erased (a retried job whose payload was not kept): nothing to send
+            self.fail(job, message_id, "the job's payload was erased, so it cannot be sent to the vendor again")
+            return
+        attempt = job["attempts"] + 1
         try:
             reply = self.call(vendor, request_id, job["payload"])
         except VendorRejected as error:
             self.feedback.answered(vendor, None)
-            self.store.fail(request_id, str(error))
+            self.fail(job, message_id, str(error), attempt=attempt)
             return
         except VendorRateLimited as error:
             pause_s = self.feedback.pushed_back(vendor, error.retry_after_s)
-            # Pushback is not the job's failure: give the attempt back.
-            self.store.note(request_id, f"{error}; {vendor.name} paused for {pause_s:g} s", inc={"attempts": -1})
-            raise Deferred(str(error), round(pause_s * 1000), vendor.name) from error
+            self.store.note(request_id, f"{error}; {vendor.name} paused for {pause_s:g} s")
+            raise Deferred(str(error), round(pause_s * 1000), vendor.name, "vendor_pushback") from error
         except VendorUnavailable as error:
             self.feedback.failed(vendor)
-            attempts = job["attempts"]
-            if attempts > vendor.max_retries:
-                self.store.fail(request_id, f"gave up after {attempts} attempts: {error}")
+            if attempt > vendor.max_retries:
+                self.fail(job, message_id, f"gave up after {attempt} attempts: {error}", attempt=attempt)
                 return
-            delay_ms = backoff_ms(vendor, attempts)
-            self.store.note(request_id, f"attempt {attempts} failed: {error}; retrying in {delay_ms / 1000:.1f} s", error=str(error))
-            raise dramatiq.Retry(str(error), delay=delay_ms) from error
+            delay_ms = backoff_ms(vendor, attempt)
+            self.store.note(
+                request_id, f"attempt {attempt} failed: {error}; retrying in {delay_ms / 1000:.1f} s",
+                attempts=attempt, error=str(error),
+            )
+            raise Deferred(str(error), delay_ms, vendor.name, "retry_backoff") from error
         self.feedback.answered(vendor, reply.quota)
         if vendor.is_async:
-            self.await_webhook(vendor, request_id)
-        else:
-            result, removed = self.cleaner.clean(reply.data)
-            try:
-                self.store.complete(request_id, result, removed, detail=f"{vendor.name} answered {reply.status_code}", job=job)
-            except UnstorableResult as error:  # calling the vendor again would give the same data
-                self.store.fail(request_id, str(error))
+            deadline = utcnow() + timedelta(seconds=vendor.webhook_timeout_s)
+            self.store.await_webhook(
+                request_id, deadline, detail=f"{vendor.name} accepted; webhook due by {deadline.isoformat()}", attempt=attempt,
+            )
+            return
+        result, removed = self.cleaner.clean(reply.data)
+        detail = f"{vendor.name} answered {reply.status_code}"
+        try:
+            completed = self.store.complete(request_id, result, removed, detail=detail, attempt=attempt)
+        except UnstorableResult as error:  # calling the vendor again would give the same data
+            self.fail(job, message_id, str(error), attempt=attempt)
+            return
+        if completed:
+            self.outcomes.finished(request_id, JobStatus.COMPLETE, detail=detail, job=job)
+
+    def fail(self, job: dict, message_id: str, reason: str, *, attempt: int | None = None) -> None:
+        """Fail the claimed job and report it."""
+        if self.store.fail(job["_id"], message_id, reason, attempt=attempt):
+            self.outcomes.finished(job["_id"], JobStatus.FAILED, detail=reason, job=job)
 
     def call(self, vendor: Vendor, request_id: str, payload: dict) -> VendorReply:
         """Call the vendor, counting the outcome and timing the call."""
         started, outcome = time.perf_counter(), "accepted" if vendor.is_async else "ok"
         try:
-            return call_vendor(self.session, vendor, request_id, payload, self.callback_url(vendor, request_id))
+            callback_url = self.webhook_auth.callback_url(self.public_url, vendor.name, request_id)
+            return call_vendor(self.session, vendor, request_id, payload, callback_url)
         except VendorError as error:
             outcome = OUTCOMES[type(error)]
             raise
@@ -104,17 +126,3 @@ class JobRunner:
             log.info("%s call: %s", vendor.name, outcome, extra={
                 "request_id": request_id, "vendor": vendor.name, "outcome": outcome, "duration_ms": round(elapsed_s * 1000, 1),
             })
-
-    def await_webhook(self, vendor: Vendor, request_id: str) -> None:
-        """Record that the vendor accepted the job; its webhook may already have completed it."""
-        deadline = utcnow() + timedelta(seconds=vendor.webhook_timeout_s)
-        self.store.transition(
-            request_id, JobStatus.AWAITING_WEBHOOK,
-            detail=f"{vendor.name} accepted; webhook due by {deadline.isoformat()}",
-            fields={"webhook_deadline": deadline},
-        )
-
-    def callback_url(self, vendor: Vendor, request_id: str) -> str:
-        """Return the URL the vendor calls back, carrying this job's token."""
-        token = self.webhook_auth.callback_token(request_id, vendor.name)
-        return f"{self.public_url}/vendor-webhook/{vendor.name}?token={token}"

@@ -7,18 +7,20 @@ import logging
 import dramatiq
 import requests
 
-from actors.breaker import CircuitBreaker
-from actors.callbacks import declare_callback_actor, notify_on_finish
+from actors.callbacks import declare_callback_actor
 from actors.deferral import VendorGate
 from actors.feedback import VendorFeedback
 from actors.fetch import declare_fetch_actor
-from actors.queue import FETCH_ACTOR
-from actors.ratelimit import RateLimiter
 from actors.runner import JobRunner
-from actors.setup import build_broker, connect_redis
+from queueing.breaker import CircuitBreaker
+from queueing.connection import build_broker, connect_redis
+from queueing.messages import fetch_request_id
+from queueing.ratelimit import RateLimiter
 from service.cleaning import Cleaner
 from service.config import Config
 from service.logs import configure_logging
+from service.outcomes import Outcomes
+from service.states import JobStatus
 from service.store import JobStore, open_store
 from service.webhooks import WebhookAuth
 from vendors.registry import load_registry
@@ -26,13 +28,12 @@ from vendors.registry import load_registry
 log = logging.getLogger(__name__)
 
 
-def fail_dead_letter(store: JobStore, message: dramatiq.Message, reason: str) -> None:
+def fail_dead_letter(store: JobStore, outcomes: Outcomes, message: dramatiq.Message, reason: str) -> None:
     """Mark the job of a dead-lettered fetch message failed; the broker's reason goes to its history."""
-    if message.actor_name == FETCH_ACTOR and message.args:
-        store.fail_for_message(
-            message.args[0], message.message_id, "the job could not be processed (its message was dead-lettered)",
-            detail=f"dead-lettered: {reason}",
-        )
+    request_id = fetch_request_id(message)
+    error = "the job could not be processed (its message was dead-lettered)"
+    if request_id and store.fail(request_id, message.message_id, error, detail=f"dead-lettered: {reason}"):
+        outcomes.finished(request_id, JobStatus.FAILED, detail=error)
 
 
 def setup_worker(config: Config) -> dramatiq.Broker:
@@ -40,20 +41,21 @@ def setup_worker(config: Config) -> dramatiq.Broker:
     configure_logging(config.log_level)
     store = open_store(config)
     redis_client = connect_redis(config.redis_url)
-    broker = build_broker(redis_client, on_dead_letter=lambda message, reason: fail_dead_letter(store, message, reason))
+    # The broker reports dead letters to `outcomes`, which queues client callbacks through the broker.
+    broker = build_broker(redis_client, on_dead_letter=lambda message, reason: fail_dead_letter(store, outcomes, message, reason))
+    outcomes = Outcomes(store, broker if config.callback_secret else None)
     dramatiq.set_broker(broker)
     registry = load_registry(config.vendors_file)
     limiter, breaker = RateLimiter(redis_client, config.rate_limit_margin_ms), CircuitBreaker(redis_client)
-    broker.add_middleware(VendorGate(registry, limiter, breaker, store))
+    broker.add_middleware(VendorGate(registry, limiter, breaker, store, outcomes))
     runner = JobRunner(
-        store, registry, requests.Session(),
+        store, outcomes, registry, requests.Session(),
         WebhookAuth(config.encryption_key, redis_client), config.public_url, Cleaner(config.pii_keys),
         VendorFeedback(limiter, breaker),
     )
     declare_fetch_actor(broker, runner)
     if config.callback_secret:
         declare_callback_actor(broker, store, requests.Session(), config.callback_secret)
-        notify_on_finish(store, broker, config.callback_secret)
     return broker
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from actors.broker import StreamsBroker
+from queueing.broker import StreamsBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "bench"

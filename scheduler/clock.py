@@ -10,13 +10,13 @@ from functools import partial
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from actors.callbacks import notify_on_finish
-from actors.setup import build_broker, connect_redis
-from scheduler.leader import LeaderLease
+from queueing.connection import build_broker, connect_redis
+from queueing.lease import LeaderLease
 from scheduler.runs import run_if_leader
-from scheduler.sweeps import ensure_indexes, purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
+from scheduler.sweeps import purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
 from service.config import Config
 from service.logs import configure_logging
+from service.outcomes import Outcomes
 from service.store import open_store
 from vendors.registry import load_registry
 
@@ -32,14 +32,13 @@ def main() -> None:
     store, registry = open_store(config), load_registry(config.vendors_file)
     redis_client = connect_redis(config.redis_url)
     broker = build_broker(redis_client)
-    notify_on_finish(store, broker, config.callback_secret)
+    outcomes = Outcomes(store, broker if config.callback_secret else None)
     lease = LeaderLease(redis_client, config.clock_lease_s)
     sweeps = {
-        "webhook_timeouts": partial(time_out_webhooks, store, registry, broker),
+        "webhook_timeouts": partial(time_out_webhooks, store, outcomes, registry, broker),
         "orphans": partial(requeue_orphans, store, registry, broker, timedelta(seconds=config.orphan_after_s)),
         "retention": partial(purge_expired_jobs, store),
     }
-    sweeps["indexes"] = partial(ensure_indexes, store)
     if config.callback_secret:
         sweeps["missed_callbacks"] = partial(queue_missed_callbacks, store, broker, timedelta(seconds=config.orphan_after_s))
     scheduler = BlockingScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})

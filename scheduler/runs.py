@@ -1,9 +1,4 @@
-"""Run a sweep on the leading clock only, then log and record what it did.
-
-The record is the Redis hash `scheduler:sweeps`: a field per sweep holding a JSON object
-(`started_at`, `finished_at`, `duration_ms`, `by`, `counts` or `error`), plus `leader` and
-`leader_since`, written when a clock takes the lease.
-"""
+"""Run a sweep on the leading clock only, then log and record what it did (see queueing/lease.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +7,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import redis
 
-from scheduler.leader import SWEEPS_KEY, LeaderLease
+from queueing.lease import LeaderLease, record_sweep
 from service.metrics import SWEEP_JOBS
 from service.store import utcnow
 
@@ -42,7 +36,7 @@ def run_if_leader(lease: LeaderLease, client: redis.Redis, name: str, sweep: Swe
         for action, count in record["counts"].items():
             SWEEP_JOBS.labels(name, action).inc(count)
     try:
-        client.hset(SWEEPS_KEY, name, orjson.dumps(record))
+        record_sweep(client, name, record)
     except redis.RedisError as error:
         log.warning("could not record sweep %s: %s", name, type(error).__name__)
     return record

@@ -10,11 +10,10 @@ import functools
 import itertools
 from datetime import timedelta
 
-from actors.broker import StreamsBroker
-from actors.callbacks import enqueue_client_callback
-from actors.queue import QUEUE_NAME, enqueue_fetch
-from scheduler.inflight import request_ids_in_queue
+from queueing.broker import StreamsBroker
+from queueing.messages import QUEUE_NAME, enqueue_client_callback, enqueue_fetch, fetch_request_id
 from service.logs import about_job
+from service.outcomes import Outcomes
 from service.states import JobStatus
 from service.store import JobStore
 from vendors.registry import Registry
@@ -26,7 +25,14 @@ LOST_MESSAGE_NOTES = {
 }
 
 
-def time_out_webhooks(store: JobStore, registry: Registry, broker: StreamsBroker, limit: int = BATCH_SIZE) -> dict[str, int]:
+def request_ids_in_queue(broker: StreamsBroker) -> set[str]:
+    """Return the request_ids that have a fetch message in the job queue, delayed or in the stream."""
+    return {request_id for message in broker.queued_messages(QUEUE_NAME) if (request_id := fetch_request_id(message))}
+
+
+def time_out_webhooks(
+    store: JobStore, outcomes: Outcomes, registry: Registry, broker: StreamsBroker, limit: int = BATCH_SIZE,
+) -> dict[str, int]:
     """Ask the vendor again, or time out, async jobs whose webhook is overdue; return the counts."""
     counts = {"re_requested": 0, "timed_out": 0}
     for job in store.overdue_webhooks(limit):
@@ -43,7 +49,9 @@ def time_out_webhooks(store: JobStore, registry: Registry, broker: StreamsBroker
                 continue
             asked = f" after {rerequests + 1} requests" if rerequests else ""
             reason = f"no webhook from {job['vendor']} by {job['webhook_deadline'].isoformat(timespec='seconds')}{asked}"
-            counts["timed_out"] += store.time_out(request_id, reason)
+            if store.time_out(request_id, reason):
+                outcomes.finished(request_id, JobStatus.TIMED_OUT, detail=reason, job=job)
+                counts["timed_out"] += 1
     return counts
 
 
@@ -65,14 +73,14 @@ def requeue_orphans(
         JobStatus.PROCESSING: timedelta(milliseconds=broker.visibility_timeout_ms, seconds=longest_call_s),
     }
     # Read the queue only once some job is old enough to be a candidate: most runs find none.
-    in_queue = functools.cache(lambda: request_ids_in_queue(broker.client, QUEUE_NAME))
+    in_queue = functools.cache(lambda: request_ids_in_queue(broker))
     orphans = {
         status: list(itertools.islice((i for i in store.stale_ids(status, age, limit) if i not in in_queue()), limit))
         for status, age in thresholds.items()
     }
     if any(orphans.values()):
         # Look again: a message moving from the stream to the delay set (a retry) can slip past one look.
-        still_queued = request_ids_in_queue(broker.client, QUEUE_NAME)
+        still_queued = request_ids_in_queue(broker)
         orphans = {status: [i for i in ids if i not in still_queued] for status, ids in orphans.items()}
     for request_id in orphans[JobStatus.PENDING]:
         enqueue_fetch(broker, request_id)
@@ -101,9 +109,3 @@ def queue_missed_callbacks(store: JobStore, broker: StreamsBroker, older_than: t
 def purge_expired_jobs(store: JobStore, limit: int = BATCH_SIZE) -> dict[str, int]:
     """Delete finished jobs whose retention has ended, at most `limit` a run."""
     return {"deleted": store.purge_expired(limit)}
-
-
-def ensure_indexes(store: JobStore) -> dict[str, int]:
-    """Create the job store's indexes if they are missing (the API may have started while MongoDB was down)."""
-    store.ensure_indexes()
-    return {}

@@ -10,12 +10,10 @@ import orjson
 import pymongo.errors
 import redis
 
-from actors.callbacks import CALLBACK_QUEUE, notify_on_finish
-from actors.queue import QUEUE_NAME
-from actors.breaker import CircuitBreaker
-from actors.live_metrics import BreakerCollector, QueueCollector
-from actors.ratelimit import RateLimiter
-from actors.setup import build_broker, connect_redis
+from queueing.breaker import CircuitBreaker
+from queueing.connection import build_broker, connect_redis
+from queueing.messages import CALLBACK_QUEUE, QUEUE_NAME
+from queueing.ratelimit import RateLimiter
 from service import errors
 from service.cleaning import Cleaner
 from service.config import Config
@@ -24,15 +22,17 @@ from service.health import Liveness, Readiness
 from service.idempotency import IdempotencyKeys
 from service.intake import Intake
 from service.jobs import Jobs
+from service.live_metrics import BreakerCollector, QueueCollector
 from service.logs import configure_logging
 from service.metrics import WEBHOOKS
 from service.middleware import BodyLimit
 from service.observability import Metrics, RequestMetrics
 from service.openapi import OpenAPIDocument, build_spec
+from service.outcomes import Outcomes
 from service.resources import JobCollection, JobItem, VendorWebhook
-from service.store import JobStore, open_store
+from service.store import open_store
 from service.waiting import Waiting
-from service.webhooks import WebhookAuth
+from service.webhooks import WEBHOOK_ROUTE, WebhookAuth
 from vendors.registry import load_registry
 
 log = logging.getLogger(__name__)
@@ -49,13 +49,14 @@ def create_app(config: Config | None = None) -> falcon.App:
     store = open_store(config)
     redis_client = connect_redis(config.redis_url)
     broker = build_broker(redis_client)
-    notify_on_finish(store, broker, config.callback_secret)
+    outcomes = Outcomes(store, broker if config.callback_secret else None)
     waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry)
     jobs = Jobs(
-        store, registry, Intake(store, registry, waiting, broker), Cleaner(config.pii_keys), waiting,
+        store, outcomes, registry, Intake(store, registry, waiting, broker), Cleaner(config.pii_keys), waiting,
         IdempotencyKeys(redis_client, config.encryption_key),
     )
-    warn_at_start(store, registry)
+    for name in registry.unsigned_webhook_vendors():
+        log.warning("vendor %r accepts unauthenticated webhooks (webhook_auth = none)", name)
 
     app = falcon.App(middleware=[RequestMetrics(), BodyLimit(config.max_body_bytes)])
     app.req_options.keep_blank_qs_values = True  # `?vendor=` names no vendor: a 400, not the default route
@@ -64,7 +65,7 @@ def create_app(config: Config | None = None) -> falcon.App:
     callbacks = config.callback_secret is not None
     app.add_route("/jobs", JobCollection(jobs, accept_callbacks=callbacks))
     app.add_route("/jobs/{request_id}", JobItem(jobs))
-    app.add_route("/vendor-webhook/{vendor}", VendorWebhook(jobs, WebhookAuth(config.encryption_key, redis_client)))
+    app.add_route(WEBHOOK_ROUTE, VendorWebhook(jobs, WebhookAuth(config.encryption_key, redis_client)))
     app.add_route("/healthz", Liveness())
     app.add_route("/readyz", Readiness(store, redis_client, registry))
     app.add_route("/openapi.json", OpenAPIDocument(build_spec(list(registry.vendors), callbacks)))
@@ -76,16 +77,6 @@ def create_app(config: Config | None = None) -> falcon.App:
     app.add_sink(unknown_route)
     add_error_handlers(app)
     return app
-
-
-def warn_at_start(store: JobStore, registry) -> None:
-    """Create indexes if the store is up, and warn about unauthenticated webhooks."""
-    try:
-        store.ensure_indexes()
-    except pymongo.errors.ConnectionFailure:
-        log.warning("MongoDB is unreachable at start-up; requests will answer 503 until it returns")
-    for name in registry.unsigned_webhook_vendors():
-        log.warning("vendor %r accepts unauthenticated webhooks (webhook_auth = none)", name)
 
 
 def unknown_route(req: falcon.Request, resp: falcon.Response) -> None:

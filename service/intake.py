@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from actors.broker import StreamsBroker
-from actors.queue import fetch_message
-from actors.ratelimit import Admission
-from service.batching import Batch
+import pymongo.errors
+import redis
+from dramatiq.errors import ConnectionClosed
+
+from queueing.batching import Batch
+from queueing.broker import StreamsBroker
+from queueing.messages import fetch_message
+from queueing.ratelimit import Admission
 from service.metrics import JOBS_SUBMITTED
-from service.states import JobStatus
 from service.store import JobStore, utcnow
 from service.waiting import Waiting, backlog_full
 from vendors.registry import Registry, Vendor
@@ -88,7 +91,7 @@ class Intake:
             submission.document.update(vendor=submission.vendor.name, due_at=now + starts_in)
         try:
             errors = self.store.insert_many([s.document for s in submissions])
-        except Exception as error:  # MongoDB is down, say: none of them was stored
+        except pymongo.errors.PyMongoError as error:  # MongoDB is down, say: none of them was stored
             errors = [error] * len(submissions)
         for submission, error in zip(submissions, errors):
             if error is not None:
@@ -105,8 +108,8 @@ class Intake:
             self.broker.enqueue_many([
                 (fetch_message(s.request_id, vendor=s.vendor.name), s.admission.delay_ms) for s in submissions
             ])
-        except Exception as error:  # any broker failure: the clock's orphan sweep takes over
-            log.warning("enqueue failed for %d jobs, left pending: %s", len(submissions), type(error).__name__)
+        except (ConnectionClosed, redis.RedisError) as error:  # Redis is down, say: the clock's orphan sweep takes over
+            log.warning("enqueue failed for %d jobs, left pending: %r", len(submissions), error)
             for submission in submissions:
                 self._leave_pending(submission, f"enqueue failed: {type(error).__name__}")
             return
@@ -118,8 +121,6 @@ class Intake:
 
     def _leave_pending(self, submission: Submission, detail: str) -> None:
         try:
-            self.store.transition(
-                submission.request_id, JobStatus.PENDING, detail=detail, allowed_from=frozenset({JobStatus.QUEUED}),
-            )
-        except Exception as error:  # it is stored as queued all the same: the orphan sweep enqueues it
-            log.warning("job left queued without a message: %s", type(error).__name__, extra={"request_id": submission.request_id})
+            self.store.leave_pending(submission.request_id, detail)
+        except pymongo.errors.PyMongoError as error:  # it is stored as queued all the same: the orphan sweep enqueues it
+            log.warning("job left queued without a message: %r", error, extra={"request_id": submission.request_id})

@@ -7,12 +7,13 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from service.batching import Batch
+from queueing.batching import Batch
 from service.cleaning import Cleaner
 from service.errors import IdempotencyInFlight, JobNotFound, UnknownVendor, WebhookTooLate, WebhookWrongVendor
 from service.idempotency import IdempotencyKeys
 from service.intake import Intake, Submission
 from service.metrics import WEBHOOKS
+from service.outcomes import Outcomes
 from service.states import JobStatus
 from service.store import JobStore
 from service.waiting import Waiting, completion_after
@@ -36,10 +37,11 @@ class Jobs:
     """Submit jobs, show them to clients, and accept vendor webhooks."""
 
     def __init__(
-        self, store: JobStore, registry: Registry, intake: Intake, cleaner: Cleaner, waiting: Waiting,
+        self, store: JobStore, outcomes: Outcomes, registry: Registry, intake: Intake, cleaner: Cleaner, waiting: Waiting,
         idempotency: IdempotencyKeys,
     ) -> None:
         self.store = store
+        self.outcomes = outcomes
         self.registry = registry
         self.intake = intake
         self.cleaner = cleaner
@@ -126,8 +128,10 @@ class Jobs:
             self.store.note(request_id, f"webhook refused: sent by {vendor.name!r}, job belongs to {job['vendor']!r}")
             raise WebhookWrongVendor(f"job {request_id} was not sent to vendor {vendor.name!r}")
         result, removed = self.cleaner.clean(data)
-        if self.store.complete(request_id, result, removed, detail=f"webhook from {vendor.name}", job=job):
+        detail = f"webhook from {vendor.name}"
+        if self.store.complete(request_id, result, removed, detail=detail):
             WEBHOOKS.labels(vendor.name, "saved").inc()
+            self.outcomes.finished(request_id, JobStatus.COMPLETE, detail=detail, job=job)
             return
         status = self.store.get(request_id)["status"]
         if status == JobStatus.COMPLETE.value:

@@ -1,19 +1,23 @@
-"""The job state machine: the states and, for each, the states it may be entered from.
+"""The job state machine: its states, and the named events that move a job between them.
 
     pending ─> queued ─> processing ─┬─> complete
                  ▲                   ├─> awaiting_webhook ─┬─> complete
                  │                   │                     ├─> timed_out
                  │                   └─> failed            │
-                 └──────── re-request (webhook_retries) ───┘
+                 └──────── rerequest (webhook_retries) ────┘
                  ▲
-                 └── operator retry <── failed, timed_out (only while the payload is kept)
+                 └── retry by an operator <── failed, timed_out (only while the payload is kept)
 
 A vendor's webhook may also complete a job that is still processing (it beat the worker) or
-queued again for a re-request (the data of the earlier request came after all).
+queued again for a rerequest (the data of the earlier request came after all).
+
+The store applies each event as one conditional update, filtered on the states it leaves and
+its guard, and says whether the job moved (service/store.py); nothing else writes `status`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 
@@ -33,16 +37,44 @@ class JobStatus(str, Enum):
 
 TERMINAL = frozenset({JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.TIMED_OUT})
 
-# processing may also be re-entered by a redelivery of the message that claimed it (JobStore.claim).
-ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
-    # failed and timed_out: an operator's retry from the dashboard (JobStore.retry), possible only
-    # while the job's payload is kept (KEEP_FAILED_PAYLOADS); nothing else reopens a finished job.
-    JobStatus.PENDING: frozenset({JobStatus.QUEUED}),  # the enqueue after the insert failed
-    JobStatus.QUEUED: frozenset({JobStatus.PENDING, JobStatus.AWAITING_WEBHOOK, JobStatus.FAILED, JobStatus.TIMED_OUT}),
-    # processing again: only a redelivery of the message that claimed the job (JobStore.claim).
-    JobStatus.PROCESSING: frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING}),
-    JobStatus.AWAITING_WEBHOOK: frozenset({JobStatus.PROCESSING}),
-    JobStatus.COMPLETE: frozenset({JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.AWAITING_WEBHOOK}),
-    JobStatus.FAILED: frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING}),
-    JobStatus.TIMED_OUT: frozenset({JobStatus.AWAITING_WEBHOOK}),
-}
+
+class Guard(Enum):
+    """What else must hold for an event to apply, checked in the same conditional update."""
+
+    NONE = "none"
+    #: A processing job moves only for the message that claimed it; a stale or duplicate one finds nothing.
+    OWN_MESSAGE = "own message"
+    #: The job's webhook deadline has passed: a job given a new deadline meanwhile is spared.
+    PAST_DEADLINE = "past deadline"
+    #: The job still has its payload to send (KEEP_FAILED_PAYLOADS).
+    PAYLOAD_KEPT = "payload kept"
+
+
+@dataclass(frozen=True)
+class Event:
+    """A named change of state: the states a job may leave by it, the state it enters, and its guard."""
+
+    name: str
+    leaves: frozenset[JobStatus]
+    enters: JobStatus
+    guard: Guard = Guard.NONE
+
+
+SUBMIT = Event("submit", frozenset(), JobStatus.QUEUED)  # an insert, refused if the request_id exists
+ENQUEUE_FAILED = Event("enqueue_failed", frozenset({JobStatus.QUEUED}), JobStatus.PENDING)  # the intake could not queue it
+ENQUEUE = Event("enqueue", frozenset({JobStatus.PENDING}), JobStatus.QUEUED)  # the orphan sweep queued a pending job
+CLAIM = Event(
+    "claim", frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING}), JobStatus.PROCESSING, Guard.OWN_MESSAGE,
+)
+AWAIT_WEBHOOK = Event("await_webhook", frozenset({JobStatus.PROCESSING}), JobStatus.AWAITING_WEBHOOK)
+COMPLETE = Event(
+    "complete", frozenset({JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.AWAITING_WEBHOOK}), JobStatus.COMPLETE,
+)
+FAIL = Event(
+    "fail", frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING}), JobStatus.FAILED, Guard.OWN_MESSAGE,
+)
+TIME_OUT = Event("time_out", frozenset({JobStatus.AWAITING_WEBHOOK}), JobStatus.TIMED_OUT, Guard.PAST_DEADLINE)
+REREQUEST = Event("rerequest", frozenset({JobStatus.AWAITING_WEBHOOK}), JobStatus.QUEUED, Guard.PAST_DEADLINE)
+RETRY = Event("retry", frozenset({JobStatus.FAILED, JobStatus.TIMED_OUT}), JobStatus.QUEUED, Guard.PAYLOAD_KEPT)  # by an operator
+
+EVENTS = (SUBMIT, ENQUEUE_FAILED, ENQUEUE, CLAIM, AWAIT_WEBHOOK, COMPLETE, FAIL, TIME_OUT, REREQUEST, RETRY)

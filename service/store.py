@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any
 
 import bson.errors
 import orjson
@@ -14,20 +14,20 @@ import pymongo.errors
 from cryptography.fernet import Fernet, MultiFernet
 from pymongo.collection import Collection
 
-from service.batching import Batch
+from queueing.batching import Batch
+from service import states
 from service.config import Config
 from service.errors import JobNotFound, UnstorableResult
-from service.metrics import JOB_DURATION, JOBS_FINISHED
-from service.states import ALLOWED_FROM, TERMINAL, JobStatus
+from service.states import TERMINAL, Event, Guard, JobStatus
 
 log = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 50
 PUBLIC_FIELDS = {"payload": False}
 #: The states an operator may retry from, and the filter that says a retry has a payload to send.
-RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.TIMED_OUT})
+RETRYABLE = states.RETRY.leaves
 PAYLOAD_KEPT = {"payload": {"$exists": True}}
-FRESH = frozenset({JobStatus.PENDING, JobStatus.QUEUED})
+#: What is needed of a finished job to report it (service/outcomes.py); these fields never change.
 FINISHED_FIELDS = {"vendor": True, "created_at": True, "callback_url": True}
 
 
@@ -97,22 +97,16 @@ class JobStore:
         self.cipher = cipher
         self.retention = retention
         self.client_callbacks = client_callbacks
-        # Called with the request_id of a finished job whose client asked for a callback; set by
-        # actors.callbacks.notify_on_finish once the broker exists (it is built after the store).
-        self.on_finished: Callable[[str], None] | None = None
         # Only an operator's retry needs the payload of a job that did not complete.
         self.erased_at = TERMINAL - RETRYABLE if keep_failed_payloads else TERMINAL
         # Reads by id are on the API's hot path: concurrent ones share a round trip (new jobs
         # share theirs in service/intake.py).
         self._find = Batch(self.find_many)
 
-    def ensure_indexes(self) -> None:
-        """Create the indexes the sweeps and retention need, and bring earlier versions' jobs up to them (idempotent)."""
-        # Every secondary index slows every insert (the submission path): on the embedded server
-        # each one adds about 120 µs to a job's insert and 0.3-0.7 ms to each of its updates. So
-        # one index serves every sweep: each reads a state's jobs by `due_at` (see `transition`).
-        # Retention is a sweep, not a TTL index: the embedded server's TTL monitor decodes every
-        # document each minute under its storage lock (3 s at 60,000 jobs).
+    def migrate(self) -> None:
+        """Create the indexes this version needs and bring earlier versions' jobs up to it (idempotent)."""
+        # One index serves every sweep, each reading a state's jobs by `due_at`: every secondary index
+        # slows the insert of every job. Retention is a sweep, not a TTL index (see docs/decisions/).
         earlier = self.collection.index_information()
         self.collection.create_index([("status", 1), ("due_at", 1)], name="status_due_at")
         if "status_due_at" not in earlier:
@@ -121,15 +115,21 @@ class JobStore:
             if replaced in earlier:
                 self.collection.drop_index(replaced)
         if self.client_callbacks:
-            # Only the jobs whose client callback is not queued yet, which is all the callback
-            # sweep reads, however many finished jobs retention keeps. Only with callbacks on:
-            # even a partial index adds a quarter to an insert on the embedded server.
+            # Only the jobs whose client callback is not queued yet, which is all the callback sweep
+            # reads, however many finished jobs retention keeps; only with callbacks on, as even a
+            # partial index slows every insert.
             self.collection.create_index(
                 [("callback_pending", 1), ("finished_at", 1)], name="callbacks_pending",
                 partialFilterExpression={"callback_pending": True},
             )
         elif "callbacks_pending" in earlier:  # callbacks turned off since: nothing reads it now
             self.collection.drop_index("callbacks_pending")
+        # Earlier versions kept the claiming message's id after a job left processing; a claim now
+        # takes a job that is not processing only while it names no message.
+        self.collection.update_many(
+            {"status": {"$in": [JobStatus.PENDING.value, JobStatus.QUEUED.value]}, "message_id": {"$ne": None}},
+            {"$unset": {"message_id": ""}},
+        )
 
     def _date_earlier_jobs(self) -> None:
         """Give the jobs stored by earlier versions the `due_at` this one keeps; once, as each is a collection scan here."""
@@ -189,30 +189,21 @@ class JobStore:
         found = {job["_id"]: job for job in self.collection.find({"_id": {"$in": list(set(request_ids))}}, PUBLIC_FIELDS)}
         return [found.get(request_id) for request_id in request_ids]
 
-    def transition(
-        self,
-        request_id: str,
-        to: JobStatus,
-        *,
-        detail: str | None = None,
-        fields: dict[str, Any] | None = None,
-        allowed_from: frozenset[JobStatus] | None = None,
-        extra_filter: dict[str, Any] | None = None,
-        inc: dict[str, int] | None = None,
-        job: dict[str, Any] | None = None,
+    def _apply(
+        self, event: Event, request_id: str, *, detail: str | None = None, guarded_by: str | None = None,
+        fields: dict[str, Any] | None = None, inc: dict[str, int] | None = None,
     ) -> bool:
-        """Move a job to `to` if it is in an allowed previous state; tell whether it moved.
+        """Apply `event` to the job as one conditional update; tell whether the job moved.
 
         This is the only writer of `status`, and it makes the job due now (`due_at`) in its new
         state: the sweeps time every state from there, and a queued job's start moves to its slot
         when the intake or the worker's gate gives it one. Terminal states start retention and
         erase the payload (failed and timed_out keep it with KEEP_FAILED_PAYLOADS, for a retry).
-        A caller that read the job before may pass it as `job` (its FINISHED_FIELDS never
-        change), which spares a read.
+        `message_id` names the message holding a processing job, and nothing else.
+        `guarded_by` is the message an OWN_MESSAGE event acts for.
         """
-        # A caller may only narrow the table, never widen it.
-        sources = ALLOWED_FROM[to] if allowed_from is None else ALLOWED_FROM[to] & allowed_from
         now = utcnow()
+        to = event.enters
         entry = {"state": to.value, "at": now}
         if detail:
             entry["detail"] = detail
@@ -220,38 +211,38 @@ class JobStore:
             "$set": {**(fields or {}), "status": to.value, "updated_at": now, "due_at": now},
             "$push": push_history(entry),
         }
+        unset = {} if to is JobStatus.PROCESSING else {"message_id": ""}
         if to.is_terminal:
             update["$set"].update(finished_at=now, expires_at=now + self.retention)
         if to in self.erased_at:
-            update["$unset"] = {"payload": ""}
+            unset["payload"] = ""
+        if unset:
+            update["$unset"] = unset
         if inc:
             update["$inc"] = inc
         # Plain top-level fields only: with $and or $or the embedded MongoDB-wire server stops
         # using the _id index and scans the whole collection for every transition.
-        query = {**(extra_filter or {}), "_id": request_id, "status": {"$in": [state.value for state in sources]}}
+        query = {**self._guard(event.guard, guarded_by), "_id": request_id, "status": {"$in": [s.value for s in event.leaves]}}
         moved = self.collection.update_one(query, update).modified_count == 1
-        if moved:
-            facts = {"request_id": request_id, "state": to.value, "detail": detail}
-            if to.is_terminal:
-                facts.update(self._finished(request_id, to, job))
-            log.info("job %s", to.value, extra=facts)
+        if moved and not to.is_terminal:  # a final state is logged by whoever finished the job (service/outcomes.py)
+            log.info("job %s", to.value, extra={"request_id": request_id, "state": to.value, "detail": detail})
         return moved
 
-    def _finished(self, request_id: str, status: JobStatus, job: dict[str, Any] | None) -> dict[str, Any]:
-        """Count a finished job and queue its client callback if asked for; return its vendor and age for the log line."""
-        facts: dict[str, Any] = {}
-        try:
-            job = job or self.collection.find_one({"_id": request_id}, FINISHED_FIELDS)
-            age_s = (utcnow() - job["created_at"]).total_seconds()
-            facts = {"vendor": job["vendor"], "duration_ms": round(age_s * 1000)}
-            JOBS_FINISHED.labels(job["vendor"], status.value).inc()
-            JOB_DURATION.labels(job["vendor"], status.value).observe(age_s)
-            if job.get("callback_url") and self.on_finished is not None:
-                self.on_finished(request_id)
-                self.mark_callback_queued(request_id)
-        except Exception as error:  # the state change stands; the callback sweep queues what was missed
-            log.warning("could not record finished job: %s", type(error).__name__, extra={"request_id": request_id})
-        return facts
+    @staticmethod
+    def _guard(guard: Guard, message_id: str | None) -> dict[str, Any]:
+        """Return the filter that checks an event's guard."""
+        if guard is Guard.OWN_MESSAGE:
+            # A job no message claimed yet has none; a processing job only the one that claimed it.
+            return {"message_id": {"$in": [None, message_id]}}
+        if guard is Guard.PAST_DEADLINE:
+            return past_webhook_deadline()
+        if guard is Guard.PAYLOAD_KEPT:
+            return PAYLOAD_KEPT
+        return {}
+
+    def finished_facts(self, request_id: str) -> dict[str, Any] | None:
+        """Return what is needed to report a finished job: its vendor, creation time and callback URL."""
+        return self.collection.find_one({"_id": request_id}, FINISHED_FIELDS)
 
     def purge_expired(self, limit: int) -> int:
         """Delete up to `limit` finished jobs per final state whose retention has ended; return how many."""
@@ -282,79 +273,76 @@ class JobStore:
         return [job["_id"] for job in cursor]
 
     def claim(self, request_id: str, message_id: str) -> dict[str, Any] | None:
-        """Mark the job processing for this message and return it with its payload decrypted.
+        """Mark the job processing for this message and return it, its payload decrypted (absent if erased).
 
         A redelivery of the same message (a worker crashed, a retry, a deferral) may re-claim a
         job it already holds; any other message finds nothing to do and gets None.
         """
-        claim = {"fields": {"message_id": message_id}, "inc": {"attempts": 1}}
-        moved = self.transition(request_id, JobStatus.PROCESSING, allowed_from=FRESH, **claim) or self.transition(
-            request_id, JobStatus.PROCESSING, allowed_from=frozenset({JobStatus.PROCESSING}),
-            extra_filter={"message_id": message_id}, **claim,
-        )
-        if not moved:
+        if not self._apply(states.CLAIM, request_id, guarded_by=message_id, fields={"message_id": message_id}):
             return None
         job = self.collection.find_one({"_id": request_id})
-        if job is None:
-            return None
-        if "payload" not in job:  # erased (a retried job whose payload was not kept): nothing to send
-            self.fail(request_id, "the job's payload was erased, so it cannot be sent to the vendor again")
-            return None
-        job["payload"] = orjson.loads(self.cipher.decrypt(job["payload"].encode()))
+        if job is not None and "payload" in job:
+            job["payload"] = orjson.loads(self.cipher.decrypt(job["payload"].encode()))
         return job
 
+    def leave_pending(self, request_id: str, detail: str) -> bool:
+        """Mark a queued job pending: its message could not be queued, so the orphan sweep will."""
+        return self._apply(states.ENQUEUE_FAILED, request_id, detail=detail)
+
+    def mark_queued(self, request_id: str, detail: str) -> bool:
+        """Move a pending job to queued once its message is in the queue."""
+        return self._apply(states.ENQUEUE, request_id, detail=detail)
+
+    def await_webhook(self, request_id: str, deadline: datetime, *, detail: str, attempt: int) -> bool:
+        """Record that the vendor accepted the job's `attempt` and will call back by `deadline`."""
+        return self._apply(
+            states.AWAIT_WEBHOOK, request_id, detail=detail, fields={"webhook_deadline": deadline, "attempts": attempt},
+        )
+
     def complete(
-        self, request_id: str, result: dict[str, Any], removed_keys: list[str], *, detail: str, job: dict[str, Any] | None = None,
+        self, request_id: str, result: dict[str, Any], removed_keys: list[str], *, detail: str, attempt: int | None = None,
     ) -> bool:
-        """Store the cleaned result and mark the job complete; raise UnstorableResult if it cannot be stored."""
+        """Store the cleaned result and mark the job complete; raise UnstorableResult if it cannot be stored.
+
+        The worker gives the `attempt` that got the result; a webhook completes the attempt already counted.
+        """
+        fields = {"result": result, "removed_keys": removed_keys, "error": None}
+        if attempt is not None:
+            fields["attempts"] = attempt
         try:
-            return self.transition(
-                request_id, JobStatus.COMPLETE, detail=detail,
-                fields={"result": result, "removed_keys": removed_keys, "error": None}, job=job,
-            )
+            return self._apply(states.COMPLETE, request_id, detail=detail, fields=fields)
         except (OverflowError, bson.errors.InvalidDocument, pymongo.errors.DocumentTooLarge) as error:
             raise UnstorableResult(f"the vendor's data cannot be stored: {type(error).__name__}") from error
 
-    def fail(self, request_id: str, reason: str) -> bool:
-        """Mark the job failed with a readable reason."""
-        return self.transition(request_id, JobStatus.FAILED, detail=reason, fields={"error": reason})
-
-    def fail_for_message(self, request_id: str, message_id: str, reason: str, detail: str | None = None) -> bool:
+    def fail(
+        self, request_id: str, message_id: str, reason: str, *, detail: str | None = None, attempt: int | None = None,
+    ) -> bool:
         """Fail the job on behalf of one message: only if no message claimed it yet, or this one did.
 
         A stale or duplicate message must never fail a job another message is working on. The
         client sees `reason`; `detail` (internal, say an exception) goes only into the history.
+        `attempt` is given when a call to the vendor ended the job.
         """
-        fail = {"detail": detail or reason, "fields": {"error": reason}}
-        return self.transition(request_id, JobStatus.FAILED, allowed_from=FRESH, **fail) or self.transition(
-            request_id, JobStatus.FAILED, allowed_from=frozenset({JobStatus.PROCESSING}),
-            extra_filter={"message_id": message_id}, **fail,
-        )
-
-    def mark_queued(self, request_id: str, detail: str) -> bool:
-        """Move a pending job to queued once its message is in the queue."""
-        return self.transition(request_id, JobStatus.QUEUED, detail=detail, allowed_from=frozenset({JobStatus.PENDING}))
+        fields: dict[str, Any] = {"error": reason}
+        if attempt is not None:
+            fields["attempts"] = attempt
+        return self._apply(states.FAIL, request_id, detail=detail or reason, guarded_by=message_id, fields=fields)
 
     def overdue_webhooks(self, limit: int) -> list[dict[str, Any]]:
         """Return up to `limit` jobs awaiting a webhook past their deadline, the most overdue first."""
         cursor = self.collection.find(
             {"status": JobStatus.AWAITING_WEBHOOK.value, **past_webhook_deadline()},
-            {"vendor": True, "webhook_deadline": True, "rerequests": True},
+            {"webhook_deadline": True, "rerequests": True, **FINISHED_FIELDS},
         ).sort("webhook_deadline", 1).limit(limit)
         return list(cursor)
 
     def rerequest(self, request_id: str, detail: str) -> bool:
         """Queue an overdue async job again, so that its vendor is asked once more."""
-        return self.transition(
-            request_id, JobStatus.QUEUED, detail=detail, allowed_from=frozenset({JobStatus.AWAITING_WEBHOOK}),
-            extra_filter=past_webhook_deadline(), inc={"rerequests": 1},
-        )
+        return self._apply(states.REREQUEST, request_id, detail=detail, inc={"rerequests": 1})
 
     def time_out(self, request_id: str, reason: str) -> bool:
         """Mark an overdue async job timed_out with a readable reason."""
-        return self.transition(
-            request_id, JobStatus.TIMED_OUT, detail=reason, fields={"error": reason}, extra_filter=past_webhook_deadline(),
-        )
+        return self._apply(states.TIME_OUT, request_id, detail=reason, fields={"error": reason})
 
     def retry(self, request_id: str, detail: str) -> bool:
         """Queue a failed or timed-out job again, with a fresh retry budget, if its payload is kept.
@@ -363,8 +351,8 @@ class JobStore:
         """
         job = self.collection.find_one({"_id": request_id}, {"callback_url": True}) or {}
         callback = {"callback_pending": True, "callback_queued_at": None, "callback_delivered_at": None}
-        return self.transition(
-            request_id, JobStatus.QUEUED, detail=detail, allowed_from=RETRYABLE, extra_filter=PAYLOAD_KEPT,
+        return self._apply(
+            states.RETRY, request_id, detail=detail,
             fields={"attempts": 0, "rerequests": 0, "error": None, "finished_at": None, "expires_at": None,
                     **(callback if job.get("callback_url") else {})},
             inc={"retries": 1},
@@ -374,15 +362,13 @@ class JobStore:
         """Move a queued job's start to `until`, where its deferred message now waits: the orphan sweep waits as long."""
         self.collection.update_one({"_id": request_id, "status": JobStatus.QUEUED.value}, {"$set": {"due_at": until}})
 
-    def note(self, request_id: str, detail: str, *, inc: dict[str, int] | None = None, **fields: Any) -> None:
+    def note(self, request_id: str, detail: str, **fields: Any) -> None:
         """Append an event to the job's history without changing its state."""
         update: dict[str, Any] = {
             "$push": push_history({"event": detail, "at": utcnow()}),
         }
         if fields:
             update["$set"] = fields
-        if inc:
-            update["$inc"] = inc
         self.collection.update_one({"_id": request_id}, update)
 
     def renew_if_stale(self, request_id: str, status: JobStatus, older_than: timedelta, detail: str) -> bool:

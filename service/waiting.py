@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from actors.ratelimit import Admission, RateLimiter
+from queueing.ratelimit import Admission, RateLimiter
 from service.errors import BacklogFull
 from service.states import JobStatus
 from service.store import utcnow

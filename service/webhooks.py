@@ -20,6 +20,8 @@ import standardwebhooks
 from service.errors import WebhookRejected, WebhookUnauthorized
 from vendors.registry import Vendor
 
+#: The route async vendors call back; the worker hands each vendor its job's URL on it.
+WEBHOOK_ROUTE = "/vendor-webhook/{vendor}"
 SIGNATURE_TOLERANCE_S = 5 * 60
 # A replayed webhook-id is recognised for as long as its timestamp could still pass, plus margin.
 REPLAY_WINDOW_S = 2 * SIGNATURE_TOLERANCE_S + 60
@@ -39,6 +41,11 @@ class WebhookAuth:
     def callback_token(self, request_id: str, vendor: str) -> str:
         """Return the token that lets `vendor` complete job `request_id` and no other."""
         return self._token(self.token_keys[0], request_id, vendor)
+
+    def callback_url(self, public_url: str, vendor: str, request_id: str) -> str:
+        """Return the URL `vendor` calls back for job `request_id`, carrying the job's token."""
+        path = WEBHOOK_ROUTE.format(vendor=vendor)
+        return f"{public_url}{path}?token={self.callback_token(request_id, vendor)}"
 
     def verify(self, vendor: Vendor, request_id: str, body: bytes, headers: Mapping[str, str], token: str | None) -> None:
         """Raise WebhookUnauthorized unless the call carries what the vendor's mode requires."""

@@ -11,7 +11,7 @@ import time
 import dramatiq
 import redis
 
-from actors.broker import StreamsBroker
+from queueing.broker import StreamsBroker
 
 QUEUE = "broker-app"
 PROCESSED_KEY = "broker-app:processed"

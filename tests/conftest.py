@@ -94,7 +94,7 @@ def open_test_store(config, **settings):
     from service.store import open_store
 
     job_store = open_store(dataclasses.replace(config, **settings))
-    job_store.ensure_indexes()
+    job_store.migrate()
     return job_store
 
 

@@ -4,7 +4,7 @@ import dramatiq
 import falcon.testing
 import pytest
 
-from actors.queue import QUEUE_NAME
+from queueing.messages import QUEUE_NAME
 from service.app import create_app
 
 
@@ -85,7 +85,7 @@ def test_webhook_for_another_vendors_job_is_refused_and_recorded(client, jobs):
 
 def test_webhook_after_a_job_failed_is_refused_with_409(client, jobs, store):
     request_id = submit(client, params={"vendor": "async"}).json["request_id"]
-    store.fail(request_id, "vendor rejected")
+    store.fail(request_id, "m1", "vendor rejected")
     response = client.simulate_post("/vendor-webhook/async", json={"request_id": request_id, "account": "late"})
     assert response.status_code == 409
     assert jobs.find_one({"_id": request_id}).get("result") is None
@@ -238,7 +238,7 @@ def test_metrics_count_submissions_webhooks_finished_jobs_and_queue_depth(client
 
 
 def test_metrics_report_each_vendors_breaker(client, redis_client):
-    from actors.breaker import CircuitBreaker
+    from queueing.breaker import CircuitBreaker
     from vendors.registry import load_registry
 
     sync = load_registry().get("sync")

@@ -4,7 +4,7 @@ import threading
 import pytest
 
 from devtools.stack import wait_until
-from service.batching import Batch
+from queueing.batching import Batch
 
 
 def test_items_arriving_during_a_flush_share_the_next_one():

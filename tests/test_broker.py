@@ -14,10 +14,12 @@ from dramatiq.broker import MessageProxy
 from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 from dramatiq.middleware import Callbacks, CurrentMessage, Middleware, Pipelines, Retries, TimeLimit
 
-from actors import deadletters
-from actors.broker import StreamsBroker, StreamsConsumer, dead_key, delay_key
 from devtools.stack import wait_until
 from devtools.stores import free_port
+from queueing import deadletters
+from queueing.broker import StreamsBroker
+from queueing.consumer import StreamsConsumer
+from queueing.keys import dead_key, delay_key
 
 QUEUE = "job-queue"
 DEADLINE_S = 10.0

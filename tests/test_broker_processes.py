@@ -13,7 +13,8 @@ from pathlib import Path
 import dramatiq
 import pytest
 
-from actors.broker import StreamsBroker, dead_key
+from queueing.broker import StreamsBroker
+from queueing.keys import dead_key
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "broker-app"  # tests/broker_app.py; not imported here, it builds its broker at import

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from actors.breaker import PROBE_POLL_MS, CircuitBreaker
 from devtools.stack import wait_until
+from queueing.breaker import PROBE_POLL_MS, CircuitBreaker
 from vendors.registry import Vendor
 
 

@@ -7,17 +7,17 @@ import orjson
 import pytest
 import requests
 
-from actors.breaker import CircuitBreaker
-from actors.broker import dead_key
 from actors.callbacks import deliver
-from actors.deadletters import list_dead_letters
-from actors.queue import FETCH_ACTOR, QUEUE_NAME, enqueue_fetch
-from actors.ratelimit import RateLimiter
-from actors.setup import build_broker
 from devtools.stack import CallbackReceiver
-from scheduler.inflight import request_ids_in_queue
-from scheduler.leader import LeaderLease
+from queueing.breaker import CircuitBreaker
+from queueing.connection import build_broker
+from queueing.deadletters import list_dead_letters
+from queueing.keys import dead_key
+from queueing.lease import LeaderLease
+from queueing.messages import FETCH_ACTOR, QUEUE_NAME, enqueue_fetch
+from queueing.ratelimit import RateLimiter
 from scheduler.runs import run_if_leader
+from scheduler.sweeps import request_ids_in_queue
 from service.dashboard.actions import OperatorActions
 from service.dashboard.queries import DashboardQueries
 from service.states import JobStatus
@@ -45,7 +45,7 @@ def parts(keeping_store, redis_client):
 def failed_job(store, request_id, vendor="sync", reason="sync answered 503"):
     store.create(request_id, vendor, PAYLOAD)
     store.claim(request_id, f"message-{request_id}")
-    assert store.fail(request_id, reason)
+    assert store.fail(request_id, f"message-{request_id}", reason)
 
 
 def test_the_overview_counts_jobs_per_state_and_the_chart_counts_this_minute(parts, keeping_store):
@@ -114,7 +114,7 @@ def receiver():
 def fail_job_with_callback(store, url):
     store.create("cb", "sync", PAYLOAD, callback_url=url)
     store.claim("cb", "m1")
-    store.fail("cb", "sync answered 503")
+    store.fail("cb", "m1", "sync answered 503")
 
 
 def complete_retried_job(store):
@@ -159,7 +159,7 @@ def test_retrying_a_failed_job_queues_it_again_with_a_fresh_budget_and_records_i
     job = keeping_store.get("r")
     assert job["status"] == "queued" and job["attempts"] == 0 and job["error"] is None and job["expires_at"] is None
     assert job["history"][-1]["detail"] == "retried by an operator (session from 127.0.0.1)"
-    assert "r" in request_ids_in_queue(redis_client, QUEUE_NAME)
+    assert "r" in request_ids_in_queue(broker)
     assert keeping_store.claim("r", "new-message")["payload"] == PAYLOAD
     assert not actions.retry("r", "session from 127.0.0.1")  # processing now: nothing to retry
 

@@ -9,11 +9,11 @@ from datetime import datetime, timedelta, timezone
 import dramatiq
 import pytest
 
-from actors.broker import delay_key, iter_stream
-from actors.queue import QUEUE_NAME
-from actors.ratelimit import RateLimiter
-from actors.setup import build_broker, connect_redis
 from devtools.stack import wait_until
+from queueing.connection import build_broker, connect_redis
+from queueing.keys import delay_key, iter_stream
+from queueing.messages import QUEUE_NAME
+from queueing.ratelimit import RateLimiter
 from service.intake import Intake, Submission
 from service.waiting import Waiting
 from vendors.registry import parse_registry

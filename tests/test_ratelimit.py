@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from actors.ratelimit import RateLimiter, vendor_key
+from queueing.ratelimit import RateLimiter, vendor_key
 from vendors.registry import Vendor
 
 MARGIN_MS = 100
@@ -189,7 +189,7 @@ def test_expected_waits_follow_the_slots_given_at_submission(limiter):
 
 
 def test_a_retried_jobs_earlier_call_still_counts(redis_client):
-    from actors.ratelimit import RateLimiter
+    from queueing.ratelimit import RateLimiter
     from vendors.registry import Vendor
 
     vendor = Vendor(name="once", mode="sync", url="http://127.0.0.1:9/", rate_limit="1/second")

@@ -7,14 +7,15 @@ from datetime import datetime, timedelta, timezone
 import falcon.testing
 import pytest
 
-from actors.ratelimit import RateLimiter
-from actors.setup import build_broker, connect_redis
+from queueing.connection import build_broker, connect_redis
+from queueing.ratelimit import RateLimiter
 from service.app import create_app
 from service.cleaning import Cleaner
 from service.errors import JobNotFound
 from service.idempotency import IdempotencyKeys
 from service.intake import Intake
 from service.jobs import Jobs
+from service.outcomes import Outcomes
 from service.waiting import Waiting
 from vendors.registry import parse_registry
 
@@ -83,7 +84,7 @@ def test_unpinned_jobs_go_to_another_vendor_while_one_is_full_then_503(client):
 
 def test_a_final_job_has_no_estimate_and_no_polling_hint(client, store):
     request_id = submit(client, "slow").json["request_id"]
-    store.fail(request_id, "test")
+    store.fail(request_id, "m1", "test")
     job = client.simulate_get(f"/jobs/{request_id}")
     assert "estimated_completion_at" not in job.json and "Retry-After" not in job.headers
 
@@ -94,7 +95,7 @@ def jobs(config, store, redis_client):
     waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry)
     broker = build_broker(connect_redis(config.redis_url))
     yield Jobs(
-        store, registry, Intake(store, registry, waiting, broker), Cleaner(()), waiting,
+        store, Outcomes(store, None), registry, Intake(store, registry, waiting, broker), Cleaner(()), waiting,
         IdempotencyKeys(redis_client, config.encryption_key),
     )
     broker.close()
@@ -102,7 +103,7 @@ def jobs(config, store, redis_client):
 
 def test_a_batch_of_reads_gives_each_its_own_job_and_estimate(jobs, store):
     finished, first, second = (jobs.submit({"name": "Ann"}, "slow")[0] for _ in range(3))
-    store.fail(finished, "test")
+    store.fail(finished, "m1", "test")
     views = jobs._views_of([finished, first, "no-such-job", second, first])  # one batch
     assert [view.args[0] if isinstance(view, JobNotFound) else view["request_id"] for view in views] == [
         finished, first, "no-such-job", second, first,

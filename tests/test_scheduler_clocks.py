@@ -6,8 +6,8 @@ from datetime import datetime
 
 import pytest
 
-from scheduler.leader import SWEEPS_KEY
 from devtools.stack import Stack, wait_until
+from queueing.lease import SWEEPS_KEY
 
 LEASE_S = 1.0
 SWEEP_INTERVAL_S = 0.1

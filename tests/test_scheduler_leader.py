@@ -1,9 +1,9 @@
 import orjson
 import pytest
 
-from scheduler.leader import LEADER_KEY, SWEEPS_KEY, LeaderLease
-from scheduler.runs import run_if_leader
 from devtools.stack import wait_until
+from queueing.lease import LEADER_KEY, SWEEPS_KEY, LeaderLease
+from scheduler.runs import run_if_leader
 
 
 @pytest.fixture

@@ -5,13 +5,14 @@ import dramatiq
 import pytest
 from dramatiq.middleware import SkipMessage
 
-from actors.breaker import CircuitBreaker
-from actors.broker import delay_key
 from actors.deferral import VendorGate
-from actors.queue import QUEUE_NAME, enqueue_fetch, fetch_message
-from actors.ratelimit import RateLimiter
-from actors.setup import build_broker, connect_redis
+from queueing.breaker import CircuitBreaker
+from queueing.connection import build_broker, connect_redis
+from queueing.keys import delay_key
+from queueing.messages import CALLBACK_QUEUE, QUEUE_NAME, enqueue_fetch, fetch_message
+from queueing.ratelimit import RateLimiter
 from scheduler.sweeps import purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
+from service.outcomes import Outcomes
 from service.states import JobStatus
 from service.store import pending_callbacks, stale_jobs, utcnow
 from tests.conftest import open_test_store
@@ -61,7 +62,7 @@ def wait_for_slot(store, request_id, slot_in):
 def awaiting_job(store, vendor="async", overdue_by=timedelta(seconds=1)):
     request_id = new_job(store, vendor)
     store.claim(request_id, "m1")
-    store.transition(request_id, JobStatus.AWAITING_WEBHOOK, fields={"webhook_deadline": utcnow() - overdue_by})
+    store.await_webhook(request_id, utcnow() - overdue_by, detail="accepted", attempt=1)
     return request_id
 
 
@@ -72,7 +73,7 @@ def queued_messages(redis_client):
 
 def test_an_overdue_webhook_times_the_job_out_with_a_reason(store, broker):
     request_id = awaiting_job(store)
-    assert time_out_webhooks(store, REGISTRY, broker) == {"re_requested": 0, "timed_out": 1}
+    assert time_out_webhooks(store, Outcomes(store, None), REGISTRY, broker) == {"re_requested": 0, "timed_out": 1}
     job = store.collection.find_one({"_id": request_id})
     assert job["status"] == "timed_out"
     assert job["error"].startswith("no webhook from async by ") and job["history"][-1]["detail"] == job["error"]
@@ -81,26 +82,26 @@ def test_an_overdue_webhook_times_the_job_out_with_a_reason(store, broker):
 
 def test_a_webhook_not_yet_due_is_left_awaiting(store, broker):
     request_id = awaiting_job(store, overdue_by=-timedelta(minutes=5))
-    assert time_out_webhooks(store, REGISTRY, broker) == {"re_requested": 0, "timed_out": 0}
+    assert time_out_webhooks(store, Outcomes(store, None), REGISTRY, broker) == {"re_requested": 0, "timed_out": 0}
     assert store.get(request_id)["status"] == "awaiting_webhook"
 
 
 def test_a_vendor_with_webhook_retries_is_asked_again_before_the_job_times_out(store, broker, redis_client):
     request_id = awaiting_job(store, "patient")
-    assert time_out_webhooks(store, REGISTRY, broker) == {"re_requested": 1, "timed_out": 0}
+    assert time_out_webhooks(store, Outcomes(store, None), REGISTRY, broker) == {"re_requested": 1, "timed_out": 0}
     job = store.get(request_id)
     assert job["status"] == "queued" and job["rerequests"] == 1
     assert job["history"][-1]["detail"] == "no webhook from patient by the deadline; asking again (1 of 1)"
     [(queued_id, message_id)] = queued_messages(redis_client)
     assert queued_id == request_id and store.claim(request_id, message_id)["payload"]["password"] == "pw"
-    store.transition(request_id, JobStatus.AWAITING_WEBHOOK, fields={"webhook_deadline": utcnow() - timedelta(seconds=1)})
-    assert time_out_webhooks(store, REGISTRY, broker) == {"re_requested": 0, "timed_out": 1}
+    store.await_webhook(request_id, utcnow() - timedelta(seconds=1), detail="accepted", attempt=1)
+    assert time_out_webhooks(store, Outcomes(store, None), REGISTRY, broker) == {"re_requested": 0, "timed_out": 1}
     assert store.get(request_id)["error"].endswith("after 2 requests")
 
 
 def test_the_earlier_requests_webhook_still_completes_a_job_queued_again(store, broker):
     request_id = awaiting_job(store, "patient")
-    time_out_webhooks(store, REGISTRY, broker)
+    time_out_webhooks(store, Outcomes(store, None), REGISTRY, broker)
     assert store.complete(request_id, {"account": "late but fine"}, [], detail="webhook from patient")
     assert store.claim(request_id, "the re-request message") is None
 
@@ -114,14 +115,14 @@ def test_a_job_given_a_new_deadline_meanwhile_is_neither_timed_out_nor_asked_aga
 
 def test_the_timeout_sweep_works_in_bounded_batches(store, broker):
     ids = [awaiting_job(store) for _ in range(3)]
-    assert time_out_webhooks(store, REGISTRY, broker, limit=2)["timed_out"] == 2
-    assert time_out_webhooks(store, REGISTRY, broker, limit=2)["timed_out"] == 1
+    assert time_out_webhooks(store, Outcomes(store, None), REGISTRY, broker, limit=2)["timed_out"] == 2
+    assert time_out_webhooks(store, Outcomes(store, None), REGISTRY, broker, limit=2)["timed_out"] == 1
     assert {store.get(i)["status"] for i in ids} == {"timed_out"}
 
 
 def test_old_pending_and_queued_jobs_without_a_message_are_enqueued_again(store, broker, redis_client):
     pending, queued = new_job(store), new_job(store)
-    store.transition(pending, JobStatus.PENDING, allowed_from=frozenset({JobStatus.QUEUED}))
+    store.leave_pending(pending, "enqueue failed")
     age(store, pending), age(store, queued)
     assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1)) == {"pending": 1, "queued": 1, "processing": 0}
     assert sorted(i for i, _ in queued_messages(redis_client)) == sorted([pending, queued])
@@ -191,7 +192,7 @@ def test_a_queued_job_whose_message_the_gate_defers_is_due_when_the_message_is(s
     """Jobs enqueued again (a re-request, a retry) wait behind the backlog with no slot of their own."""
     slow = {"mode": "sync", "url": "http://127.0.0.1:9/fetch", "rate_limit": "1/minute"}
     registry = parse_registry({"vendors": {"slow": slow}}, "one call a minute")
-    gate = VendorGate(registry, RateLimiter(broker.client, 20), CircuitBreaker(broker.client), store)
+    gate = VendorGate(registry, RateLimiter(broker.client, 20), CircuitBreaker(broker.client), store, Outcomes(store, None))
     first, second = new_job(store, "slow"), new_job(store, "slow")
     gate.before_process_message(broker, fetch_message(first, vendor="slow"))  # the minute's one call
     with pytest.raises(SkipMessage):
@@ -209,7 +210,7 @@ def test_jobs_an_earlier_version_stored_are_dated_for_the_sweeps_when_the_index_
     store.collection.drop_index("status_due_at")
     store.collection.create_index([("status", 1), ("updated_at", 1)], name="status_updated_at")
     assert requeue_orphans(store, REGISTRY, broker, timedelta(0)) == {"pending": 0, "queued": 0, "processing": 0}
-    store.ensure_indexes()
+    store.migrate()
     assert abs(store.collection.find_one({"_id": processing})["due_at"] - an_hour_ago) < timedelta(milliseconds=1)
     assert requeue_orphans(store, REGISTRY, broker, timedelta(0)) == {"pending": 0, "queued": 1, "processing": 1}
 
@@ -222,7 +223,7 @@ def test_a_processing_job_whose_message_was_lost_is_redelivered_under_the_same_m
     age(store, recent, timedelta(milliseconds=broker.visibility_timeout_ms))  # within visibility + vendor timeout
     assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 1}
     assert queued_messages(redis_client) == [(lost, "m-lost")]
-    assert store.claim(lost, "m-lost")["attempts"] == 2
+    assert store.claim(lost, "m-lost")["message_id"] == "m-lost"  # the redelivery may re-claim it
 
 
 def test_a_job_a_worker_takes_while_the_orphan_sweep_looks_is_not_enqueued_again(store, broker, redis_client, monkeypatch):
@@ -251,13 +252,13 @@ def test_the_orphan_sweep_works_in_bounded_batches_and_old_jobs_with_messages_do
 
 
 def time_out(store, request_id):
-    store.transition(request_id, JobStatus.AWAITING_WEBHOOK, fields={"webhook_deadline": utcnow() - timedelta(seconds=1)})
+    store.await_webhook(request_id, utcnow() - timedelta(seconds=1), detail="accepted", attempt=1)
     return store.time_out(request_id, "no webhook")
 
 
 @pytest.mark.parametrize("finish", [
     pytest.param(lambda store, i: store.complete(i, {"account": "xyz"}, [], detail="done"), id="complete"),
-    pytest.param(lambda store, i: store.fail(i, "vendor rejected"), id="failed"),
+    pytest.param(lambda store, i: store.fail(i, "m1", "vendor rejected"), id="failed"),
     pytest.param(time_out, id="timed_out"),
 ])
 def test_every_terminal_job_has_its_payload_erased_and_expires_after_the_retention(store, finish):
@@ -273,7 +274,7 @@ def test_the_retention_sweep_deletes_only_finished_jobs_whose_retention_has_ende
     expired, recent, kept_longer, waiting = (new_job(store) for _ in range(4))
     for request_id in (expired, recent, kept_longer):
         store.claim(request_id, "m1")
-        store.fail(request_id, "vendor rejected")
+        store.fail(request_id, "m1", "vendor rejected")
     long_ago = utcnow() - store.retention - timedelta(minutes=1)
     dates = {
         expired: (long_ago, long_ago + store.retention),
@@ -299,26 +300,24 @@ def test_the_indexes_earlier_versions_or_settings_used_are_dropped(store):
     store.collection.create_index(
         [("status", 1), ("due_at", 1)], name="queued_due_at", partialFilterExpression={"status": JobStatus.QUEUED.value},
     )
-    store.ensure_indexes()
+    store.migrate()
     assert set(store.collection.index_information()) == {"_id_", "status_due_at"}
 
 
 def finish_an_hour_ago(store, request_id):
     """Fail the job and date its finish an hour back, past the callback sweep's grace."""
     store.claim(request_id, "m1")
-    store.fail(request_id, "vendor rejected")
+    store.fail(request_id, "m1", "vendor rejected")
     store.collection.update_one({"_id": request_id}, {"$set": {"finished_at": utcnow() - AN_HOUR}})
 
 
 def test_a_callback_that_could_not_be_queued_is_queued_by_the_sweep_once(calling_store, broker, redis_client):
-    from actors.callbacks import CALLBACK_QUEUE
-
     store = calling_store
     request_id, unfinished, plain = str(uuid.uuid4()), str(uuid.uuid4()), new_job(store)
     for job in (request_id, unfinished):  # the unfinished one has nothing to tell its client yet
         store.create(job, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
     for job in (request_id, plain):
-        finish_an_hour_ago(store, job)  # no on_finished hook: as if Redis had been down
+        finish_an_hour_ago(store, job)  # nothing queued its callback: as if Redis had been down
     assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 1}
     [(_, fields)] = redis_client.xrange(CALLBACK_QUEUE)
     assert dramatiq.Message.decode(fields[b"message"]).args == (request_id,)
@@ -342,12 +341,11 @@ def test_the_callback_sweep_reads_only_jobs_whose_callback_is_pending(calling_st
     assert plan["executionStats"]["totalDocsExamined"] == 1
 
 
-def test_a_callback_queued_as_its_job_finishes_leaves_nothing_for_the_sweep(calling_store, broker):
-    queued = []
-    calling_store.on_finished = queued.append
+def test_a_callback_queued_as_its_job_finishes_leaves_nothing_for_the_sweep(calling_store, broker, redis_client):
     request_id = str(uuid.uuid4())
     calling_store.create(request_id, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
     finish_an_hour_ago(calling_store, request_id)
-    assert queued == [request_id]
+    Outcomes(calling_store, broker).finished(request_id, JobStatus.FAILED)
+    assert redis_client.xlen(CALLBACK_QUEUE) == 1
     assert "callback_pending" not in calling_store.collection.find_one({"_id": request_id})
     assert queue_missed_callbacks(calling_store, broker, timedelta(minutes=1)) == {"queued": 0}

@@ -8,6 +8,7 @@ import pytest
 
 from service.app import create_app
 from service.states import JobStatus
+from service.store import utcnow
 from service.webhooks import WebhookAuth
 from tests.signing import new_secret, signed_headers
 
@@ -41,7 +42,7 @@ def awaiting_job(store, vendor):
     request_id = str(uuid.uuid4())
     store.create(request_id, vendor, {"name": "n"})
     store.claim(request_id, "m1")
-    store.transition(request_id, JobStatus.AWAITING_WEBHOOK)
+    store.await_webhook(request_id, utcnow() + timedelta(minutes=5), detail="accepted", attempt=1)
     return request_id
 
 

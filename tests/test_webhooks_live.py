@@ -11,13 +11,13 @@ import pytest
 import redis
 import requests
 
-from actors.queue import QUEUE_NAME
+from devtools.stack import Stack, free_ports, wait_until
+from queueing.messages import QUEUE_NAME
 from service.config import Config
 from service.states import JobStatus
 from service.store import open_store, utcnow
 from tests.conftest import with_database
 from tests.signing import new_secret, signed_headers
-from devtools.stack import Stack, free_ports, wait_until
 
 FAST_SECRET, SILENT_SECRET, OTHER_SECRET = new_secret("fast"), new_secret("silent"), new_secret("other")
 REGISTRY = """

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import falcon
 
-from actors.breaker import CircuitBreaker
-from actors.broker import StreamsBroker
-from actors.queue import enqueue_fetch
-from actors.ratelimit import RateLimiter
+from queueing.breaker import CircuitBreaker
+from queueing.broker import StreamsBroker
+from queueing.messages import enqueue_fetch
+from queueing.ratelimit import RateLimiter
 from service.dashboard import resources
 from service.dashboard.actions import OperatorActions
 from service.dashboard.auth import PREFIX, OperatorAuth

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from actors.broker import StreamsBroker
-from actors.deadletters import iter_dead_letters, purge
-from actors.queue import FETCH_ACTOR, QUEUE_NAME
+from queueing.broker import StreamsBroker
+from queueing.deadletters import iter_dead_letters, purge
+from queueing.messages import QUEUE_NAME, fetch_request_id
 from service.dashboard.queries import failure_filter
 from service.store import PAYLOAD_KEPT, JobStore
 
@@ -58,9 +58,9 @@ class OperatorActions:
         # Only the entries listed here: one dead-lettered meanwhile is kept for the next look.
         purged = purge(self.broker.client, QUEUE_NAME, [letter.entry_id for letter in letters]) if letters else 0
         for letter in letters:
-            message = letter.message
-            if message is not None and message.actor_name == FETCH_ACTOR and message.args:
-                self.store.note(message.args[0], f"dead letter {letter.entry_id} purged by an operator ({operator})")
+            request_id = fetch_request_id(letter.message)
+            if request_id:
+                self.store.note(request_id, f"dead letter {letter.entry_id} purged by an operator ({operator})")
         log.info("operator purged %d dead letters", purged,
                  extra={"operator_action": "purge_dead_letters", "operator": operator, "count": purged})
         return purged

@@ -11,13 +11,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
-from actors.breaker import CircuitBreaker
-from actors.broker import StreamsBroker, dead_key
-from actors.deadletters import list_dead_letters
-from actors.live_metrics import QueueCollector
-from actors.queue import FETCH_ACTOR, QUEUE_NAME
-from actors.ratelimit import RateLimiter
-from scheduler.leader import LEADER_KEY, SWEEPS_KEY
+
+from queueing.breaker import CircuitBreaker
+from queueing.broker import StreamsBroker
+from queueing.deadletters import list_dead_letters
+from queueing.keys import dead_key
+from queueing.lease import read_clock
+from queueing.messages import QUEUE_NAME, fetch_request_id
+from queueing.ratelimit import RateLimiter
 from service.errors import JobNotFound
 from service.states import TERMINAL, JobStatus
 from service.store import PAYLOAD_KEPT, RETRYABLE, JobStore, utcnow
@@ -67,7 +68,7 @@ class DashboardQueries:
             "at": stamp(utcnow()),
             # One count per state: each is answered from the status index, never a collection scan.
             "states": {state.value: jobs.count_documents({"status": state.value}) for state in JobStatus},
-            "queue": QueueCollector(self.broker, [QUEUE_NAME]).queue_stats(QUEUE_NAME),
+            "queue": self.broker.queue_stats(QUEUE_NAME),
             "vendors": [self.vendor_state(vendor) for vendor in self.registry.vendors.values()],
         }
 
@@ -151,11 +152,9 @@ class DashboardQueries:
         """Return how many messages the job queue's dead-letter stream holds, and the oldest of them."""
         entries = []
         for dead in list_dead_letters(self.broker.client, QUEUE_NAME, DEAD_LETTERS_SHOWN):
-            message = dead.message
             entries.append({
                 "entry_id": dead.entry_id, "dead_at": stamp(datetime.fromtimestamp(dead.dead_at_ms / 1000, tz=timezone.utc)),
-                "request_id": message.args[0] if message and message.actor_name == FETCH_ACTOR and message.args else None,
-                "reason": dead.reason,
+                "request_id": fetch_request_id(dead.message), "reason": dead.reason,
             })
         return {"total": self.broker.client.xlen(dead_key(QUEUE_NAME)), "entries": entries}
 
@@ -189,19 +188,10 @@ class DashboardQueries:
 
     def scheduler(self) -> dict[str, Any]:
         """Return which clock holds the lease and what each sweep did when it last ran."""
-        pipe = self.broker.client.pipeline(transaction=False)
-        pipe.get(LEADER_KEY)
-        pipe.pttl(LEADER_KEY)
-        pipe.hgetall(SWEEPS_KEY)
-        leader, lease_ms, record = pipe.execute()
-        record = {key.decode(): value.decode() for key, value in record.items()}
-        holder = leader.decode() if leader else None
-        since = record.pop("leader_since", None) if record.get("leader") == holder else None
-        record.pop("leader", None)
+        clock = read_clock(self.broker.client)
         now = utcnow()
         sweeps = []
-        for name, raw in sorted(record.items()):
-            run = orjson.loads(raw)
+        for name, run in sorted(clock.sweeps.items()):
             started = datetime.fromisoformat(run["started_at"])
             sweeps.append({
                 "name": name, "started_at": stamp(started), "ago_s": round((now - started).total_seconds()),
@@ -209,8 +199,9 @@ class DashboardQueries:
                 "changes": ", ".join(f"{action} {count}" for action, count in run.get("counts", {}).items()) or None,
             })
         return {
-            "leader": holder, "leader_since": stamp(datetime.fromisoformat(since)) if since else None,
-            "lease_left_s": round(lease_ms / 1000, 1) if holder and lease_ms > 0 else None, "sweeps": sweeps,
+            "leader": clock.leader,
+            "leader_since": stamp(datetime.fromisoformat(clock.leader_since)) if clock.leader_since else None,
+            "lease_left_s": round(clock.lease_left_ms / 1000, 1) if clock.lease_left_ms > 0 else None, "sweeps": sweeps,
         }
 
 

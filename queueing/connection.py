@@ -8,8 +8,8 @@ import dramatiq
 import redis
 from dramatiq.middleware import AgeLimit, Callbacks, CurrentMessage, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
-from actors.broker import StreamsBroker
-from actors.queue import QUEUE_NAME
+from queueing.broker import StreamsBroker
+from queueing.messages import QUEUE_NAME
 
 REDIS_TIMEOUT_S = 5.0
 

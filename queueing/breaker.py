@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import redis
 
-from actors.ratelimit import vendor_key
-from actors.ratelimit_lua import NOW_MS
+from queueing.ratelimit import vendor_key
+from queueing.ratelimit_lua import NOW_MS
 from vendors.registry import Vendor
 
 #: How long, beyond the vendor's timeout, a probe may take before another job may probe instead.

@@ -2,9 +2,9 @@
 
 Usage (reads REDIS_URL)::
 
-    python -m actors.deadletters list    --queue job-queue [--count 100]
-    python -m actors.deadletters redrive --queue job-queue [ENTRY_ID ...]
-    python -m actors.deadletters purge   --queue job-queue
+    python -m queueing.deadletters list    --queue job-queue [--count 100]
+    python -m queueing.deadletters redrive --queue job-queue [ENTRY_ID ...]
+    python -m queueing.deadletters purge   --queue job-queue
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import dramatiq
 import redis
 
-from actors.broker import dead_key, iter_stream, stream_key
+from queueing.keys import dead_key, iter_stream, stream_key
 
 #: Options of a failed run that must not follow a redriven message (it gets a fresh retry budget).
 SPENT_OPTIONS = frozenset({"retries", "traceback", "requeue_timestamp", "eta"})
@@ -104,7 +104,7 @@ def purge(client: redis.Redis, queue_name: str, entry_ids: Sequence[str] = ()) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the dead-letter command line."""
-    parser = argparse.ArgumentParser(prog="python -m actors.deadletters", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m queueing.deadletters", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["list", "redrive", "purge"])
     parser.add_argument("entry_ids", nargs="*", help="redrive or purge only these dead-letter entry ids")
     parser.add_argument("--queue", default="job-queue")

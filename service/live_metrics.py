@@ -6,8 +6,8 @@ import logging
 
 import redis
 
-from actors.breaker import CircuitBreaker
-from actors.broker import StreamsBroker, dead_key, delay_key, stream_key
+from queueing.breaker import CircuitBreaker
+from queueing.broker import StreamsBroker
 from service.metrics import gauge
 from vendors.registry import Registry
 
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 class QueueCollector:
-    """A Prometheus collector reading the broker's keys at scrape time."""
+    """A Prometheus collector asking the broker for its queues' counts at scrape time."""
 
     def __init__(self, broker: StreamsBroker, queues: list[str]) -> None:
         self.broker = broker
@@ -23,7 +23,7 @@ class QueueCollector:
 
     def collect(self):
         try:
-            stats = {queue: self.queue_stats(queue) for queue in self.queues}
+            stats = {queue: self.broker.queue_stats(queue) for queue in self.queues}
         except redis.RedisError as error:
             log.warning("queue metrics unavailable: %s", type(error).__name__)
             return
@@ -35,20 +35,6 @@ class QueueCollector:
         ):
             samples = {(queue,): values[name] for queue, values in stats.items()}
             yield gauge(f"vendorfetch_queue_{name}", documentation, ["queue"], samples)
-
-    def queue_stats(self, queue: str) -> dict[str, int]:
-        """Count one queue's messages in each place, in one round trip."""
-        pipe = self.broker.client.pipeline(transaction=False)
-        pipe.xlen(stream_key(queue))
-        pipe.xpending(stream_key(queue), self.broker.group)
-        pipe.zcard(delay_key(queue))
-        pipe.xlen(dead_key(queue))
-        depth, pending, delayed, dead = pipe.execute(raise_on_error=False)
-        pending_count = pending["pending"] if isinstance(pending, dict) else 0  # NOGROUP before first use
-        return {
-            "depth": depth if isinstance(depth, int) else 0, "pending": pending_count,
-            "delayed": delayed if isinstance(delayed, int) else 0, "dead_letters": dead if isinstance(dead, int) else 0,
-        }
 
 
 class BreakerCollector:

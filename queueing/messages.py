@@ -1,4 +1,4 @@
-"""The job queue's name and the one message it carries: fetch this request_id."""
+"""The queues and the messages every process enqueues: fetch a job, deliver a client callback."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import dramatiq
 
 QUEUE_NAME = "job-queue"
 FETCH_ACTOR = "fetch_job"
+CALLBACK_QUEUE = "client-callbacks"
+CALLBACK_ACTOR = "deliver_client_callback"
 
 
 def fetch_message(request_id: str, message_id: str | None = None, *, vendor: str | None = None) -> dramatiq.Message:
@@ -28,3 +30,15 @@ def enqueue_fetch(
 ) -> None:
     """Queue the job for a worker, due in `delay_ms` (its rate-limit slot); see fetch_message."""
     broker.enqueue(fetch_message(request_id, message_id, vendor=vendor), delay=delay_ms)
+
+
+def fetch_request_id(message: dramatiq.Message | None) -> str | None:
+    """Return the request_id a fetch message carries, or None for any other message (or none)."""
+    return message.args[0] if message and message.actor_name == FETCH_ACTOR and message.args else None
+
+
+def enqueue_client_callback(broker: dramatiq.Broker, request_id: str) -> None:
+    """Queue the client callback of a finished job."""
+    broker.enqueue(dramatiq.Message(
+        queue_name=CALLBACK_QUEUE, actor_name=CALLBACK_ACTOR, args=(request_id,), kwargs={}, options={},
+    ))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import redis
 
-from actors import ratelimit_lua
+from queueing import ratelimit_lua
 from vendors.registry import Vendor
 
 #: Two quota reports whose reset times differ by less than this describe the same window.

@@ -1,10 +1,14 @@
-"""Keep one clock active: a lease in Redis that its holder renews from a thread of its own.
+"""The clock's state in Redis: a lease that keeps one clock active, and what each sweep did last.
 
 Any number of clocks may run. The holder renews the lease every third of it; the others try to
 take it whenever it would run out, so one lease after a holder's last renewal another clock
 leads, and a holder that stops (SIGTERM) hands it back at once. A holder counts itself the
 leader only until its last renewal would expire, so a stalled holder stops sweeping before
 anyone else may start. A lease is not a fence: the sweeps' writes are conditional anyway.
+
+The record of sweeps is the hash `scheduler:sweeps`: a field per sweep holding a JSON object
+(`started_at`, `finished_at`, `duration_ms`, `by`, `counts` or `error`), plus `leader` and
+`leader_since`, written when a clock takes the lease.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import secrets
 import socket
 import threading
 import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
 
+import orjson
 import redis
-
-from service.store import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,36 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+@dataclass(frozen=True)
+class ClockState:
+    """Which clock leads, since when, for how much longer, and each sweep's last run."""
+
+    leader: str | None
+    leader_since: str | None  # ISO time, if the current leader recorded it
+    lease_left_ms: int
+    sweeps: dict[str, dict[str, Any]]
+
+
+def record_sweep(client: redis.Redis, name: str, run: dict[str, Any]) -> None:
+    """Record what a sweep's last run did."""
+    client.hset(SWEEPS_KEY, name, orjson.dumps(run))
+
+
+def read_clock(client: redis.Redis) -> ClockState:
+    """Read who leads the clocks and what each sweep did last, in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    pipe.get(LEADER_KEY)
+    pipe.pttl(LEADER_KEY)
+    pipe.hgetall(SWEEPS_KEY)
+    leader, lease_ms, record = pipe.execute()
+    record = {key.decode(): value.decode() for key, value in record.items()}
+    holder = leader.decode() if leader else None
+    since = record.pop("leader_since", None) if record.get("leader") == holder else None
+    record.pop("leader", None)
+    sweeps = {name: orjson.loads(raw) for name, raw in record.items()}
+    return ClockState(holder, since, lease_ms if holder else 0, sweeps)
 
 
 def clock_identity() -> str:
@@ -74,7 +110,7 @@ class LeaderLease:
         self.valid_until = asked_at + self.lease_ms / 1000 if held else 0.0
         if held and not was_leader:
             log.info("clock %s leads the sweeps", self.identity, extra={"leader": self.identity})
-            self.client.hset(SWEEPS_KEY, mapping={"leader": self.identity, "leader_since": utcnow().isoformat()})
+            self.client.hset(SWEEPS_KEY, mapping={"leader": self.identity, "leader_since": datetime.now(timezone.utc).isoformat()})
         elif was_leader and not held:
             log.warning("clock %s lost the lease", self.identity, extra={"leader": self.identity})
         return held

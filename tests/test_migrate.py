@@ -1,0 +1,32 @@
+"""The release step, `python -m service.migrate`, run as a deployment runs it."""
+
+import os
+import subprocess
+import sys
+import uuid
+
+from devtools.stores import free_port
+from service.store import connect, jobs_collection
+from tests.conftest import with_database
+
+
+def migrate(config, mongodb_uri):
+    env = {**os.environ, "ENCRYPTION_KEY": config.encryption_key, "MONGODB_URI": mongodb_uri, "STORE_TIMEOUT_MS": "500"}
+    return subprocess.run([sys.executable, "-m", "service.migrate"], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_the_release_step_creates_the_indexes_and_frees_jobs_an_earlier_version_left_naming_a_message(config):
+    jobs = jobs_collection(connect(config.mongodb_uri))
+    request_id = str(uuid.uuid4())
+    jobs.insert_one({"_id": request_id, "status": "queued", "message_id": "a message of an earlier request"})
+    done = migrate(config, config.mongodb_uri)
+    assert done.returncode == 0, done.stderr
+    assert "status_due_at" in jobs.index_information()
+    assert "message_id" not in jobs.find_one({"_id": request_id})
+    assert migrate(config, config.mongodb_uri).returncode == 0  # idempotent
+
+
+def test_the_release_step_fails_when_mongodb_is_unreachable(config):
+    unreachable = with_database(f"mongodb://127.0.0.1:{free_port()}/x", "vendorfetch")
+    done = migrate(config, unreachable)
+    assert done.returncode != 0 and "ServerSelectionTimeoutError" in done.stderr

@@ -1,0 +1,77 @@
+"""The runner's one retry policy, in process against a scripted vendor: attempts are counted where outcomes are recorded."""
+
+import uuid
+
+import pytest
+import requests
+
+from actors.deferral import Deferred
+from actors.feedback import VendorFeedback
+from actors.runner import JobRunner
+from queueing.breaker import CircuitBreaker
+from queueing.ratelimit import RateLimiter
+from service.cleaning import Cleaner
+from service.outcomes import Outcomes
+from service.webhooks import WebhookAuth
+from tests.scripted_vendor import ScriptedVendor
+from vendors.registry import parse_registry
+
+
+@pytest.fixture
+def vendor():
+    scripted = ScriptedVendor()
+    yield scripted
+    scripted.close()
+
+
+@pytest.fixture
+def runner(config, store, redis_client, vendor):
+    registry = parse_registry({"vendors": {"scripted": {"mode": "sync", "url": vendor.url, "max_retries": 2}}}, "test")
+    limiter = RateLimiter(redis_client, config.rate_limit_margin_ms)
+    return JobRunner(
+        store, Outcomes(store, None), registry, requests.Session(), WebhookAuth(config.encryption_key, redis_client),
+        config.public_url, Cleaner(("email",)), VendorFeedback(limiter, CircuitBreaker(redis_client)),
+    )
+
+
+def new_job(store):
+    request_id = str(uuid.uuid4())
+    store.create(request_id, "scripted", {"name": "Ann", "password": "pw"})
+    return request_id
+
+
+def test_a_429_is_pushback_not_an_attempt(runner, store, vendor):
+    request_id = new_job(store)
+    vendor.answer = lambda _: (429, {"Retry-After": "1"})
+    with pytest.raises(Deferred) as deferred:
+        runner.run(request_id, "m1")
+    assert deferred.value.cause == "vendor_pushback" and deferred.value.delay_ms == 1_000
+    assert store.get(request_id)["attempts"] == 0
+    vendor.answer = lambda _: (200, {})
+    runner.run(request_id, "m1")
+    job = store.get(request_id)
+    assert job["status"] == "complete" and job["attempts"] == 1 and job["result"] == {"account": "xyz", "balance": 5000}
+
+
+def test_failed_attempts_are_counted_as_recorded_and_the_job_fails_past_max_retries(runner, store, vendor):
+    request_id = new_job(store)
+    vendor.answer = lambda _: (503, {})
+    for attempt in (1, 2):
+        with pytest.raises(Deferred) as deferred:
+            runner.run(request_id, "m1")  # the same message comes back after its backoff
+        assert deferred.value.cause == "retry_backoff"
+        assert store.get(request_id)["attempts"] == attempt
+    runner.run(request_id, "m1")
+    job = store.get(request_id)
+    assert job["status"] == "failed" and job["attempts"] == 3
+    assert job["error"] == "gave up after 3 attempts: scripted answered 503"
+    assert len(vendor.calls) == 3
+
+
+def test_a_job_whose_payload_was_erased_fails_without_calling_the_vendor(runner, store, vendor):
+    request_id = new_job(store)
+    store.collection.update_one({"_id": request_id}, {"$unset": {"payload": ""}})
+    runner.run(request_id, "m1")
+    job = store.get(request_id)
+    assert job["status"] == "failed" and "payload was erased" in job["error"] and job["attempts"] == 0
+    assert vendor.calls == []
