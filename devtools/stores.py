@@ -90,7 +90,7 @@ def secantus(data_dir: Path, port: int | None = None) -> EmbeddedServer:
     executable = shutil.which("secantusd-py", path=str(Path(sys.executable).parent)) or "secantusd-py"
     # Standalone: the service uses neither change streams nor transactions, so the replica-set
     # oplog would only add a write to every write. Retryable writes slow it down sharply (see the
-    # README's trade-offs).
+    # trade-offs in docs/architecture.md).
     argv = [executable, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(data_dir), "--log-level", "WARNING",
             "--standalone"]
     return EmbeddedServer("secantusd-py", argv, port, f"mongodb://127.0.0.1:{port}/vendorfetch?retryWrites=false&directConnection=true")

@@ -6,16 +6,13 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '4000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "3"))
 # Green threads: a request waiting on a data store costs a greenlet, not an OS thread contending
 # for the GIL, and the requests in flight in one process share the stores' round trips
-# (service/batching.py). Against gthread (3 x 16 threads) it served 1.4-1.8 times the requests on
-# the same CPU; see docs/load-tests.md.
+# (queueing/batching.py); see docs/decisions/0003-gevent-gunicorn-workers.md.
 worker_class = "gevent"
 # Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads keep-alive connections
 # evenly; on one shared socket whichever worker wakes first takes them, and its clients wait longest.
 reuse_port = True
 # gunicorn's C parser (gunicorn_h1c, pinned in requirements.txt), required rather than tried so a
-# missing build fails at start-up instead of quietly serving slower: over five interleaved pairs
-# it took about an eighth off the API's CPU per request and added 13 % to throughput (see the
-# load tests in docs/load-tests.md).
+# missing build fails at start-up instead of quietly serving slower (docs/benchmarks.md).
 http_parser = "fast"
 timeout = 30
 graceful_timeout = 20

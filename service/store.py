@@ -106,11 +106,10 @@ class JobStore:
     def migrate(self) -> None:
         """Create the indexes this version needs and bring earlier versions' jobs up to it (idempotent)."""
         # One index serves every sweep, each reading a state's jobs by `due_at`: every secondary index
-        # slows the insert of every job. Retention is a sweep, not a TTL index (see docs/decisions/).
+        # slows the insert of every job. Retention is a sweep, not a TTL index (docs/decisions/0008-retention-is-a-sweep.md).
         earlier = self.collection.index_information()
         self.collection.create_index([("status", 1), ("due_at", 1)], name="status_due_at")
-        if "status_due_at" not in earlier:
-            self._date_earlier_jobs()
+        self._date_earlier_jobs()
         for replaced in ("status_updated_at", "queued_due_at", "retention_ttl"):  # what earlier versions used
             if replaced in earlier:
                 self.collection.drop_index(replaced)
@@ -132,9 +131,11 @@ class JobStore:
         )
 
     def _date_earlier_jobs(self) -> None:
-        """Give the jobs stored by earlier versions the `due_at` this one keeps; once, as each is a collection scan here."""
-        # Earlier versions set due_at only on queued jobs: every other job is due from its last change.
-        self.collection.update_many({"status": {"$ne": JobStatus.QUEUED.value}}, [{"$set": {"due_at": "$updated_at"}}])
+        """Give the jobs that versions before `due_at` stored (or moved, while they still ran) the `due_at` this one keeps."""
+        # A job that is not queued is due from its last change.
+        self.collection.update_many(
+            {"status": {"$ne": JobStatus.QUEUED.value}, "due_at": None}, [{"$set": {"due_at": "$updated_at"}}],
+        )
         # A queued job without one (before the orphan sweep timed queued jobs by their slot) is due now.
         self.collection.update_many({"status": JobStatus.QUEUED.value, "due_at": None}, {"$set": {"due_at": utcnow()}})
 

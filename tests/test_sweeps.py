@@ -201,7 +201,7 @@ def test_a_queued_job_whose_message_the_gate_defers_is_due_when_the_message_is(s
     assert abs(store.get(first)["due_at"] - utcnow()) < timedelta(seconds=5)
 
 
-def test_jobs_an_earlier_version_stored_are_dated_for_the_sweeps_when_the_index_is_created(store, broker):
+def test_jobs_an_earlier_version_stored_are_dated_for_the_sweeps_by_each_migration(store, broker):
     """Earlier versions kept due_at on queued jobs only, if at all, and the sweeps' queries cannot see a missing field."""
     queued, processing = new_job(store), new_job(store)
     store.claim(processing, "m1")
@@ -213,6 +213,13 @@ def test_jobs_an_earlier_version_stored_are_dated_for_the_sweeps_when_the_index_
     store.migrate()
     assert abs(store.collection.find_one({"_id": processing})["due_at"] - an_hour_ago) < timedelta(milliseconds=1)
     assert requeue_orphans(store, REGISTRY, broker, timedelta(0)) == {"pending": 0, "queued": 1, "processing": 1}
+    # An old process still running after the first migration stores a job without one; the next migration dates it.
+    late, waiting = new_job(store), new_job(store)
+    store.collection.update_one({"_id": late}, {"$unset": {"due_at": ""}})
+    wait_for_slot(store, waiting, AN_HOUR)
+    store.migrate()
+    assert store.collection.find_one({"_id": late})["due_at"] is not None
+    assert store.get(waiting)["due_at"] > utcnow() + timedelta(minutes=59)  # a job with its slot keeps it
 
 
 def test_a_processing_job_whose_message_was_lost_is_redelivered_under_the_same_message_id(store, broker, redis_client):
