@@ -21,6 +21,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import dramatiq
 import redis
@@ -29,6 +30,7 @@ from dramatiq.common import current_millis
 from dramatiq.errors import ConnectionClosed, QueueJoinTimeout, QueueNotFound
 
 from queueing import broker_lua
+from queueing.batching import Batch
 from queueing.consumer import CONNECTION_ERRORS, StreamsConsumer
 from queueing.keys import dead_key, delay_key, delay_member, delayed_payload, iter_stream, stream_key
 
@@ -72,6 +74,8 @@ class StreamsBroker(Broker):
         self.dead_consumer_idle_ms = dead_consumer_idle_ms
         self.on_dead_letter = on_dead_letter
         self.queues: set[str] = set()
+        # Per queue: the acks of this process's worker threads share their round trips.
+        self.acks: dict[str, Batch] = {}
         # register_script only hashes the source; nothing touches the server until first use.
         self.scripts = {
             name: client.register_script(getattr(broker_lua, name))
@@ -94,6 +98,7 @@ class StreamsBroker(Broker):
         if queue_name not in self.queues:
             self.emit_before("declare_queue", queue_name)
             self.queues.add(queue_name)
+            self.acks[queue_name] = Batch(partial(self.ack_entries, queue_name))
             self.emit_after("declare_queue", queue_name)
 
     def get_declared_queues(self) -> set[str]:
@@ -161,6 +166,11 @@ class StreamsBroker(Broker):
             pipe.xlen(stream_key(queue_name))
             pipe.zcard(delay_key(queue_name))
             return sum(pipe.execute())
+
+    def ack_entries(self, queue_name: str, entry_ids: list[str]) -> list[None]:
+        """Acknowledge and delete entries of a queue's stream with one script call."""
+        self.scripts["ACK"](keys=[stream_key(queue_name)], args=[self.group, *entry_ids])
+        return [None] * len(entry_ids)
 
     def queue_stats(self, queue_name: str) -> dict[str, int]:
         """Count a queue's messages in each place (depth, pending, delayed, dead_letters) in one round trip."""

@@ -17,7 +17,6 @@ from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.common import current_millis
 from dramatiq.errors import ConnectionClosed
 
-from queueing.batching import Batch
 from queueing.keys import dead_key, delay_key, is_nogroup, stream_key
 
 if TYPE_CHECKING:
@@ -75,7 +74,6 @@ class StreamsConsumer(Consumer):
         self.buffer: deque[StreamMessageProxy] = deque()  # fetched, not yet returned by __next__
         self.held: set[str] = set()  # returned by __next__, not yet acked, nacked or requeued
         self.lock = threading.Condition()
-        self.acks = Batch(self.ack_entries)  # threads acking at once share a round trip
         self.group_ready = False
         self.claim_cursor = "0-0"
         self.claim_interval_ms = max(broker.visibility_timeout_ms // 4, 10)
@@ -233,7 +231,7 @@ class StreamsConsumer(Consumer):
     def ack(self, message: StreamMessageProxy) -> None:
         """Acknowledge and delete a processed message's entry."""
         try:
-            self.acks(message.entry_id)
+            self.broker.acks[self.queue_name](message.entry_id)
         except redis.ResponseError as e:
             if not is_nogroup(e):  # The stream was flushed: nothing left to acknowledge.
                 raise
@@ -241,11 +239,6 @@ class StreamsConsumer(Consumer):
             raise ConnectionClosed(e) from None
         finally:
             self.release([message.entry_id])
-
-    def ack_entries(self, entry_ids: list[str]) -> list[None]:
-        """Acknowledge and delete entries with one script call."""
-        self.broker.scripts["ACK"](keys=[self.stream], args=[self.broker.group, *entry_ids])
-        return [None] * len(entry_ids)
 
     def nack(self, message: StreamMessageProxy) -> None:
         """Move a failed message to the dead-letter stream with the reason it failed."""
