@@ -91,9 +91,9 @@ class JobRunner:
         self.feedback.answered(vendor, reply.quota)
         if vendor.is_async:
             deadline = utcnow() + timedelta(seconds=vendor.webhook_timeout_s)
-            self.store.await_webhook(
-                request_id, deadline, detail=f"{vendor.name} accepted; webhook due by {deadline.isoformat()}", attempt=attempt,
-            )
+            detail = f"{vendor.name} accepted; webhook due by {deadline.isoformat()}"
+            if not self.store.await_webhook(request_id, deadline, detail=detail, attempt=attempt):
+                self.store.record_attempt(request_id, attempt)  # its webhook came first and completed it
             return
         result, removed = self.cleaner.clean(reply.data)
         detail = f"{vendor.name} answered {reply.status_code}"

@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 def fail_dead_letter(store: JobStore, outcomes: Outcomes, message: dramatiq.Message, reason: str) -> None:
     """Mark the job of a dead-lettered fetch message failed; the broker's reason goes to its history."""
     request_id = fetch_request_id(message)
-    error = "the job could not be processed (its message was dead-lettered)"
-    if request_id and store.fail(request_id, message.message_id, error, detail=f"dead-lettered: {reason}"):
-        outcomes.finished(request_id, JobStatus.FAILED, detail=error)
+    error, detail = "the job could not be processed (its message was dead-lettered)", f"dead-lettered: {reason}"
+    if request_id and store.fail(request_id, message.message_id, error, detail=detail):
+        outcomes.finished(request_id, JobStatus.FAILED, detail=detail)
 
 
 def setup_worker(config: Config) -> dramatiq.Broker:

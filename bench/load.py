@@ -79,6 +79,7 @@ def start_stack(folder: Path, args: argparse.Namespace) -> tuple[Stack, list, st
     stack.start_mock("async", async_port, *rate, "--callback-delay-s", "1")
     argv = [str(Path(sys.executable).parent / "gunicorn"), "--config", "service/gunicorn_conf.py", "service.app:create_app()"]
     stack.env["PORT"] = str(api_port)
+    stack.migrate()
     stack.start("api", argv, f"http://127.0.0.1:{api_port}/healthz")
     worker = stack.start_worker(processes=args.worker_processes, threads=args.worker_threads)
     lower_priority(worker.process.pid, args.worker_nice)

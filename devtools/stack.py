@@ -101,7 +101,13 @@ class Stack:
         """Return the running process started under `name`."""
         return next(process for process in self.processes if process.name == name)
 
+    def migrate(self) -> None:
+        """Run the release step, as a deployment does before it starts the processes."""
+        subprocess.run([sys.executable, "-m", "service.migrate"], env=self.env, cwd=ROOT, check=True, capture_output=True, timeout=60)
+
     def start_api(self, port: int) -> ManagedProcess:
+        """Migrate the store, then start the API and wait until it answers."""
+        self.migrate()
         argv = [str(BIN / "gunicorn"), "--config", "service/gunicorn_conf.py", "--workers", "2", "service.app:create_app()"]
         self.env["PORT"] = str(port)
         return self.start("api", argv, f"http://127.0.0.1:{port}/healthz")

@@ -49,7 +49,7 @@ class Batch(Generic[Item, Result]):
         waiter = _Waiter(item)
         self._waiting().put(waiter)
         waiter.done.acquire()
-        if isinstance(waiter.result, Exception):
+        if isinstance(waiter.result, BaseException):
             raise waiter.result
         return waiter.result
 
@@ -75,7 +75,7 @@ class Batch(Generic[Item, Result]):
                     break
             try:
                 results = self.flush([waiter.item for waiter in batch])
-            except Exception as error:  # the store is down, say: every caller of this batch sees it
+            except BaseException as error:  # the store is down, say: every caller of this batch sees it, none hangs
                 results = [error] * len(batch)
             for waiter, result in zip(batch, results):
                 waiter.result = result

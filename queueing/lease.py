@@ -63,6 +63,11 @@ def record_sweep(client: redis.Redis, name: str, run: dict[str, Any]) -> None:
     client.hset(SWEEPS_KEY, name, orjson.dumps(run))
 
 
+def forget_sweeps(client: redis.Redis, names: list[str]) -> None:
+    """Delete the records of sweeps the clock no longer runs."""
+    client.hdel(SWEEPS_KEY, *names)
+
+
 def read_clock(client: redis.Redis) -> ClockState:
     """Read who leads the clocks and what each sweep did last, in one round trip."""
     pipe = client.pipeline(transaction=False)

@@ -1,18 +1,26 @@
-"""The release step: `python -m service.migrate` creates the job store's indexes and migrates earlier versions' jobs.
+"""The release step: `python -m service.migrate` brings the stores up to this version.
+
+It creates the job store's indexes, migrates earlier versions' jobs, and forgets the records of
+sweeps earlier clocks ran and this one does not.
 
 It is idempotent, and runs before a new version's processes start: as Procfile's `release`
-process, as compose's `migrate` service, and in `make run` before the rest.
+process, as compose's `migrate` service, and in `make run` before each process that uses the stores.
 """
 
 from __future__ import annotations
 
 import logging
 
+from queueing.connection import connect_redis
+from queueing.lease import forget_sweeps
 from service.config import Config
 from service.logs import configure_logging
 from service.store import open_store
 
 log = logging.getLogger(__name__)
+
+#: Sweeps earlier versions' clocks ran: `indexes` became this command.
+RETIRED_SWEEPS = ["indexes"]
 
 
 def main() -> None:
@@ -21,6 +29,7 @@ def main() -> None:
     configure_logging(config.log_level)
     store = open_store(config)
     store.migrate()
+    forget_sweeps(connect_redis(config.redis_url), RETIRED_SWEEPS)
     log.info("job store migrated", extra={"database": store.collection.database.name})
 
 

@@ -50,4 +50,5 @@ class Outcomes:
                 self.store.mark_callback_queued(request_id)
         except OUTAGES as error:
             log.warning("could not report the finished job: %r", error, extra={"request_id": request_id})
-        log.info("job %s", status.value, extra=facts)
+        finally:
+            log.info("job %s", status.value, extra=facts)

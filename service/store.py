@@ -359,6 +359,10 @@ class JobStore:
             inc={"retries": 1},
         )
 
+    def record_attempt(self, request_id: str, attempt: int) -> None:
+        """Count a call to the vendor whose outcome another event recorded first (its webhook beat the worker)."""
+        self.collection.update_one({"_id": request_id}, {"$max": {"attempts": attempt}})
+
     def postpone(self, request_id: str, until: datetime) -> None:
         """Move a queued job's start to `until`, where its deferred message now waits: the orphan sweep waits as long."""
         self.collection.update_one({"_id": request_id, "status": JobStatus.QUEUED.value}, {"$set": {"due_at": until}})

@@ -6,23 +6,29 @@ import sys
 import uuid
 
 from devtools.stores import free_port
+from queueing.lease import SWEEPS_KEY
 from service.store import connect, jobs_collection
 from tests.conftest import with_database
 
 
 def migrate(config, mongodb_uri):
-    env = {**os.environ, "ENCRYPTION_KEY": config.encryption_key, "MONGODB_URI": mongodb_uri, "STORE_TIMEOUT_MS": "500"}
+    env = {
+        **os.environ, "ENCRYPTION_KEY": config.encryption_key, "MONGODB_URI": mongodb_uri, "REDIS_URL": config.redis_url,
+        "STORE_TIMEOUT_MS": "500",
+    }
     return subprocess.run([sys.executable, "-m", "service.migrate"], env=env, capture_output=True, text=True, timeout=60)
 
 
-def test_the_release_step_creates_the_indexes_and_frees_jobs_an_earlier_version_left_naming_a_message(config):
+def test_the_release_step_creates_the_indexes_and_mends_what_an_earlier_version_left(config, redis_client):
     jobs = jobs_collection(connect(config.mongodb_uri))
     request_id = str(uuid.uuid4())
     jobs.insert_one({"_id": request_id, "status": "queued", "message_id": "a message of an earlier request"})
+    redis_client.hset(SWEEPS_KEY, mapping={"indexes": "{}", "orphans": "{}", "leader": "a clock"})
     done = migrate(config, config.mongodb_uri)
     assert done.returncode == 0, done.stderr
     assert "status_due_at" in jobs.index_information()
     assert "message_id" not in jobs.find_one({"_id": request_id})
+    assert set(redis_client.hkeys(SWEEPS_KEY)) == {b"orphans", b"leader"}  # the retired sweep's record is gone
     assert migrate(config, config.mongodb_uri).returncode == 0  # idempotent
 
 
