@@ -18,6 +18,7 @@ from queueing.messages import fetch_request_id
 from queueing.ratelimit import RateLimiter
 from service.cleaning import Cleaner
 from service.config import Config
+from service.egress import EgressPolicy
 from service.logs import configure_logging
 from service.outcomes import Outcomes
 from service.states import JobStatus
@@ -55,7 +56,7 @@ def setup_worker(config: Config) -> dramatiq.Broker:
     )
     declare_fetch_actor(broker, runner)
     if config.callback_secret:
-        declare_callback_actor(broker, store, requests.Session(), config.callback_secret)
+        declare_callback_actor(broker, store, EgressPolicy(config.callback_allow_networks), config.callback_secret)
     return broker
 
 

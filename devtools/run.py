@@ -21,7 +21,7 @@ from devtools.stores import free_port, port_is_open
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("VAR_DIR", ROOT / "var"))
-APP_PROCESSES = ["web", "worker", "clock", "vendor-sync", "vendor-async"]
+APP_PROCESSES = ["web", "worker", "callbacks", "clock", "vendor-sync", "vendor-async"]
 PREFERRED_REDIS_PORT = 6380
 PREFERRED_MONGODB_PORT = 27018
 ADMIN_TOKEN_FILE = "admin.token"
@@ -70,6 +70,8 @@ def main() -> None:
     env["ADMIN_TOKEN"] = secret("ADMIN_TOKEN", ADMIN_TOKEN_FILE, lambda: secrets.token_urlsafe(32))
     # Lets the dashboard's retry be tried here; deployments erase failed jobs' payloads unless they opt in.
     env.setdefault("KEEP_FAILED_PAYLOADS", "true")
+    # Client callbacks may reach this machine's own endpoints, as local development needs.
+    env.setdefault("CALLBACK_ALLOW_NETWORKS", "127.0.0.0/8,::1/128")
     env["VAR_DIR"] = str(VAR)
     # Every process of this run reports into one fresh metrics folder (see service/metrics.py).
     metrics = VAR / "metrics"

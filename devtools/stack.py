@@ -112,9 +112,10 @@ class Stack:
         self.env["PORT"] = str(port)
         return self.start("api", argv, f"http://127.0.0.1:{port}/healthz")
 
-    def start_worker(self, name: str = "worker", processes: int = 1, threads: int = 4) -> ManagedProcess:
+    def start_worker(self, name: str = "worker", processes: int = 1, threads: int = 4, queues: tuple[str, ...] = ()) -> ManagedProcess:
+        """Start a worker on the given queues (default: all of them)."""
         argv = [str(BIN / "dramatiq"), "actors.worker", "--processes", str(processes), "--threads", str(threads)]
-        return self.start(name, argv)
+        return self.start(name, [*argv, "--queues", *queues] if queues else argv)
 
     def start_clock(self, name: str = "clock") -> ManagedProcess:
         return self.start(name, [sys.executable, "-m", "scheduler.clock"])

@@ -97,12 +97,12 @@ def requeue_orphans(
     return counts
 
 
-def queue_missed_callbacks(store: JobStore, broker: StreamsBroker, older_than: timedelta, limit: int = BATCH_SIZE) -> dict[str, int]:
-    """Queue the client callbacks of finished jobs whose callback could not be queued when they finished."""
-    request_ids = store.unqueued_callbacks(older_than, limit)
+def queue_missed_callbacks(store: JobStore, broker: StreamsBroker, overdue_by: timedelta, limit: int = BATCH_SIZE) -> dict[str, int]:
+    """Queue again the pending client callbacks overdue by `overdue_by`: never queued (Redis was down) or their message lost."""
+    request_ids = store.overdue_callback_ids(overdue_by, limit)
     for request_id in request_ids:
-        enqueue_client_callback(broker, request_id)
         store.mark_callback_queued(request_id)
+        enqueue_client_callback(broker, request_id)
     return {"queued": len(request_ids)}
 
 

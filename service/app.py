@@ -18,6 +18,7 @@ from service import errors
 from service.cleaning import Cleaner
 from service.config import Config
 from service.dashboard import add_dashboard
+from service.egress import EgressPolicy
 from service.health import Liveness, Readiness
 from service.idempotency import IdempotencyKeys
 from service.intake import Intake
@@ -63,9 +64,10 @@ def create_app(config: Config | None = None) -> falcon.App:
     json_handler = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.resp_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json_handler})
     callbacks = config.callback_secret is not None
-    app.add_route("/jobs", JobCollection(jobs, accept_callbacks=callbacks))
+    egress = EgressPolicy(config.callback_allow_networks) if callbacks else None
+    app.add_route("/jobs", JobCollection(jobs, callbacks=egress, max_json_depth=config.max_json_depth))
     app.add_route("/jobs/{request_id}", JobItem(jobs))
-    app.add_route(WEBHOOK_ROUTE, VendorWebhook(jobs, WebhookAuth(config.encryption_key, redis_client)))
+    app.add_route(WEBHOOK_ROUTE, VendorWebhook(jobs, WebhookAuth(config.encryption_key, redis_client), config.max_json_depth))
     app.add_route("/healthz", Liveness())
     app.add_route("/readyz", Readiness(store, redis_client, registry))
     app.add_route("/openapi.json", OpenAPIDocument(build_spec(list(registry.vendors), callbacks)))
@@ -119,6 +121,12 @@ def add_error_handlers(app: falcon.App) -> None:
             description=f"the data store ({which}) is unavailable; try again shortly", retry_after=RETRY_AFTER_S,
         )
 
+    def internal_error(req, resp, error, params):
+        # The path alone: a webhook's query string carries its job's token.
+        log.error("unhandled error during %s %s", req.method, req.path, exc_info=error)
+        raise falcon.HTTPInternalServerError(description="the service could not handle this request; the error is logged")
+
+    app.add_error_handler(Exception, internal_error)
     app.add_error_handler(errors.JobNotFound, job_not_found)
     app.add_error_handler(errors.UnknownVendor, unknown_vendor)
     app.add_error_handler(errors.IdempotencyConflict, idempotency_conflict)

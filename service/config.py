@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from service.egress import Network, parse_networks
+from vendors.payloads import MAX_JSON_DEPTH
+
 DEFAULT_PII_KEYS = (
     "pii", "ssn", "password", "email", "phone", "card_number", "credit_card", "cc_number", "pan", "cvv",
 )
@@ -42,6 +45,10 @@ class Config:
     admin_token: str | None = field(default=None, repr=False)
     # Keep the encrypted payload of failed and timed-out jobs until retention, so operators can retry them.
     keep_failed_payloads: bool = False
+    # Request bodies whose objects and lists nest deeper than this are refused.
+    max_json_depth: int = MAX_JSON_DEPTH
+    # Networks client callbacks may reach besides public addresses (service/egress.py).
+    callback_allow_networks: tuple[Network, ...] = ()
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:
@@ -73,6 +80,8 @@ class Config:
             rate_limit_margin_ms=_int(env, "RATE_LIMIT_MARGIN_MS", cls.rate_limit_margin_ms),
             admin_token=_admin_token(env),
             keep_failed_payloads=_flag(env, "KEEP_FAILED_PAYLOADS"),
+            max_json_depth=_int(env, "MAX_JSON_DEPTH", cls.max_json_depth),
+            callback_allow_networks=_networks(env, "CALLBACK_ALLOW_NETWORKS"),
         )
 
 
@@ -89,6 +98,13 @@ def _admin_token(env) -> str | None:
         raise ConfigError(f"ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LENGTH} characters; generate one with "
                           "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
     return token
+
+
+def _networks(env, name: str) -> tuple[Network, ...]:
+    try:
+        return parse_networks(env.get(name, ""))
+    except ValueError as error:
+        raise ConfigError(f"{name} must list networks like 10.0.0.0/8,::1/128: {error}") from None
 
 
 def _flag(env, name: str) -> bool:

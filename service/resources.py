@@ -8,17 +8,19 @@ from urllib.parse import urlsplit
 import falcon
 import orjson
 
+from service.egress import EgressPolicy, EgressRefused
 from service.jobs import Jobs
 from service.logs import about_job
 from service.states import JobStatus
 from service.waiting import poll_hint_s
 from service.webhooks import WebhookAuth
+from vendors.payloads import nested_deeper_than
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 MAX_URL_LENGTH = 2048
 
 
-def read_json_object(req: falcon.Request) -> tuple[bytes, dict[str, Any]]:
+def read_json_object(req: falcon.Request, max_depth: int) -> tuple[bytes, dict[str, Any]]:
     """Return the raw body and its JSON object, or raise a 4xx that says what is wrong."""
     content_type = (req.content_type or "application/json").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
@@ -33,6 +35,10 @@ def read_json_object(req: falcon.Request) -> tuple[bytes, dict[str, Any]]:
     if not isinstance(data, dict):
         raise falcon.HTTPBadRequest(
             title="Not a JSON object", description=f"the body must be a JSON object, not a {type(data).__name__}",
+        )
+    if nested_deeper_than(data, max_depth):
+        raise falcon.HTTPBadRequest(
+            title="Nested too deeply", description=f"objects and lists in the body may nest at most {max_depth} levels deep",
         )
     return raw, data
 
@@ -50,12 +56,13 @@ def read_idempotency_key(req: falcon.Request) -> str | None:
 class JobCollection:
     """POST /jobs: accept any JSON object as a job."""
 
-    def __init__(self, jobs: Jobs, accept_callbacks: bool) -> None:
+    def __init__(self, jobs: Jobs, callbacks: EgressPolicy | None, max_json_depth: int) -> None:
         self.jobs = jobs
-        self.accept_callbacks = accept_callbacks
+        self.callbacks = callbacks  # None: this deployment sends no client callbacks
+        self.max_json_depth = max_json_depth
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _, payload = read_json_object(req)
+        _, payload = read_json_object(req, self.max_json_depth)
         request_id, estimate = self.jobs.submit(
             payload, req.get_param("vendor"),
             idempotency_key=read_idempotency_key(req), callback_url=self.read_callback_url(req),
@@ -75,10 +82,15 @@ class JobCollection:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_URL_LENGTH:
                 raise falcon.HTTPBadRequest(title="Invalid callback_url", description="callback_url must be an absolute http(s) URL")
-        if not self.accept_callbacks:
+        if self.callbacks is None:
             raise falcon.HTTPBadRequest(
                 title="Callbacks not enabled", description="this deployment has no CALLBACK_SECRET, so it sends no client callbacks",
             )
+        for url in given:
+            try:
+                self.callbacks.check_literal(urlsplit(url).hostname)
+            except EgressRefused as error:
+                raise falcon.HTTPBadRequest(title="Callback address refused", description=str(error)) from None
         return given[0]
 
 
@@ -98,13 +110,14 @@ class JobItem:
 class VendorWebhook:
     """POST /vendor-webhook/{vendor}: an async vendor delivers a job's data."""
 
-    def __init__(self, jobs: Jobs, auth: WebhookAuth) -> None:
+    def __init__(self, jobs: Jobs, auth: WebhookAuth, max_json_depth: int) -> None:
         self.jobs = jobs
         self.auth = auth
+        self.max_json_depth = max_json_depth
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, vendor: str) -> None:
         registered = self.jobs.vendor(vendor)
-        raw, data = read_json_object(req)
+        raw, data = read_json_object(req, self.max_json_depth)
         request_id = data.get("request_id")
         if not isinstance(request_id, str) or not request_id:
             raise falcon.HTTPBadRequest(title="Missing request_id", description="the body must carry a string request_id")

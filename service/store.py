@@ -50,10 +50,13 @@ def past_webhook_deadline() -> dict[str, Any]:
     return {"webhook_deadline": {"$lt": utcnow()}}
 
 
-def pending_callbacks(finished_before: timedelta) -> dict[str, Any]:
-    """Filter jobs finished over `finished_before` ago whose client callback is not queued: the fields of index callbacks_pending."""
-    # An unfinished job's finished_at is missing, or None after a retry: neither is less than a date.
-    return {"callback_pending": True, "finished_at": {"$lt": utcnow() - finished_before}}
+def overdue_callbacks(overdue_by: timedelta) -> dict[str, Any]:
+    """Filter finished jobs whose client callback is not delivered and was due over `overdue_by` ago.
+
+    Exactly the fields of index callbacks_due, which holds only the jobs whose callback is pending.
+    """
+    # An unfinished job's callback_due_at is missing, or None after a retry: neither is less than a date.
+    return {"callback_pending": True, "callback_due_at": {"$lt": utcnow() - overdue_by}}
 
 
 def stale_jobs(status: JobStatus, older_than: timedelta) -> dict[str, Any]:
@@ -114,15 +117,30 @@ class JobStore:
             if replaced in earlier:
                 self.collection.drop_index(replaced)
         if self.client_callbacks:
-            # Only the jobs whose client callback is not queued yet, which is all the callback sweep
-            # reads, however many finished jobs retention keeps; only with callbacks on, as even a
-            # partial index slows every insert.
+            # Only the jobs whose client callback is pending, which is all the callback sweep reads,
+            # however many finished jobs retention keeps; only with callbacks on, as even a partial
+            # index slows every insert.
             self.collection.create_index(
-                [("callback_pending", 1), ("finished_at", 1)], name="callbacks_pending",
+                [("callback_pending", 1), ("callback_due_at", 1)], name="callbacks_due",
                 partialFilterExpression={"callback_pending": True},
             )
-        elif "callbacks_pending" in earlier:  # callbacks turned off since: nothing reads it now
+        elif "callbacks_due" in earlier:  # callbacks turned off since: nothing reads it now
+            self.collection.drop_index("callbacks_due")
+        if "callbacks_pending" in earlier:  # an earlier version's, on finished_at
             self.collection.drop_index("callbacks_pending")
+        # Earlier versions kept no due time for a pending callback: it was due when its job finished.
+        self.collection.update_many(
+            {"callback_pending": True, "callback_due_at": None, "finished_at": {"$ne": None}},
+            [{"$set": {"callback_due_at": "$finished_at"}}],
+        )
+        # They also stopped tracking a callback once it was queued: one queued in the last day and
+        # not known delivered may still be on its way, so it is pending again (its webhook-id lets
+        # the client drop a second copy).
+        self.collection.update_many(
+            {"callback_queued_at": {"$gt": utcnow() - timedelta(days=1)}, "callback_pending": None,
+             "callback_delivered_at": None, "callback_attempts": None},
+            {"$set": {"callback_pending": True, "callback_due_at": utcnow()}},
+        )
         # Earlier versions kept the claiming message's id after a job left processing; a claim now
         # takes a job that is not processing only while it names no message.
         self.collection.update_many(
@@ -162,7 +180,8 @@ class JobStore:
             "updated_at": now,
         }
         if callback_url:
-            # Cleared once the callback is queued; until then the callback sweep can find the job.
+            # Pending until delivered or given up; due as soon as the job finishes. While it is
+            # pending and overdue, the callback sweep queues it (again).
             job.update(callback_url=callback_url, callback_pending=True)
         return job
 
@@ -214,7 +233,9 @@ class JobStore:
         }
         unset = {} if to is JobStatus.PROCESSING else {"message_id": ""}
         if to.is_terminal:
-            update["$set"].update(finished_at=now, expires_at=now + self.retention)
+            # Every final state makes a pending client callback due (only those jobs are indexed for
+            # the callback sweep), in the same write: no outage between two writes can lose it.
+            update["$set"].update(finished_at=now, expires_at=now + self.retention, callback_due_at=now)
         if to in self.erased_at:
             unset["payload"] = ""
         if unset:
@@ -261,17 +282,28 @@ class JobStore:
         return deleted
 
     def mark_callback_queued(self, request_id: str) -> None:
-        """Record that the job's client callback is queued, so the callback sweep leaves it alone."""
+        """Record that the job's client callback is queued to run now, so the callback sweep waits for it."""
         # Only while the job is finished: a retry since then makes a new outcome, whose callback is due again.
-        self.collection.update_one(
-            {"_id": request_id, "finished_at": {"$ne": None}},
-            {"$set": {"callback_queued_at": utcnow()}, "$unset": {"callback_pending": ""}},
-        )
+        self.collection.update_one({"_id": request_id, "finished_at": {"$ne": None}}, {"$set": {"callback_due_at": utcnow()}})
 
-    def unqueued_callbacks(self, older_than: timedelta, limit: int) -> list[str]:
-        """Return ids of jobs finished over `older_than` ago whose client callback was never queued (Redis was down)."""
-        cursor = self.collection.find(pending_callbacks(older_than), {"_id": True}).limit(limit)
+    def overdue_callback_ids(self, overdue_by: timedelta, limit: int) -> list[str]:
+        """Return ids of finished jobs whose client callback is pending and over `overdue_by` late (its message was lost)."""
+        cursor = self.collection.find(overdue_callbacks(overdue_by), {"_id": True}).limit(limit)
         return [job["_id"] for job in cursor]
+
+    def callback_attempted(
+        self, request_id: str, attempt: int, detail: str, *, next_at: datetime | None = None, delivered: bool = False,
+    ) -> None:
+        """Record a client callback's attempt: the next one due at `next_at`, or none (delivered, refused, given up)."""
+        now = utcnow()
+        update: dict[str, Any] = {"$set": {"callback_attempts": attempt}, "$push": push_history({"event": detail, "at": now})}
+        if next_at is None:
+            update["$unset"] = {"callback_pending": ""}
+        else:
+            update["$set"]["callback_due_at"] = next_at
+        if delivered:
+            update["$set"]["callback_delivered_at"] = now
+        self.collection.update_one({"_id": request_id}, update)
 
     def claim(self, request_id: str, message_id: str) -> dict[str, Any] | None:
         """Mark the job processing for this message and return it, its payload decrypted (absent if erased).
@@ -351,7 +383,7 @@ class JobStore:
         The job will finish again, and a client that asked for a callback hears of that outcome too.
         """
         job = self.collection.find_one({"_id": request_id}, {"callback_url": True}) or {}
-        callback = {"callback_pending": True, "callback_queued_at": None, "callback_delivered_at": None}
+        callback = {"callback_pending": True, "callback_due_at": None, "callback_delivered_at": None, "callback_attempts": 0}
         return self._apply(
             states.RETRY, request_id, detail=detail,
             fields={"attempts": 0, "rerequests": 0, "error": None, "finished_at": None, "expires_at": None,

@@ -89,6 +89,14 @@ def config(redis_url, mongodb_uri, mongo_client, redis_client):
     mongo_client.drop_database(name)
 
 
+def nested(levels):
+    """Return an object whose objects nest `levels` deep."""
+    value = {"leaf": 1}
+    for _ in range(levels - 1):
+        value = {"inner": value}
+    return value
+
+
 def open_test_store(config, **settings):
     """Open a JobStore on this test's database, with `settings` in place of the config's, and its indexes."""
     from service.store import open_store

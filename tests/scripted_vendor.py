@@ -9,8 +9,9 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-# (status, headers) for one call; a 200 carries the vendor's record.
-Answer = tuple[int, dict[str, str]]
+# (status, headers) for one call, a 200 carrying the vendor's record; or (status, headers, body).
+Answer = tuple[int, dict[str, str]] | tuple[int, dict[str, str], bytes]
+RECORD = {"account": "xyz", "balance": 5000}
 
 
 def served(_request_id: str) -> Answer:
@@ -29,8 +30,8 @@ class ScriptedVendor:
             def do_POST(self) -> None:
                 request_id = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["request_id"]
                 vendor.calls.append((time.monotonic(), request_id))
-                status, headers = vendor.answer(request_id)
-                body = json.dumps({"request_id": request_id, "account": "xyz", "balance": 5000} if status == 200 else {}).encode()
+                status, headers, *body = vendor.answer(request_id)
+                body = body[0] if body else json.dumps({"request_id": request_id, **RECORD} if status == 200 else {}).encode()
                 self.send_response(status)
                 for name, value in {**headers, "Content-Type": "application/json", "Content-Length": str(len(body))}.items():
                     self.send_header(name, value)

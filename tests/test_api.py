@@ -6,6 +6,7 @@ import pytest
 
 from queueing.messages import QUEUE_NAME
 from service.app import create_app
+from tests.conftest import nested
 
 
 @pytest.fixture
@@ -111,6 +112,10 @@ def test_bad_webhooks_get_clear_errors(client, path, body, status, words):
     pytest.param({"body": "a=1", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415, "application/json", id="form"),
     pytest.param({"json": {"big": "x" * 70_000}}, 413, "limit is 65536 bytes", id="too-large"),
     pytest.param({"json": {}, "params": {"vendor": "acme"}}, 400, "no vendor is called 'acme'", id="unknown-vendor"),
+    pytest.param({"body": "[" * 299 + "{}" + "]" * 299, "headers": {"Content-Type": "application/json"}}, 400,
+                 "must be a JSON object", id="300-levels-of-lists"),
+    pytest.param({"json": nested(300)}, 400, "at most 32 levels deep", id="300-levels"),
+    pytest.param({"json": nested(33)}, 400, "at most 32 levels deep", id="33-levels"),
 ])
 def test_bad_submissions_get_clear_4xx_errors(client, jobs, kwargs, status, words):
     response = client.simulate_post("/jobs", **kwargs)
@@ -267,6 +272,33 @@ def test_a_replay_before_the_first_job_is_stored_is_409(client, config, redis_cl
     IdempotencyKeys(redis_client, config.encryption_key).claim("early", request, "not-stored-yet")
     response = submit(client, body, headers={"Idempotency-Key": "early"})
     assert response.status_code == 409 and "still being stored" in response.json["description"]
+
+
+def test_a_job_nested_32_levels_deep_is_taken(client, jobs):
+    response = submit(client, nested(32))
+    assert response.status_code == 202 and jobs.count_documents({}) == 1
+
+
+def test_a_webhook_nested_too_deeply_is_400_and_changes_nothing(client, jobs):
+    request_id = submit(client, params={"vendor": "async"}).json["request_id"]
+    response = client.simulate_post("/vendor-webhook/async", json={"request_id": request_id, "data": nested(300)})
+    assert response.status_code == 400 and "at most 32 levels deep" in response.json["description"]
+    assert jobs.find_one({"_id": request_id})["status"] == "queued"
+
+
+def test_an_unexpected_error_is_a_json_500_whose_log_line_holds_no_query_string(client, monkeypatch, caplog):
+    from service.jobs import Jobs
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Jobs, "receive_webhook", broken)
+    request_id = submit(client, params={"vendor": "async"}).json["request_id"]
+    response = client.simulate_post("/vendor-webhook/async", params={"token": "the-jobs-token"}, json={"request_id": request_id})
+    assert response.status_code == 500 and "the error is logged" in response.json["description"]
+    [logged] = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert logged.getMessage() == "unhandled error during POST /vendor-webhook/async" and logged.exc_info
+    assert "the-jobs-token" not in caplog.text
 
 
 def test_a_webhook_with_data_that_cannot_be_stored_is_422_and_changes_nothing(client, jobs):

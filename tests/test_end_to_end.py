@@ -6,9 +6,10 @@ import pytest
 import requests
 import standardwebhooks
 
-from tests.conftest import with_database
-from tests.signing import new_secret
 from devtools.stack import CallbackReceiver, Stack, free_ports, vendors_toml, wait_until
+from tests.conftest import with_database
+from tests.hostile_endpoints import HostileEndpoint, flood, trickle
+from tests.signing import new_secret
 
 CALLBACK_SECRET = new_secret("client callbacks")
 E2E_DATABASE = "e2e_jobs"
@@ -39,12 +40,14 @@ def stack(tmp_path_factory, redis_url, mongodb_uri, mongo_client):
         "ENCRYPTION_KEY": Fernet.generate_key().decode(),
         "PUBLIC_URL": f"http://127.0.0.1:{api_port}",
         "CALLBACK_SECRET": CALLBACK_SECRET,
+        "CALLBACK_ALLOW_NETWORKS": "127.0.0.1/32",
     }, folder)
     try:
         stack.start_mock("sync", sync_port)
         stack.start_mock("async", async_port, "--callback-delay-s", "0.2")
         stack.start_api(api_port)
-        stack.start_worker(threads=8)
+        stack.start_worker(threads=8, queues=("job-queue",))  # as the Procfile runs them
+        stack.start_worker("callbacks", threads=4, queues=("client-callbacks",))
         stack.url = f"http://127.0.0.1:{api_port}"
         yield stack
     finally:
@@ -122,6 +125,9 @@ def test_the_client_callback_brings_the_final_state_once_signed(stack, receiver,
     assert len({call_headers["webhook-id"] for call_headers, _ in receiver.calls}) == 1
     stored = wait_until(lambda: mongo_client[E2E_DATABASE].jobs.find_one({"_id": request_id, "callback_delivered_at": {"$exists": True}}), 5, "the delivery to be recorded")
     assert "callback_url" not in requests.get(f"{stack.url}/jobs/{request_id}", timeout=5).json() and stored["callback_url"] == receiver.url
+    attempts = [entry["event"] for entry in stored["history"] if "client callback" in entry.get("event", "")]
+    assert attempts[0].startswith("client callback answered 503 (attempt 1); next in") and attempts[1] == "client callback delivered"
+    assert stored["callback_attempts"] == 2 and "callback_pending" not in stored
 
 
 def test_metrics_sum_the_workers_vendor_calls_with_the_apis_counts(stack):
@@ -160,3 +166,22 @@ def test_each_event_is_one_json_line_naming_the_job_its_vendor_and_timing_never_
         [queued] = [e for e in api.logged_events(request_id) if e.get("state") == "queued"]
         assert queued["vendor"] == vendor and queued["starts_in_ms"] >= 0
     assert password not in api.log() + worker.log()
+
+
+def test_trickling_and_flooding_callback_endpoints_never_hold_back_a_fetch(stack):
+    trickling, flooding = HostileEndpoint(trickle), HostileEndpoint(flood)
+    try:
+        for _ in range(25):
+            for endpoint in (trickling, flooding):
+                submit(stack, "sync", callback_url=endpoint.url)
+        # Every callback thread soon waits on a trickling endpoint, for its whole deadline.
+        wait_until(lambda: trickling.connections >= 4 and flooding.connections, 20, "the callbacks to reach both endpoints")
+        plain = [submit(stack, "sync") for _ in range(50)]
+        # Seconds, where fetches sharing threads with fifty ten-second callbacks would wait minutes.
+        assert {final_state(stack, request_id, timeout_s=20)["status"] for request_id in plain} == {"complete"}
+        assert trickling.connections < 50  # the callbacks were still being tried meanwhile
+    finally:
+        trickling.close()
+        flooding.close()
+    # Each delivery read a capped answer and hung up: what it was sent is what socket buffers hold.
+    assert flooding.sent_bytes < flooding.connections * 32 * 1024 * 1024

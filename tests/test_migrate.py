@@ -4,10 +4,11 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import timedelta
 
 from devtools.stores import free_port
 from queueing.lease import SWEEPS_KEY
-from service.store import connect, jobs_collection
+from service.store import connect, jobs_collection, utcnow
 from tests.conftest import with_database
 
 
@@ -36,3 +37,18 @@ def test_the_release_step_fails_when_mongodb_is_unreachable(config):
     unreachable = with_database(f"mongodb://127.0.0.1:{free_port()}/x", "vendorfetch")
     done = migrate(config, unreachable)
     assert done.returncode != 0 and "ServerSelectionTimeoutError" in done.stderr
+
+
+def test_callbacks_an_earlier_version_queued_and_left_untracked_are_pending_again(store):
+    now = utcnow()
+    recent, delivered, long_ago = (str(uuid.uuid4()) for _ in range(3))
+    store.collection.insert_many([
+        {"_id": recent, "status": "complete", "callback_url": "http://127.0.0.1:9/hook", "callback_queued_at": now, "finished_at": now},
+        {"_id": delivered, "status": "complete", "callback_url": "http://127.0.0.1:9/hook", "callback_queued_at": now,
+         "callback_delivered_at": now, "finished_at": now},
+        {"_id": long_ago, "status": "complete", "callback_url": "http://127.0.0.1:9/hook",
+         "callback_queued_at": now - timedelta(days=2), "finished_at": now - timedelta(days=2)},
+    ])
+    store.migrate()
+    pending = {job["_id"] for job in store.collection.find({"callback_pending": True})}
+    assert pending == {recent}

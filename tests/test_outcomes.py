@@ -28,12 +28,12 @@ def queued_callbacks(redis_client):
     return [dramatiq.Message.decode(fields[b"message"]).args for _, fields in redis_client.xrange(CALLBACK_QUEUE)]
 
 
-def test_a_finished_job_that_asked_for_a_callback_has_it_queued_once_and_marked(store, broker, redis_client):
+def test_a_finished_job_that_asked_for_a_callback_has_it_queued_once_and_due_now(store, broker, redis_client):
     request_id = finished_job(store, callback_url="http://127.0.0.1:9/hook")
     Outcomes(store, broker).finished(request_id, JobStatus.COMPLETE)
     assert queued_callbacks(redis_client) == [(request_id,)]
     job = store.collection.find_one({"_id": request_id})
-    assert "callback_pending" not in job and job["callback_queued_at"] is not None
+    assert job["callback_pending"] and job["callback_due_at"] >= job["finished_at"]  # pending until delivered
 
 
 def test_no_callback_is_queued_when_callbacks_are_off_or_not_asked_for(store, broker, redis_client):

@@ -1,5 +1,6 @@
 """The runner's one retry policy, in process against a scripted vendor: attempts are counted where outcomes are recorded."""
 
+import json
 import uuid
 
 import pytest
@@ -13,6 +14,7 @@ from queueing.ratelimit import RateLimiter
 from service.cleaning import Cleaner
 from service.outcomes import Outcomes
 from service.webhooks import WebhookAuth
+from tests.conftest import nested
 from tests.scripted_vendor import ScriptedVendor
 from vendors.registry import parse_registry
 
@@ -26,7 +28,9 @@ def vendor():
 
 @pytest.fixture
 def runner(config, store, redis_client, vendor):
-    registry = parse_registry({"vendors": {"scripted": {"mode": "sync", "url": vendor.url, "max_retries": 2}}}, "test")
+    registry = parse_registry(
+        {"vendors": {"scripted": {"mode": "sync", "url": vendor.url, "max_retries": 2, "max_body_bytes": 4096}}}, "test",
+    )
     limiter = RateLimiter(redis_client, config.rate_limit_margin_ms)
     return JobRunner(
         store, Outcomes(store, None), registry, requests.Session(), WebhookAuth(config.encryption_key, redis_client),
@@ -75,3 +79,30 @@ def test_a_job_whose_payload_was_erased_fails_without_calling_the_vendor(runner,
     job = store.get(request_id)
     assert job["status"] == "failed" and "payload was erased" in job["error"] and job["attempts"] == 0
     assert vendor.calls == []
+
+
+def test_a_vendor_redirect_is_not_followed_and_fails_the_job_at_once(runner, store, vendor):
+    elsewhere = ScriptedVendor()  # must receive nothing, the decrypted payload least of all
+    try:
+        request_id = new_job(store)
+        vendor.answer = lambda _: (307, {"Location": elsewhere.url})
+        runner.run(request_id, "m1")
+        assert elsewhere.calls == []
+    finally:
+        elsewhere.close()
+    job = store.get(request_id)
+    assert job["status"] == "failed" and job["error"] == "scripted answered 307; redirects are not followed"
+    assert len(vendor.calls) == 1
+
+
+@pytest.mark.parametrize("body, reason", [
+    pytest.param(json.dumps(nested(150)).encode(), "scripted answered JSON nested deeper than 32 levels", id="150-levels"),
+    pytest.param(json.dumps({"blob": "x" * 5000}).encode(), "scripted answered more than 4096 bytes", id="over-max-body-bytes"),
+])
+def test_an_answer_the_service_cannot_keep_fails_the_job_after_one_call(runner, store, vendor, body, reason):
+    request_id = new_job(store)
+    vendor.answer = lambda _: (200, {}, body)
+    runner.run(request_id, "m1")
+    job = store.get(request_id)
+    assert job["status"] == "failed" and job["error"] == reason and job["attempts"] == 1
+    assert len(vendor.calls) == 1

@@ -14,7 +14,7 @@ from queueing.ratelimit import RateLimiter
 from scheduler.sweeps import purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
 from service.outcomes import Outcomes
 from service.states import JobStatus
-from service.store import pending_callbacks, stale_jobs, utcnow
+from service.store import overdue_callbacks, stale_jobs, utcnow
 from tests.conftest import open_test_store
 from tests.signing import new_secret
 from vendors.registry import parse_registry
@@ -300,6 +300,9 @@ def test_the_indexes_earlier_versions_or_settings_used_are_dropped(store):
     """Each index the sweeps no longer read would still cost every insert and update."""
     assert not store.client_callbacks
     store.collection.create_index(
+        [("callback_pending", 1), ("callback_due_at", 1)], name="callbacks_due", partialFilterExpression={"callback_pending": True},
+    )
+    store.collection.create_index(
         [("callback_pending", 1), ("finished_at", 1)], name="callbacks_pending", partialFilterExpression={"callback_pending": True},
     )
     store.collection.create_index("expires_at", name="retention_ttl", expireAfterSeconds=0)
@@ -312,10 +315,10 @@ def test_the_indexes_earlier_versions_or_settings_used_are_dropped(store):
 
 
 def finish_an_hour_ago(store, request_id):
-    """Fail the job and date its finish an hour back, past the callback sweep's grace."""
+    """Fail the job and date its finish, and its callback's due time, an hour back, past the callback sweep's grace."""
     store.claim(request_id, "m1")
     store.fail(request_id, "m1", "vendor rejected")
-    store.collection.update_one({"_id": request_id}, {"$set": {"finished_at": utcnow() - AN_HOUR}})
+    store.collection.update_one({"_id": request_id}, {"$set": {"finished_at": utcnow() - AN_HOUR, "callback_due_at": utcnow() - AN_HOUR}})
 
 
 def test_a_callback_that_could_not_be_queued_is_queued_by_the_sweep_once(calling_store, broker, redis_client):
@@ -344,7 +347,7 @@ def test_the_callback_sweep_reads_only_jobs_whose_callback_is_pending(calling_st
     for job in (finished, unfinished):
         calling_store.create(job, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
     finish_an_hour_ago(calling_store, finished)
-    plan = calling_store.collection.find(pending_callbacks(timedelta(minutes=1))).explain()
+    plan = calling_store.collection.find(overdue_callbacks(timedelta(minutes=1))).explain()
     assert plan["executionStats"]["totalDocsExamined"] == 1
 
 
@@ -354,5 +357,19 @@ def test_a_callback_queued_as_its_job_finishes_leaves_nothing_for_the_sweep(call
     finish_an_hour_ago(calling_store, request_id)
     Outcomes(calling_store, broker).finished(request_id, JobStatus.FAILED)
     assert redis_client.xlen(CALLBACK_QUEUE) == 1
-    assert "callback_pending" not in calling_store.collection.find_one({"_id": request_id})
+    assert calling_store.collection.find_one({"_id": request_id})["callback_due_at"] > utcnow() - timedelta(minutes=1)
     assert queue_missed_callbacks(calling_store, broker, timedelta(minutes=1)) == {"queued": 0}
+
+
+def test_a_callback_whose_message_was_lost_is_queued_again_once_overdue_and_one_delivered_never(calling_store, broker, redis_client):
+    lost, delivered = str(uuid.uuid4()), str(uuid.uuid4())
+    for job in (lost, delivered):
+        calling_store.create(job, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
+        finish_an_hour_ago(calling_store, job)
+        # Its first attempt failed, the next was due a minute ago, and Redis lost the message meanwhile.
+        calling_store.callback_attempted(job, 1, "client callback answered 503", next_at=utcnow() - timedelta(minutes=2))
+    calling_store.callback_attempted(delivered, 2, "client callback delivered", delivered=True)
+    assert queue_missed_callbacks(calling_store, broker, timedelta(minutes=1)) == {"queued": 1}
+    [(_, fields)] = redis_client.xrange(CALLBACK_QUEUE)
+    assert dramatiq.Message.decode(fields[b"message"]).args == (lost,)
+    assert queue_missed_callbacks(calling_store, broker, timedelta(minutes=1)) == {"queued": 0}  # due now: not overdue

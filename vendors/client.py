@@ -3,7 +3,11 @@
     VendorError
     ├── VendorUnavailable     timeout, connection error or 5xx: worth retrying
     │   └── VendorRateLimited 429: wait `retry_after_s`, then retry
-    └── VendorRejected        any other 4xx, or an unusable answer: retrying will not help
+    └── VendorRejected        a redirect, any other 4xx, or an unusable answer (too large, too
+                              deep, not a JSON object): retrying will not help
+
+A call never follows a redirect (the decrypted payload must reach the vendor's URL and no other)
+and reads at most the vendor's `max_body_bytes` of the answer.
 """
 
 from __future__ import annotations
@@ -13,10 +17,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import requests
 
+from vendors.payloads import MAX_JSON_DEPTH, nested_deeper_than
 from vendors.quota import Quota, parse_quota
 from vendors.registry import Vendor
+
+CHUNK_BYTES = 64 * 1024
 
 
 class VendorError(Exception):
@@ -54,15 +62,26 @@ def call_vendor(
     """POST the job to the vendor and return its reply, or raise a VendorError."""
     body = {"request_id": request_id, "payload": payload, "callback_url": callback_url}
     try:
-        response = session.post(vendor.url, json=body, timeout=vendor.timeout_s)
+        with session.post(vendor.url, json=body, timeout=vendor.timeout_s, allow_redirects=False, stream=True) as response:
+            content = read_at_most(response, vendor.max_body_bytes)
     except requests.Timeout as error:
         raise VendorUnavailable(f"{vendor.name} did not answer within {vendor.timeout_s:g} s") from error
     except requests.RequestException as error:
         raise VendorUnavailable(f"{vendor.name} could not be reached: {type(error).__name__}") from error
-    return _reply(vendor, response)
+    return _reply(vendor, response, content)
 
 
-def _reply(vendor: Vendor, response: requests.Response) -> VendorReply:
+def read_at_most(response: requests.Response, limit: int) -> bytes:
+    """Read a streamed response's body, stopping one byte past `limit`: the caller tells a larger one by its length."""
+    content = bytearray()
+    for chunk in response.iter_content(CHUNK_BYTES):
+        content += chunk
+        if len(content) > limit:
+            break
+    return bytes(content[:limit + 1])
+
+
+def _reply(vendor: Vendor, response: requests.Response, content: bytes) -> VendorReply:
     status = response.status_code
     quota = parse_quota(response.headers)
     if status == 429:
@@ -74,14 +93,20 @@ def _reply(vendor: Vendor, response: requests.Response) -> VendorReply:
         raise VendorUnavailable(f"{vendor.name} answered {status}")
     if status >= 400:
         raise VendorRejected(f"{vendor.name} rejected the request with {status}")
+    if status >= 300:
+        raise VendorRejected(f"{vendor.name} answered {status}; redirects are not followed")
+    if len(content) > vendor.max_body_bytes:
+        raise VendorRejected(f"{vendor.name} answered more than {vendor.max_body_bytes} bytes")
     if vendor.is_async:
         return VendorReply(status, None, quota)
     try:
-        data = response.json()
-    except ValueError:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
         data = None
     if not isinstance(data, dict):
         raise VendorRejected(f"{vendor.name} answered {status} without a JSON object")
+    if nested_deeper_than(data, MAX_JSON_DEPTH):
+        raise VendorRejected(f"{vendor.name} answered JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return VendorReply(status, data, quota)
 
 

@@ -32,10 +32,10 @@ webhook_timeout_s = 300
 """
 
 
-# Optional per-vendor settings of the rate limiter, retries and circuit breaker, with their types.
+# Optional per-vendor settings (rate limiter, retries, circuit breaker, answer size), with their types.
 LIMIT_SETTINGS = {
     "burst": int, "max_wait_s": float, "max_backlog": int, "breaker_failures": int, "breaker_cooldown_s": float,
-    "retry_backoff_s": float, "retry_backoff_max_s": float,
+    "retry_backoff_s": float, "retry_backoff_max_s": float, "max_body_bytes": int,
 }
 
 
@@ -74,6 +74,7 @@ class Vendor:
     retry_backoff_max_s: float = 300.0
     # Calls that may start at once; after them calls keep an even pace. Default: the whole limit.
     burst: int | None = None
+    max_body_bytes: int = 1024 * 1024  # the most of an answer read; a larger one fails the call
     limit: tuple[int, float] = field(init=False)
 
     def __post_init__(self) -> None:
