@@ -1,10 +1,11 @@
 """Client callbacks: POST a finished job's status and result to the URL its client gave, signed.
 
-A callback is pending from the job's submission until it is delivered (a 2xx) or given up: the
-client answered 410 Gone, its address is refused (service/egress.py), or the schedule ran out,
-over a day. Each attempt is recorded on the job, with when the next is due; the clock's
-callback sweep queues a pending callback again once it is overdue, so a lost message (Redis
-restarted without its data) never loses a callback.
+A callback is pending from the job's submission until it is delivered (a 2xx). Each attempt is
+recorded on the job, with when the next is due; the clock's callback sweep queues a pending
+callback again once it is overdue, so a lost message (Redis restarted without its data) never
+loses a callback. A callback is given up when its client answers 410 Gone, its address is
+refused (service/egress.py), or the schedule runs out, over a day: it then waits, listed on the
+dashboard's failures page, for an operator to re-send it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from actors.callback_http import CallbackUnreachable, post_callback
 from queueing.messages import CALLBACK_ACTOR, CALLBACK_QUEUE
 from service.egress import EgressPolicy, EgressRefused
 from service.states import JobStatus
-from service.store import JobStore, utcnow
+from service.store import CALLBACK_GIVEN_UP, JobStore, utcnow
 from vendors.client import parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ def deliver(store: JobStore, policy: EgressPolicy, secret: str, request_id: str)
     url = job.get("callback_url")
     # An operator may have retried the job since this callback was queued: its new outcome will
     # queue one of its own, and a client hears only of final states.
-    if not url or not job.get("callback_pending") or not JobStatus(job["status"]).is_terminal:
+    given_up = job.get("callback_due_at") == CALLBACK_GIVEN_UP  # until an operator re-sends it
+    if not url or not job.get("callback_pending") or given_up or not JobStatus(job["status"]).is_terminal:
         return
     attempt = job.get("callback_attempts", 0) + 1
     body, headers = signed_callback(secret, request_id, job)

@@ -27,6 +27,8 @@ PUBLIC_FIELDS = {"payload": False}
 #: The states an operator may retry from, and the filter that says a retry has a payload to send.
 RETRYABLE = states.RETRY.leaves
 PAYLOAD_KEPT = {"payload": {"$exists": True}}
+#: The due time of a client callback given up: it stays pending, out of the sweep's reach, for an operator to re-send.
+CALLBACK_GIVEN_UP = datetime(9999, 12, 31, tzinfo=timezone.utc)
 #: What is needed of a finished job to report it (service/outcomes.py); these fields never change.
 FINISHED_FIELDS = {"vendor": True, "created_at": True, "callback_url": True}
 
@@ -294,16 +296,28 @@ class JobStore:
     def callback_attempted(
         self, request_id: str, attempt: int, detail: str, *, next_at: datetime | None = None, delivered: bool = False,
     ) -> None:
-        """Record a client callback's attempt: the next one due at `next_at`, or none (delivered, refused, given up)."""
+        """Record a client callback's attempt: delivered, due again at `next_at`, or else given up."""
         now = utcnow()
         update: dict[str, Any] = {"$set": {"callback_attempts": attempt}, "$push": push_history({"event": detail, "at": now})}
-        if next_at is None:
-            update["$unset"] = {"callback_pending": ""}
-        else:
-            update["$set"]["callback_due_at"] = next_at
         if delivered:
             update["$set"]["callback_delivered_at"] = now
+            update["$unset"] = {"callback_pending": ""}
+        else:
+            update["$set"].update(callback_due_at=next_at or CALLBACK_GIVEN_UP, callback_error=detail)
         self.collection.update_one({"_id": request_id}, update)
+
+    def given_up_callbacks(self, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        """Count the jobs whose client callback was given up, and return up to `limit` of them, the latest first."""
+        # Exactly the fields of index callbacks_due: no other filter keeps the embedded server on it.
+        query = {"callback_pending": True, "callback_due_at": CALLBACK_GIVEN_UP}
+        found = self.collection.find(query, {"vendor": True, "callback_attempts": True, "callback_error": True, "updated_at": True})
+        return self.collection.count_documents(query), list(found.sort("updated_at", -1).limit(limit))
+
+    def resend_callback(self, request_id: str, detail: str) -> bool:
+        """Make a given-up client callback due again, with a fresh schedule; tell whether it was given up."""
+        update = {"$set": {"callback_due_at": utcnow(), "callback_attempts": 0}, "$push": push_history({"event": detail, "at": utcnow()})}
+        query = {"_id": request_id, "callback_pending": True, "callback_due_at": CALLBACK_GIVEN_UP}
+        return self.collection.update_one(query, update).modified_count == 1
 
     def claim(self, request_id: str, message_id: str) -> dict[str, Any] | None:
         """Mark the job processing for this message and return it, its payload decrypted (absent if erased).

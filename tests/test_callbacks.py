@@ -8,6 +8,7 @@ import pytest
 from actors.callbacks import RETRY_SCHEDULE_S, deliver, retry_wait_s
 from devtools.stack import CallbackReceiver
 from service.egress import EgressPolicy, parse_networks
+from service.store import CALLBACK_GIVEN_UP
 from tests.hostile_endpoints import HostileEndpoint
 from tests.signing import new_secret
 
@@ -41,7 +42,7 @@ def test_a_410_stops_the_callback_for_good(store, receiver):
     deliver(store, LOOPBACK, SECRET, request_id)
     deliver(store, LOOPBACK, SECRET, request_id)  # a duplicate message: nothing left to send
     job = store.collection.find_one({"_id": request_id})
-    assert len(receiver.calls) == 1 and "callback_pending" not in job and "callback_delivered_at" not in job
+    assert len(receiver.calls) == 1 and job["callback_due_at"] == CALLBACK_GIVEN_UP and "callback_delivered_at" not in job
     assert job["history"][-1]["event"] == "client callback answered 410 Gone; not retried"
 
 
@@ -73,5 +74,5 @@ def test_the_callback_is_given_up_when_the_schedule_runs_out(store):
     finally:
         endpoint.close()
     job = store.collection.find_one({"_id": request_id})
-    assert "callback_pending" not in job and job["callback_attempts"] == len(RETRY_SCHEDULE_S) + 1
+    assert job["callback_due_at"] == CALLBACK_GIVEN_UP and job["callback_attempts"] == len(RETRY_SCHEDULE_S) + 1
     assert job["history"][-1]["event"] == "client callback answered 500; gave up after 8 attempts"

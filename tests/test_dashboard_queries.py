@@ -13,7 +13,7 @@ from queueing.connection import build_broker
 from queueing.deadletters import list_dead_letters
 from queueing.keys import dead_key
 from queueing.lease import LeaderLease
-from queueing.messages import FETCH_ACTOR, QUEUE_NAME, enqueue_fetch
+from queueing.messages import CALLBACK_QUEUE, FETCH_ACTOR, QUEUE_NAME, enqueue_fetch
 from queueing.ratelimit import RateLimiter
 from scheduler.runs import run_if_leader
 from scheduler.sweeps import request_ids_in_queue
@@ -216,3 +216,23 @@ def test_only_failed_and_timed_out_jobs_may_be_retried(keeping_store):
     assert not keeping_store.retry("q", "retried")
     keeping_store.collection.update_one({"_id": "q"}, {"$set": {"status": JobStatus.TIMED_OUT.value}})
     assert keeping_store.retry("q", "retried")
+
+
+def test_a_given_up_client_callback_is_listed_and_an_operator_can_re_send_it_once(parts, keeping_store, redis_client):
+    *_, queries, actions = parts
+    keeping_store.create("gone", "sync", PAYLOAD, callback_url="http://127.0.0.1:9/hook")
+    keeping_store.claim("gone", "m1")
+    keeping_store.fail("gone", "m1", "sync answered 503")
+    keeping_store.callback_attempted("gone", 8, "client callback answered 500; gave up after 8 attempts")
+    callbacks = queries.failures(None, None, 1)["callbacks"]
+    assert callbacks["total"] == 1
+    assert [(c["request_id"], c["attempts"], c["reason"]) for c in callbacks["entries"]] == [
+        ("gone", 8, "client callback answered 500; gave up after 8 attempts"),
+    ]
+    assert actions.resend_callback("gone", "session from 127.0.0.1")
+    job = keeping_store.collection.find_one({"_id": "gone"})
+    assert job["callback_attempts"] == 0 and job["history"][-1]["event"] == "client callback re-sent by an operator (session from 127.0.0.1)"
+    [(_, fields)] = redis_client.xrange(CALLBACK_QUEUE)
+    assert dramatiq.Message.decode(fields[b"message"]).args == ("gone",)
+    assert queries.failures(None, None, 1)["callbacks"]["total"] == 0
+    assert not actions.resend_callback("gone", "session from 127.0.0.1")  # due again, not given up

@@ -1,12 +1,17 @@
 """The real processes together: gunicorn API, dramatiq worker, both mock vendors."""
 
 import uuid
+from datetime import timedelta
 
 import pytest
 import requests
 import standardwebhooks
 
 from devtools.stack import CallbackReceiver, Stack, free_ports, vendors_toml, wait_until
+from queueing.connection import build_broker, connect_redis
+from queueing.messages import CALLBACK_QUEUE
+from scheduler.sweeps import queue_missed_callbacks
+from service.store import JobStore, payload_cipher, utcnow
 from tests.conftest import with_database
 from tests.hostile_endpoints import HostileEndpoint, flood, trickle
 from tests.signing import new_secret
@@ -185,3 +190,22 @@ def test_trickling_and_flooding_callback_endpoints_never_hold_back_a_fetch(stack
         flooding.close()
     # Each delivery read a capped answer and hung up: what it was sent is what socket buffers hold.
     assert flooding.sent_bytes < flooding.connections * 32 * 1024 * 1024
+
+
+def test_a_callback_whose_message_redis_lost_still_arrives_after_the_sweep(stack, receiver, mongo_client, redis_url, mongodb_uri):
+    from cryptography.fernet import Fernet
+
+    request_id = submit(stack, "sync", callback_url=receiver.url)
+    wait_until(lambda: len(receiver.calls) == 1, 10, "the first delivery, which fails")
+    jobs = mongo_client[E2E_DATABASE].jobs
+    wait_until(lambda: jobs.find_one({"_id": request_id, "callback_attempts": 1}), 5, "the failed attempt to be recorded")
+    broker = build_broker(connect_redis(redis_url))
+    try:
+        broker.flush(CALLBACK_QUEUE)  # Redis lost the retry waiting in the delay set
+        jobs.update_one({"_id": request_id}, {"$set": {"callback_due_at": utcnow() - timedelta(hours=1)}})  # and time passed
+        store = JobStore(jobs, payload_cipher(Fernet.generate_key().decode()))
+        assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 1}
+    finally:
+        broker.close()
+    wait_until(lambda: len(receiver.calls) == 2, 10, "the callback the sweep queued again")
+    assert wait_until(lambda: jobs.find_one({"_id": request_id, "callback_delivered_at": {"$exists": True}}), 5, "the delivery")

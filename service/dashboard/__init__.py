@@ -41,6 +41,7 @@ def add_dashboard(
     app.add_route(f"{PREFIX}/dead-letters/purge", resources.PurgeDeadLetters(*shared))
     app.add_route(f"{PREFIX}/jobs", resources.JobLookup(*shared))
     app.add_route(f"{PREFIX}/jobs/{{request_id}}/retry", resources.RetryJob(*shared))
+    app.add_route(f"{PREFIX}/jobs/{{request_id}}/callback", resources.ResendCallback(*shared))
     app.add_route(f"{PREFIX}/login", resources.Login(auth))
     app.add_route(f"{PREFIX}/logout", resources.Logout(*shared))
     app.add_route(f"{PREFIX}/static/{{name}}", resources.StaticFiles(STATIC))

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from queueing.broker import StreamsBroker
 from queueing.deadletters import iter_dead_letters, purge
-from queueing.messages import QUEUE_NAME, fetch_request_id
+from queueing.messages import QUEUE_NAME, enqueue_client_callback, fetch_request_id
 from service.dashboard.queries import failure_filter
 from service.store import PAYLOAD_KEPT, JobStore
 
@@ -51,6 +51,14 @@ class OperatorActions:
             "operator_action": "retry_matching", "operator": operator, "vendor": vendor, "reason": reason, "count": retried,
         })
         return retried
+
+    def resend_callback(self, request_id: str, operator: str) -> bool:
+        """Queue a given-up client callback again, with a fresh schedule; tell whether it was given up."""
+        if not self.store.resend_callback(request_id, f"client callback re-sent by an operator ({operator})"):
+            return False
+        enqueue_client_callback(self.broker, request_id)
+        log.info("operator re-sent a client callback", extra={"request_id": request_id, "operator_action": "resend_callback", "operator": operator})
+        return True
 
     def purge_dead_letters(self, operator: str) -> int:
         """Delete the job queue's dead letters, noting it in each job's history; return how many."""

@@ -23,6 +23,8 @@ NOTICES = {
     "retried": "Retried {count} job(s); they are queued again.",
     "not_retried": "Not retried: the job is no longer failed, or its payload was erased.",
     "purged": "Purged {count} dead letter(s).",
+    "resent": "The client callback is queued again, on a fresh schedule.",
+    "not_resent": "Not re-sent: the callback is no longer given up.",
 }
 
 

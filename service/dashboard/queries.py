@@ -26,6 +26,7 @@ from vendors.registry import Registry, Vendor
 
 PAGE_SIZE = 25
 DEAD_LETTERS_SHOWN = 50
+GIVEN_UP_SHOWN = 50
 CHART_MINUTES = 60
 #: The states whose jobs may carry the error of a failed attempt while they are retried.
 RETRYING = (JobStatus.QUEUED, JobStatus.PROCESSING)
@@ -146,7 +147,16 @@ class DashboardQueries:
                 "attempts": row.get("attempts", 0), "updated_at": stamp(row["updated_at"]), "retryable": row["retryable"],
             } for row in rows],
             "dead_letters": self.dead_letters(),
+            "callbacks": self.given_up_callbacks(),
         }
+
+    def given_up_callbacks(self) -> dict[str, Any]:
+        """Return how many client callbacks were given up, and the latest of them."""
+        total, jobs = self.store.given_up_callbacks(GIVEN_UP_SHOWN)
+        return {"total": total, "entries": [{
+            "request_id": job["_id"], "vendor": job.get("vendor"), "attempts": job.get("callback_attempts", 0),
+            "at": stamp(job.get("updated_at")), "reason": job.get("callback_error"),
+        } for job in jobs]}
 
     def dead_letters(self) -> dict[str, Any]:
         """Return how many messages the job queue's dead-letter stream holds, and the oldest of them."""

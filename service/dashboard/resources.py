@@ -11,7 +11,15 @@ import falcon
 
 from service.dashboard.actions import OperatorActions
 from service.dashboard.auth import (
-    LOGIN_PATH, PREFIX, SESSION_COOKIE, SESSION_TTL_S, OperatorAuth, form_value, local_path, require_operator, session_of,
+    LOGIN_PATH,
+    PREFIX,
+    SESSION_COOKIE,
+    SESSION_TTL_S,
+    OperatorAuth,
+    form_value,
+    local_path,
+    require_operator,
+    session_of,
 )
 from service.dashboard.pages import notice, protect, render
 from service.dashboard.queries import DashboardQueries
@@ -141,6 +149,15 @@ class RetryJob(Resource):
     def on_post(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
         retried = self.actions.retry(request_id, req.context.operator)
         done(req, resp, "retried" if retried else "not_retried", int(retried))
+
+
+@operator_only
+class ResendCallback(Resource):
+    """POST /dashboard/jobs/{request_id}/callback: re-send a client callback that was given up."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
+        resent = self.actions.resend_callback(request_id, req.context.operator)
+        done(req, resp, "resent" if resent else "not_resent", int(resent))
 
 
 @falcon.after(protect)
