@@ -56,29 +56,29 @@ def deliver(store: JobStore, policy: EgressPolicy, secret: str, request_id: str)
     try:
         answer = post_callback(url, body, headers, policy, CALLBACK_DEADLINE_S, CALLBACK_MAX_BODY_BYTES)
     except EgressRefused as error:
-        store.callback_attempted(request_id, attempt, f"client callback refused: {error}; not retried")
+        store.callback_attempted(job, attempt, f"client callback refused: {error}; not retried")
         log.warning("client callback refused: %s", error, extra={"request_id": request_id})
         return
     except CallbackUnreachable as error:
         outcome, retry_after_s = str(error), None
     else:
         if 200 <= answer.status < 300:
-            store.callback_attempted(request_id, attempt, "client callback delivered", delivered=True)
+            store.callback_attempted(job, attempt, "client callback delivered", delivered=True)
             log.info("client callback delivered", extra={"request_id": request_id, "state": job["status"]})
             return
         if answer.status == 410:
-            store.callback_attempted(request_id, attempt, "client callback answered 410 Gone; not retried")
+            store.callback_attempted(job, attempt, "client callback answered 410 Gone; not retried")
             return
         outcome, retry_after_s = f"client callback answered {answer.status}", parse_retry_after(answer.retry_after)
     if attempt > len(RETRY_SCHEDULE_S):
-        store.callback_attempted(request_id, attempt, f"{outcome}; gave up after {attempt} attempts")
+        store.callback_attempted(job, attempt, f"{outcome}; gave up after {attempt} attempts")
         log.warning("client callback given up: %s", outcome, extra={"request_id": request_id})
         return
     wait_s = retry_wait_s(attempt, retry_after_s)
-    store.callback_attempted(
-        request_id, attempt, f"{outcome} (attempt {attempt}); next in {wait_s:.0f} s", next_at=utcnow() + timedelta(seconds=wait_s),
-    )
-    raise dramatiq.Retry(outcome, delay=round(wait_s * 1000))
+    next_at = utcnow() + timedelta(seconds=wait_s)
+    # Only the delivery that recorded this attempt schedules the next: a duplicate stops here.
+    if store.callback_attempted(job, attempt, f"{outcome} (attempt {attempt}); next in {wait_s:.0f} s", next_at=next_at):
+        raise dramatiq.Retry(outcome, delay=round(wait_s * 1000))
 
 
 def retry_wait_s(attempt: int, retry_after_s: float | None) -> float:

@@ -11,7 +11,7 @@ import itertools
 from datetime import timedelta
 
 from queueing.broker import StreamsBroker
-from queueing.messages import QUEUE_NAME, enqueue_client_callback, enqueue_fetch, fetch_request_id
+from queueing.messages import CALLBACK_ACTOR, CALLBACK_QUEUE, FETCH_ACTOR, QUEUE_NAME, enqueue_client_callback, enqueue_fetch
 from service.logs import about_job
 from service.outcomes import Outcomes
 from service.states import JobStatus
@@ -25,9 +25,9 @@ LOST_MESSAGE_NOTES = {
 }
 
 
-def request_ids_in_queue(broker: StreamsBroker) -> set[str]:
-    """Return the request_ids that have a fetch message in the job queue, delayed or in the stream."""
-    return {request_id for message in broker.queued_messages(QUEUE_NAME) if (request_id := fetch_request_id(message))}
+def request_ids_in_queue(broker: StreamsBroker, queue_name: str = QUEUE_NAME, actor_name: str = FETCH_ACTOR) -> set[str]:
+    """Return the request_ids that have a message of `actor_name` in a queue, delayed or in the stream."""
+    return {message.args[0] for message in broker.queued_messages(queue_name) if message.actor_name == actor_name and message.args}
 
 
 def time_out_webhooks(
@@ -100,6 +100,9 @@ def requeue_orphans(
 def queue_missed_callbacks(store: JobStore, broker: StreamsBroker, overdue_by: timedelta, limit: int = BATCH_SIZE) -> dict[str, int]:
     """Queue again the pending client callbacks overdue by `overdue_by`: never queued (Redis was down) or their message lost."""
     request_ids = store.overdue_callback_ids(overdue_by, limit)
+    if request_ids:  # a callback still in the queue is only late: a backlog behind slow endpoints
+        queued = request_ids_in_queue(broker, CALLBACK_QUEUE, CALLBACK_ACTOR)
+        request_ids = [request_id for request_id in request_ids if request_id not in queued]
     for request_id in request_ids:
         store.mark_callback_queued(request_id)
         enqueue_client_callback(broker, request_id)

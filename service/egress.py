@@ -16,10 +16,14 @@ import socket
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-#: IPv6 ranges that carry an IPv4 address in other ways than IPv4-mapped (::ffff:a.b.c.d, whose
-#: IPv4 address is checked instead): IPv4-compatible, NAT64, 6to4 and Teredo. They are refused
-#: whole, since the IPv4 address behind them may be anything.
-TRANSLATED = tuple(ipaddress.ip_network(net) for net in ("::/96", "64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "2001::/32"))
+#: IPv6 ranges whose last 32 bits are the IPv4 address a packet reaches: IPv4-mapped, SIIT's
+#: IPv4-translated and NAT64's well-known prefix. That IPv4 address is checked instead.
+CARRY_IPV4 = tuple(ipaddress.ip_network(net) for net in ("::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96"))
+#: Refused whole, though Python counts some of them global: IPv4-compatible, local-use NAT64,
+#: 6to4 and Teredo (which hide an IPv4 address of their own), site-local, and documentation.
+REFUSED = tuple(ipaddress.ip_network(net) for net in (
+    "::/96", "64:ff9b:1::/48", "2002::/16", "2001::/32", "fec0::/10", "3fff::/20", "2001:db8::/32",
+))
 
 
 class EgressRefused(Exception):
@@ -36,10 +40,9 @@ class EgressPolicy:
         """Return why callbacks may not reach `address`, or None if they may."""
         if any(address in network for network in self.allowed_networks):
             return None
-        embedded = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-        if embedded is not None:
-            return self.refusal(embedded)
-        if not address.is_global or address.is_multicast or any(address in network for network in TRANSLATED):
+        if isinstance(address, ipaddress.IPv6Address) and any(address in network for network in CARRY_IPV4):
+            return self.refusal(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        if not address.is_global or address.is_multicast or any(address in network for network in REFUSED):
             return f"{address} is not a public address"
         return None
 

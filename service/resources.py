@@ -53,6 +53,19 @@ def read_idempotency_key(req: falcon.Request) -> str | None:
     return key
 
 
+def sendable_url(url: str) -> bool:
+    """Tell whether a callback URL is one an HTTP request can be sent to as it is."""
+    if len(url) > MAX_URL_LENGTH or not url.isascii() or not url.isprintable():
+        return False
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port != 0  # raises ValueError past 65535 or when not a number
+        host_ok = bool(parts.hostname) and bool(parts.hostname.encode("idna"))  # raises UnicodeError for a label over 63 characters
+    except (ValueError, UnicodeError):
+        return False
+    return parts.scheme in ("http", "https") and port_ok and host_ok
+
+
 class JobCollection:
     """POST /jobs: accept any JSON object as a job."""
 
@@ -79,9 +92,12 @@ class JobCollection:
         if not given:
             return None
         for url in given:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_URL_LENGTH:
-                raise falcon.HTTPBadRequest(title="Invalid callback_url", description="callback_url must be an absolute http(s) URL")
+            if not sendable_url(url):
+                raise falcon.HTTPBadRequest(
+                    title="Invalid callback_url",
+                    description=f"callback_url must be an absolute http(s) URL of at most {MAX_URL_LENGTH} ASCII characters"
+                                " (percent-encode others), with a valid host and port",
+                )
         if self.callbacks is None:
             raise falcon.HTTPBadRequest(
                 title="Callbacks not enabled", description="this deployment has no CALLBACK_SECRET, so it sends no client callbacks",

@@ -130,11 +130,9 @@ class JobStore:
             self.collection.drop_index("callbacks_due")
         if "callbacks_pending" in earlier:  # an earlier version's, on finished_at
             self.collection.drop_index("callbacks_pending")
-        # Earlier versions kept no due time for a pending callback: it was due when its job finished.
-        self.collection.update_many(
-            {"callback_pending": True, "callback_due_at": None, "finished_at": {"$ne": None}},
-            [{"$set": {"callback_due_at": "$finished_at"}}],
-        )
+        # Earlier versions kept no due time for a pending callback: it was due when its job finished
+        # (an unfinished job's stays unset).
+        self.collection.update_many({"callback_pending": True, "callback_due_at": None}, [{"$set": {"callback_due_at": "$finished_at"}}])
         # They also stopped tracking a callback once it was queued: one queued in the last day and
         # not known delivered may still be on its way, so it is pending again (its webhook-id lets
         # the client drop a second copy).
@@ -294,24 +292,31 @@ class JobStore:
         return [job["_id"] for job in cursor]
 
     def callback_attempted(
-        self, request_id: str, attempt: int, detail: str, *, next_at: datetime | None = None, delivered: bool = False,
-    ) -> None:
-        """Record a client callback's attempt: delivered, due again at `next_at`, or else given up."""
+        self, job: dict[str, Any], attempt: int, detail: str, *, next_at: datetime | None = None, delivered: bool = False,
+    ) -> bool:
+        """Record attempt `attempt` of the callback of `job` (as read before it): delivered, due again at `next_at`, or else given up.
+
+        Only if no other attempt was recorded meanwhile and no operator retried the job since:
+        tell whether it was, so that a duplicate delivery stops there.
+        """
         now = utcnow()
-        update: dict[str, Any] = {"$set": {"callback_attempts": attempt}, "$push": push_history({"event": detail, "at": now})}
+        fields = {"callback_attempts": attempt, "callback_attempted_at": now}
+        update: dict[str, Any] = {"$set": fields, "$push": push_history({"event": detail, "at": now})}
         if delivered:
-            update["$set"]["callback_delivered_at"] = now
+            fields["callback_delivered_at"] = now
             update["$unset"] = {"callback_pending": ""}
         else:
-            update["$set"].update(callback_due_at=next_at or CALLBACK_GIVEN_UP, callback_error=detail)
-        self.collection.update_one({"_id": request_id}, update)
+            fields.update(callback_due_at=next_at or CALLBACK_GIVEN_UP, callback_error=detail)
+        query = {"_id": job["_id"], "callback_attempts": job.get("callback_attempts"), "retries": job.get("retries")}
+        return self.collection.update_one(query, update).modified_count == 1
 
     def given_up_callbacks(self, limit: int) -> tuple[int, list[dict[str, Any]]]:
         """Count the jobs whose client callback was given up, and return up to `limit` of them, the latest first."""
         # Exactly the fields of index callbacks_due: no other filter keeps the embedded server on it.
         query = {"callback_pending": True, "callback_due_at": CALLBACK_GIVEN_UP}
-        found = self.collection.find(query, {"vendor": True, "callback_attempts": True, "callback_error": True, "updated_at": True})
-        return self.collection.count_documents(query), list(found.sort("updated_at", -1).limit(limit))
+        fields = {"vendor": True, "callback_attempts": True, "callback_error": True, "callback_attempted_at": True}
+        found = self.collection.find(query, fields).sort("callback_attempted_at", -1).limit(limit)
+        return self.collection.count_documents(query), list(found)
 
     def resend_callback(self, request_id: str, detail: str) -> bool:
         """Make a given-up client callback due again, with a fresh schedule; tell whether it was given up."""

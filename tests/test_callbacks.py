@@ -76,3 +76,25 @@ def test_the_callback_is_given_up_when_the_schedule_runs_out(store):
     job = store.collection.find_one({"_id": request_id})
     assert job["callback_due_at"] == CALLBACK_GIVEN_UP and job["callback_attempts"] == len(RETRY_SCHEDULE_S) + 1
     assert job["history"][-1]["event"] == "client callback answered 500; gave up after 8 attempts"
+
+
+def test_a_duplicate_delivery_records_nothing_and_schedules_no_second_chain(store):
+    endpoint = HostileEndpoint(answering(b"HTTP/1.1 503 Service Unavailable"))
+    try:
+        request_id = finished_job(store, endpoint.url)
+        read_before = store.get(request_id)
+        with pytest.raises(dramatiq.Retry):
+            deliver(store, LOOPBACK, SECRET, request_id)
+        # A second message for the same attempt, read before the first was recorded, loses the race.
+        assert not store.callback_attempted(read_before, 1, "client callback answered 503 (attempt 1)", next_at=read_before["created_at"])
+    finally:
+        endpoint.close()
+    assert store.get(request_id)["callback_attempts"] == 1
+
+
+def test_an_operators_retry_since_the_delivery_began_keeps_its_own_callback_pending(store, receiver):
+    request_id = finished_job(store, receiver.url)
+    read_before = store.get(request_id)
+    store.collection.update_one({"_id": request_id}, {"$set": {"retries": 1}})  # an operator retried the job meanwhile
+    assert not store.callback_attempted(read_before, 1, "client callback delivered", delivered=True)
+    assert store.get(request_id)["callback_pending"]

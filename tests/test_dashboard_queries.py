@@ -223,7 +223,7 @@ def test_a_given_up_client_callback_is_listed_and_an_operator_can_re_send_it_onc
     keeping_store.create("gone", "sync", PAYLOAD, callback_url="http://127.0.0.1:9/hook")
     keeping_store.claim("gone", "m1")
     keeping_store.fail("gone", "m1", "sync answered 503")
-    keeping_store.callback_attempted("gone", 8, "client callback answered 500; gave up after 8 attempts")
+    assert keeping_store.callback_attempted(keeping_store.get("gone"), 8, "client callback answered 500; gave up after 8 attempts")
     callbacks = queries.failures(None, None, 1)["callbacks"]
     assert callbacks["total"] == 1
     assert [(c["request_id"], c["attempts"], c["reason"]) for c in callbacks["entries"]] == [

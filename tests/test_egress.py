@@ -26,7 +26,8 @@ ONLY_127_0_0_1 = EgressPolicy(parse_networks("127.0.0.1/32"))
 REFUSED = [
     "127.0.0.1", "127.0.0.2", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "100.100.100.200",
     "0.0.0.0", "224.0.0.1", "255.255.255.255", "::1", "::", "fd00::1", "fd00:ec2::254", "fe80::1", "ff02::1",
-    "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::127.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::1", "2001:0:7f00:1::1",
+    "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::127.0.0.1", "::ffff:0:7f00:1", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",
+    "64:ff9b:1::1", "2002:7f00:1::1", "2001:0:7f00:1::1", "fec0::1", "3fff::1", "2001:db8::1",
 ]
 
 
@@ -35,7 +36,9 @@ def test_no_private_loopback_link_local_or_special_address_is_reachable_by_defau
     assert EgressPolicy().refusal(ipaddress.ip_address(address)) is not None
 
 
-@pytest.mark.parametrize("address", ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "::ffff:93.184.216.34"])
+@pytest.mark.parametrize("address", [
+    "93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "::ffff:93.184.216.34", "64:ff9b::5db8:d822",  # NAT64 of a public one
+])
 def test_a_public_address_is_reachable(address):
     assert EgressPolicy().refusal(ipaddress.ip_address(address)) is None
 
@@ -59,6 +62,15 @@ def test_a_callback_url_written_as_an_unreachable_address_is_refused_at_submissi
     response = client.simulate_post("/jobs", json={"name": "Ann"}, params={"callback_url": url})
     assert response.status_code == 400 and response.json["title"] == "Callback address refused"
     assert "is not a public address" in response.json["description"]
+
+
+@pytest.mark.parametrize("url", [
+    "http://client.example:99999/hook", "http://client.example/h\u00e9", "http://" + "a" * 64 + ".example/", "ftp://client.example/",
+    "http://client.example:0/", "https:///no-host",
+])
+def test_a_callback_url_no_request_could_be_sent_to_is_refused_at_submission(client, url):
+    response = client.simulate_post("/jobs", json={"name": "Ann"}, params={"callback_url": url})
+    assert response.status_code == 400 and response.json["title"] == "Invalid callback_url"
 
 
 def test_an_allowed_address_and_a_name_are_taken_at_submission(client):
@@ -90,6 +102,17 @@ def test_a_delivery_ends_at_its_deadline_however_slowly_the_endpoint_trickles():
         with pytest.raises(CallbackUnreachable, match="within the deadline"):
             post_callback(endpoint.url, b"{}", {}, ONLY_127_0_0_1, deadline_s=1, max_body_bytes=65536)
         assert time.monotonic() - started < 5  # the deadline plus a loaded machine's slack, not the trickle's hour
+    finally:
+        endpoint.close()
+
+
+def test_a_delivery_to_a_silent_tls_endpoint_ends_at_its_deadline():
+    endpoint = HostileEndpoint(lambda endpoint, connection: endpoint.closed.wait(30))  # takes the hello, answers nothing
+    try:
+        started = time.monotonic()
+        with pytest.raises(CallbackUnreachable):
+            post_callback(endpoint.url.replace("http://", "https://"), b"{}", {}, ONLY_127_0_0_1, deadline_s=1, max_body_bytes=65536)
+        assert time.monotonic() - started < 5
     finally:
         endpoint.close()
 

@@ -9,7 +9,7 @@ from actors.deferral import VendorGate
 from queueing.breaker import CircuitBreaker
 from queueing.connection import build_broker, connect_redis
 from queueing.keys import delay_key
-from queueing.messages import CALLBACK_QUEUE, QUEUE_NAME, enqueue_fetch, fetch_message
+from queueing.messages import CALLBACK_QUEUE, QUEUE_NAME, enqueue_client_callback, enqueue_fetch, fetch_message
 from queueing.ratelimit import RateLimiter
 from scheduler.sweeps import purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
 from service.outcomes import Outcomes
@@ -332,6 +332,7 @@ def test_a_callback_that_could_not_be_queued_is_queued_by_the_sweep_once(calling
     [(_, fields)] = redis_client.xrange(CALLBACK_QUEUE)
     assert dramatiq.Message.decode(fields[b"message"]).args == (request_id,)
     assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 0}
+    broker.flush(CALLBACK_QUEUE)  # that message is gone again (lost with Redis, say)
     # An operator's retry makes a new outcome: once the job finishes again, its callback is due again.
     assert store.retry(request_id, "retried by an operator")
     assert queue_missed_callbacks(store, broker, timedelta(minutes=1)) == {"queued": 0}
@@ -366,10 +367,19 @@ def test_a_callback_whose_message_was_lost_is_queued_again_once_overdue_and_one_
     for job in (lost, delivered):
         calling_store.create(job, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
         finish_an_hour_ago(calling_store, job)
-        # Its first attempt failed, the next was due a minute ago, and Redis lost the message meanwhile.
-        calling_store.callback_attempted(job, 1, "client callback answered 503", next_at=utcnow() - timedelta(minutes=2))
-    calling_store.callback_attempted(delivered, 2, "client callback delivered", delivered=True)
+        # Its first attempt failed, the next was due two minutes ago, and Redis lost the message meanwhile.
+        calling_store.callback_attempted(calling_store.get(job), 1, "client callback answered 503", next_at=utcnow() - timedelta(minutes=2))
+    assert calling_store.callback_attempted(calling_store.get(delivered), 2, "client callback delivered", delivered=True)
     assert queue_missed_callbacks(calling_store, broker, timedelta(minutes=1)) == {"queued": 1}
     [(_, fields)] = redis_client.xrange(CALLBACK_QUEUE)
     assert dramatiq.Message.decode(fields[b"message"]).args == (lost,)
     assert queue_missed_callbacks(calling_store, broker, timedelta(minutes=1)) == {"queued": 0}  # due now: not overdue
+
+
+def test_an_overdue_callback_still_waiting_in_the_queue_is_not_queued_twice(calling_store, broker, redis_client):
+    request_id = str(uuid.uuid4())
+    calling_store.create(request_id, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
+    finish_an_hour_ago(calling_store, request_id)
+    enqueue_client_callback(broker, request_id)  # behind a backlog of slow endpoints, not lost
+    assert queue_missed_callbacks(calling_store, broker, timedelta(minutes=1)) == {"queued": 0}
+    assert redis_client.xlen(CALLBACK_QUEUE) == 1

@@ -155,7 +155,7 @@ class DashboardQueries:
         total, jobs = self.store.given_up_callbacks(GIVEN_UP_SHOWN)
         return {"total": total, "entries": [{
             "request_id": job["_id"], "vendor": job.get("vendor"), "attempts": job.get("callback_attempts", 0),
-            "at": stamp(job.get("updated_at")), "reason": job.get("callback_error"),
+            "at": stamp(job.get("callback_attempted_at")), "reason": job.get("callback_error"),
         } for job in jobs]}
 
     def dead_letters(self) -> dict[str, Any]:
