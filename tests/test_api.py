@@ -320,3 +320,16 @@ def test_an_idempotency_record_gives_away_nothing_of_the_payload(client, redis_c
     plain = hashlib.sha256(orjson.dumps({"callback_url": None, "payload": {"password": "hunter2"}, "vendor": None},
                                         option=orjson.OPT_SORT_KEYS)).hexdigest()
     assert b"hunter2" not in record and plain.encode() not in record
+
+
+NESTED_PII = {"owner": {"accounts": [{"iban": "x", "Email": "a@b.c"}, {"iban": "y", "card-number": "4111"}]},
+              "a": {"b": {"c": {"d": {"SSN": "1", "keep": 1}}}}}
+NESTED_CLEAN = {"owner": {"accounts": [{"iban": "x"}, {"iban": "y"}]}, "a": {"b": {"c": {"d": {"keep": 1}}}}}
+
+
+def test_a_webhook_loses_pii_at_any_depth_before_it_is_stored(client, jobs):
+    request_id = submit(client, params={"vendor": "async"}).json["request_id"]
+    assert client.simulate_post("/vendor-webhook/async", json={"request_id": request_id, **NESTED_PII}).status_code == 200
+    stored = jobs.find_one({"_id": request_id})
+    assert stored["result"] == NESTED_CLEAN and "a@b.c" not in repr(stored) and "4111" not in repr(stored)
+    assert sorted(stored["removed_keys"]) == ["a.b.c.d.SSN", "owner.accounts[].Email", "owner.accounts[].card-number"]

@@ -168,7 +168,8 @@ def test_dead_letter_stream_is_capped(make_broker, redis_client):
     for _ in range(300):
         consumer.nack(next_message(consumer))
 
-    assert redis_client.xlen(dead_key(QUEUE)) < 300
+    # MAXLEN ~ trims whole macro nodes (100 entries by default): about the cap, never the 300.
+    assert 10 <= redis_client.xlen(dead_key(QUEUE)) <= 110
 
 
 def test_delayed_message_is_not_run_before_its_time_and_is_run_after(broker, start_worker, redis_client):

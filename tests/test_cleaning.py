@@ -39,3 +39,31 @@ def test_the_deny_list_is_configurable():
     result, removed = Cleaner(["balance"]).clean({"balance": 1, "email": "kept@example.com"})
     assert result == {"email": "kept@example.com"}
     assert removed == ["balance"]
+
+
+@pytest.mark.parametrize("data, kept, removed", [
+    pytest.param(
+        {"accounts": [{"id": 1, "email": "a@b.c"}, {"id": 2, "Phone": "555"}]},
+        {"accounts": [{"id": 1}, {"id": 2}]}, ["accounts[].email", "accounts[].Phone"], id="objects-in-a-list",
+    ),
+    pytest.param(
+        {"a": {"b": {"c": {"d": {"e": {"SSN": "1", "keep": " x "}}}}}},
+        {"a": {"b": {"c": {"d": {"e": {"keep": "x"}}}}}}, ["a.b.c.d.e.SSN"], id="five-levels-deep",
+    ),
+    pytest.param(
+        {"rows": [[{"owner": {"CARD_NUMBER": "4111", "Credit-Card": "4111", "cc.number": "4111", "name": "Ann"}}]]},
+        {"rows": [[{"owner": {"name": "Ann"}}]]},
+        ["rows[][].owner.CARD_NUMBER", "rows[][].owner.Credit-Card", "rows[][].owner.cc.number"], id="any-case-and-punctuation",
+    ),
+    pytest.param(
+        {"history": [{"events": [{"who": {"e-mail": "x", "E_Mail": "y", "password": "p", "Pii": "z"}}]}]},
+        {"history": [{"events": [{"who": {}}]}]},
+        ["history[].events[].who.e-mail", "history[].events[].who.E_Mail", "history[].events[].who.password",
+         "history[].events[].who.Pii"], id="lists-within-lists",
+    ),
+])
+def test_pii_keys_are_dropped_at_any_depth_and_in_any_spelling(cleaner, data, kept, removed):
+    result, dropped = cleaner.clean(data)
+    assert result == kept
+    assert sorted(dropped) == sorted(removed)
+    assert not {"a@b.c", "555", "4111", "p"} & set(repr(result).split("'"))

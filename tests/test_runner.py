@@ -12,9 +12,11 @@ from actors.runner import JobRunner
 from queueing.breaker import CircuitBreaker
 from queueing.ratelimit import RateLimiter
 from service.cleaning import Cleaner
+from service.config import DEFAULT_PII_KEYS
 from service.outcomes import Outcomes
 from service.webhooks import WebhookAuth
 from tests.conftest import nested
+from tests.test_api import NESTED_CLEAN, NESTED_PII
 from tests.scripted_vendor import ScriptedVendor
 from vendors.registry import parse_registry
 
@@ -34,7 +36,7 @@ def runner(config, store, redis_client, vendor):
     limiter = RateLimiter(redis_client, config.rate_limit_margin_ms)
     return JobRunner(
         store, Outcomes(store, None), registry, requests.Session(), WebhookAuth(config.encryption_key, redis_client),
-        config.public_url, Cleaner(("email",)), VendorFeedback(limiter, CircuitBreaker(redis_client)),
+        config.public_url, Cleaner(DEFAULT_PII_KEYS), VendorFeedback(limiter, CircuitBreaker(redis_client)),
     )
 
 
@@ -106,3 +108,12 @@ def test_an_answer_the_service_cannot_keep_fails_the_job_after_one_call(runner, 
     job = store.get(request_id)
     assert job["status"] == "failed" and job["error"] == reason and job["attempts"] == 1
     assert len(vendor.calls) == 1
+
+
+def test_a_sync_answer_loses_pii_at_any_depth_before_it_is_stored(runner, store, vendor):
+    request_id = new_job(store)
+    vendor.answer = lambda _: (200, {}, json.dumps({"request_id": request_id, **NESTED_PII}).encode())
+    runner.run(request_id, "m1")
+    stored = store.collection.find_one({"_id": request_id})
+    assert stored["status"] == "complete" and stored["result"] == NESTED_CLEAN
+    assert "a@b.c" not in repr(stored) and "4111" not in repr(stored)

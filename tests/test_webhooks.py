@@ -61,6 +61,7 @@ def test_a_signed_webhook_completes_the_job(client, store):
 def test_a_secret_still_in_rotation_is_accepted(client, store):
     request_id = awaiting_job(store, "signed")
     assert signed_call(client, {"request_id": request_id, "account": "xyz"}, secret=OLD_SECRET).status_code == 200
+    assert store.get(request_id)["status"] == "complete"
 
 
 @pytest.mark.parametrize("tamper", [
@@ -82,11 +83,13 @@ def test_a_stale_timestamp_is_401(client, store):
     request_id = awaiting_job(store, "signed")
     response = signed_call(client, {"request_id": request_id}, at=datetime.now(timezone.utc) - timedelta(minutes=6))
     assert response.status_code == 401 and "too old" in response.json["description"]
+    assert store.get(request_id)["status"] == "awaiting_webhook"
 
 
 def test_a_replayed_webhook_id_is_refused_without_effect(client, store):
     first, second = awaiting_job(store, "signed"), awaiting_job(store, "signed")
     assert signed_call(client, {"request_id": first, "account": "a"}, msg_id="msg_same").status_code == 200
+    assert store.get(first)["result"] == {"account": "a"}
     replay = signed_call(client, {"request_id": second, "account": "b"}, msg_id="msg_same")
     assert replay.status_code == 409 and "replay refused" in replay.json["description"]
     assert store.get(second)["status"] == "awaiting_webhook"
@@ -99,6 +102,7 @@ def test_token_vendor_needs_the_token_of_that_job_and_vendor(client, store, sign
     assert client.simulate_post("/vendor-webhook/tokened", json=body).status_code == 401
     wrong = auth.callback_token(other, "tokened")
     assert client.simulate_post("/vendor-webhook/tokened", json=body, params={"token": wrong}).status_code == 401
+    assert store.get(request_id)["status"] == "awaiting_webhook"
     right = auth.callback_token(request_id, "tokened")
     assert client.simulate_post("/vendor-webhook/tokened", json=body, params={"token": right}).status_code == 200
     assert store.get(request_id)["status"] == "complete"
