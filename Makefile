@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test chromium bench-broker bench-ratelimit bench-load clean
+.PHONY: run test chromium bench-broker bench-ratelimit bench-load bench-timing clean
 
 run: $(INSTALLED)
 	$(PY) -m devtools.run
@@ -28,6 +28,10 @@ bench-broker: $(INSTALLED)
 
 bench-ratelimit: $(INSTALLED)
 	$(PY) -m bench.ratelimit
+
+# The timing-sensitive tests, 20 runs beside two busy loops: they must hold on a loaded machine.
+bench-timing: $(INSTALLED)
+	$(PY) -m bench.timing $(ARGS)
 
 # The load test drives the API with wrk (Debian's package), which has far less overhead than locust.
 bench-load: $(INSTALLED)

@@ -42,16 +42,16 @@ def test_a_failed_probe_opens_the_breaker_for_another_cooldown(breaker):
     breaker.failed(acme)
     wait_until(lambda: breaker.check(acme) == 0, 2, "the probe to be let through")
     assert breaker.failed(acme) == 0.3
-    assert 200 < breaker.check(acme) <= 300
+    assert 0 < breaker.check(acme) <= 300  # open again, for at most another cooldown
 
 
 def test_a_probe_that_never_answers_lets_another_job_probe(breaker):
     acme = vendor(breaker_failures=1, breaker_cooldown_s=0.1, timeout_s=0.1)
     breaker.failed(acme)
+    began = time.monotonic()  # before the first probe, so a slow check can only lengthen what is measured
     wait_until(lambda: breaker.check(acme) == 0, 2, "the probe to be let through")
-    began = time.monotonic()
     wait_until(lambda: breaker.check(acme) == 0, 3, "a second probe")
-    assert time.monotonic() - began >= 1.0  # the vendor's timeout plus the grace
+    assert time.monotonic() - began >= 1.1  # the second came no sooner than the vendor's timeout plus the grace
 
 
 def test_breaker_failures_zero_turns_the_breaker_off(breaker):
