@@ -102,20 +102,38 @@ def test_a_bearer_action_needs_no_csrf_token_and_answers_json(client):
     assert answer.status_code == 200 and answer.json == {"notice": "purged", "count": 0}
 
 
-def test_logging_out_clears_the_cookie(client):
+def test_logging_out_clears_the_cookie_and_ends_the_session_everywhere(client):
     session, csrf = log_in(client)
-    answer = client.simulate_post("/dashboard/logout", cookies={"vendorfetch_dashboard": session},
-                                  **form(csrf_token=csrf))
+    other, _ = log_in(client)
+    cookies = {"vendorfetch_dashboard": session}
+    answer = client.simulate_post("/dashboard/logout", cookies=cookies, **form(csrf_token=csrf))
     assert answer.status_code == 303 and answer.cookies["vendorfetch_dashboard"].value == ""
+    # A copy of the cookie kept elsewhere opens nothing now; another session lives on.
+    assert client.simulate_get("/dashboard/api/overview", cookies=cookies).status_code == 401
+    assert client.simulate_get("/dashboard/api/overview", cookies={"vendorfetch_dashboard": other}).status_code == 200
 
 
-def test_sessions_expire_and_end_when_the_token_changes():
-    auth = OperatorAuth(TOKEN)
+@pytest.mark.parametrize("path", [
+    "/dashboard/failures/retry", "/dashboard/dead-letters/purge", "/dashboard/jobs/some-job/retry",
+    "/dashboard/jobs/some-job/callback", "/dashboard/logout",
+])
+def test_every_action_refuses_a_csrf_token_of_another_session(client, path):
+    session, _ = log_in(client)
+    _, others_csrf = log_in(client)
+    cookies = {"vendorfetch_dashboard": session}
+    assert client.simulate_post(path, cookies=cookies, **form(csrf_token=others_csrf)).status_code == 403
+    assert client.simulate_get("/dashboard/api/overview", cookies=cookies).status_code == 200  # nothing happened: still in
+
+
+def test_sessions_expire_and_end_when_the_token_changes(redis_client):
+    auth = OperatorAuth(TOKEN, redis_client)
     assert auth.session_valid(auth.new_session())
     old = f"{int(time.time()) - SESSION_TTL_S - 1}.someid"
     assert not auth.session_valid(f"{old}.{auth.sign(old)}")
-    assert not OperatorAuth(TOKEN + "-rotated").session_valid(auth.new_session())
+    assert not OperatorAuth(TOKEN + "-rotated", redis_client).session_valid(auth.new_session())
     assert not auth.session_valid("ünïcode.cookie.välue")
+    forged = f"{int(time.time())}.never-started"
+    assert not auth.session_valid(f"{forged}.{auth.sign(forged)}")  # signed, but no such session was started
 
 
 def test_a_short_admin_token_stops_the_start():

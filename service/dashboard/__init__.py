@@ -25,7 +25,7 @@ def add_dashboard(
     app: falcon.App, admin_token: str, store: JobStore, registry: Registry, limiter: RateLimiter, broker: StreamsBroker,
 ) -> None:
     """Add the dashboard's pages, JSON endpoints, actions and static files to the app."""
-    auth = OperatorAuth(admin_token)
+    auth = OperatorAuth(admin_token, broker.client)
     queries = DashboardQueries(store, registry, limiter, CircuitBreaker(broker.client), broker)
     shared = (auth, queries, OperatorActions(store, broker, partial(enqueue_fetch, broker)))
     for path, resource in (

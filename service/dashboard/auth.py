@@ -1,9 +1,10 @@
 """Let only operators in: the ADMIN_TOKEN as a bearer header, or a signed session cookie from the login form.
 
 The cookie never holds the token: it holds an issue time and a random id, signed with a key
-derived from the token (so changing ADMIN_TOKEN ends every session). A POST made with the
-cookie must carry the session's CSRF token, an HMAC of the cookie; a bearer header cannot be
-sent by another site's page, so bearer POSTs need none.
+derived from the token (so changing ADMIN_TOKEN ends every session). The id is also kept in
+Redis for the session's lifetime, and logging out deletes it, so a copied cookie dies with its
+session. A POST made with the cookie must carry the session's CSRF token, an HMAC of the
+cookie; a bearer header cannot be sent by another site's page, so bearer POSTs need none.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import falcon
+import redis
 
 PREFIX = "/dashboard"
 API_PREFIX = f"{PREFIX}/api/"
@@ -24,12 +26,18 @@ SESSION_COOKIE = "vendorfetch_dashboard"
 SESSION_TTL_S = 12 * 3600
 
 
-class OperatorAuth:
-    """Check the operator's credentials and sign sessions and CSRF tokens."""
+def session_key(session_id: str) -> str:
+    """Return the Redis key that keeps a session alive."""
+    return f"dashboard:session:{session_id}"
 
-    def __init__(self, admin_token: str) -> None:
+
+class OperatorAuth:
+    """Check the operator's credentials, keep sessions, and sign sessions and CSRF tokens."""
+
+    def __init__(self, admin_token: str, sessions: redis.Redis) -> None:
         self.token_digest = hashlib.sha256(admin_token.encode()).digest()
         self.key = hmac.new(admin_token.encode(), b"vendorfetch dashboard sessions", hashlib.sha256).digest()
+        self.sessions = sessions
 
     def token_matches(self, given: str) -> bool:
         """Compare a presented token with ADMIN_TOKEN in constant time."""
@@ -39,16 +47,23 @@ class OperatorAuth:
         return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()
 
     def new_session(self) -> str:
-        """Return a fresh session cookie value: issue time, random id, signature."""
-        body = f"{int(time.time())}.{secrets.token_urlsafe(16)}"
+        """Start a session and return its cookie value: issue time, random id, signature."""
+        session_id = secrets.token_urlsafe(16)
+        self.sessions.set(session_key(session_id), 1, ex=SESSION_TTL_S)
+        body = f"{int(time.time())}.{session_id}"
         return f"{body}.{self.sign(body)}"
 
     def session_valid(self, session: str) -> bool:
-        """Tell whether a cookie value is a session we signed that has not expired."""
+        """Tell whether a cookie value is a session we signed that has neither expired nor ended."""
         body, _, signature = session.rpartition(".")
-        issued = body.partition(".")[0]
+        issued, _, session_id = body.partition(".")
         return (same(signature, self.sign(body)) and issued.isdigit()
-                and time.time() - int(issued) < SESSION_TTL_S)
+                and time.time() - int(issued) < SESSION_TTL_S and self.sessions.exists(session_key(session_id)) == 1)
+
+    def end_session(self, session: str | None) -> None:
+        """End a session at once: its cookie, wherever copies of it are, opens nothing any more."""
+        if session:
+            self.sessions.delete(session_key(session.rpartition(".")[0].partition(".")[2]))
 
     def csrf_token(self, session: str | None) -> str:
         """Return the CSRF token of a session (none without one: bearer requests need none)."""

@@ -11,15 +11,7 @@ import falcon
 
 from service.dashboard.actions import OperatorActions
 from service.dashboard.auth import (
-    LOGIN_PATH,
-    PREFIX,
-    SESSION_COOKIE,
-    SESSION_TTL_S,
-    OperatorAuth,
-    form_value,
-    local_path,
-    require_operator,
-    session_of,
+    LOGIN_PATH, PREFIX, SESSION_COOKIE, SESSION_TTL_S, OperatorAuth, form_value, local_path, require_operator, session_of,
 )
 from service.dashboard.pages import notice, protect, render
 from service.dashboard.queries import DashboardQueries
@@ -187,6 +179,7 @@ class Logout(Resource):
     """POST /dashboard/logout: end the session."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.auth.end_session(session_of(req))
         resp.unset_cookie(SESSION_COOKIE, path=PREFIX)
         raise falcon.HTTPSeeOther(LOGIN_PATH)
 
