@@ -43,7 +43,10 @@ def setup_worker(config: Config) -> dramatiq.Broker:
     store = open_store(config)
     redis_client = connect_redis(config.redis_url)
     # The broker reports dead letters to `outcomes`, which queues client callbacks through the broker.
-    broker = build_broker(redis_client, on_dead_letter=lambda message, reason: fail_dead_letter(store, outcomes, message, reason))
+    broker = build_broker(
+        redis_client, on_dead_letter=lambda message, reason: fail_dead_letter(store, outcomes, message, reason),
+        visibility_timeout_ms=config.visibility_timeout_ms,
+    )
     outcomes = Outcomes(store, broker if config.callback_secret else None)
     dramatiq.set_broker(broker)
     registry = load_registry(config.vendors_file)

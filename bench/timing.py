@@ -38,9 +38,9 @@ def main() -> int:
     try:
         for run in range(1, args.runs + 1):
             started = time.monotonic()
-            done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS],
+            done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *TESTS],
                                   capture_output=True, text=True)
-            summary = (done.stdout.strip().splitlines() or ["no output"])[-1]
+            summary = next((line for line in reversed(done.stdout.splitlines()) if " passed" in line or " failed" in line), "no summary")
             green += done.returncode == 0
             print(f"run {run}: {'green' if done.returncode == 0 else 'RED'} in {time.monotonic() - started:.0f} s: {summary}", flush=True)
             if done.returncode:

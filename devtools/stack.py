@@ -124,10 +124,12 @@ class Stack:
         argv = [sys.executable, "-m", f"vendors.mock_{kind}", "--port", str(port), *flags]
         return self.start(name or f"vendor-{kind}", argv, f"http://127.0.0.1:{port}/healthz")
 
-    def stop(self) -> None:
-        for process in reversed(self.processes):
+    def stop(self, name: str | None = None) -> None:
+        """Stop the processes, all of them or those started under `name`, the newest first."""
+        stopping = [process for process in self.processes if name is None or process.name == name]
+        for process in reversed(stopping):
             process.terminate()
-        self.processes.clear()
+        self.processes = [process for process in self.processes if process not in stopping]
 
 
 def vendors_toml(sync_port: int, async_port: int, **overrides: str) -> str:

@@ -25,9 +25,12 @@ def connect_redis(redis_url: str) -> redis.Redis:
 
 def build_broker(
     client: redis.Redis, on_dead_letter: Callable[[dramatiq.Message, str], None] | None = None,
+    visibility_timeout_ms: int = 60_000,
 ) -> StreamsBroker:
     """Build the Streams broker with the middleware the actors rely on and declare the job queue."""
     middleware = [AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines(), Retries(), CurrentMessage()]
-    broker = StreamsBroker(client=client, middleware=middleware, on_dead_letter=on_dead_letter)
+    broker = StreamsBroker(
+        client=client, middleware=middleware, on_dead_letter=on_dead_letter, visibility_timeout_ms=visibility_timeout_ms,
+    )
     broker.declare_queue(QUEUE_NAME)
     return broker

@@ -31,7 +31,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     store, registry = open_store(config), load_registry(config.vendors_file)
     redis_client = connect_redis(config.redis_url)
-    broker = build_broker(redis_client)
+    broker = build_broker(redis_client, visibility_timeout_ms=config.visibility_timeout_ms)
     outcomes = Outcomes(store, broker if config.callback_secret else None)
     lease = LeaderLease(redis_client, config.clock_lease_s)
     sweeps = {

@@ -47,6 +47,8 @@ class Config:
     keep_failed_payloads: bool = False
     # Request bodies whose objects and lists nest deeper than this are refused.
     max_json_depth: int = MAX_JSON_DEPTH
+    # How long a message held by a worker that died waits before another worker takes it.
+    visibility_timeout_ms: int = 60_000
     # Networks client callbacks may reach besides public addresses (service/egress.py).
     callback_allow_networks: tuple[Network, ...] = ()
 
@@ -82,6 +84,7 @@ class Config:
             keep_failed_payloads=_flag(env, "KEEP_FAILED_PAYLOADS"),
             max_json_depth=_int(env, "MAX_JSON_DEPTH", cls.max_json_depth),
             callback_allow_networks=_networks(env, "CALLBACK_ALLOW_NETWORKS"),
+            visibility_timeout_ms=_int(env, "VISIBILITY_TIMEOUT_MS", cls.visibility_timeout_ms),
         )
 
 
