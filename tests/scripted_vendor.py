@@ -24,6 +24,7 @@ class ScriptedVendor:
     def __init__(self) -> None:
         self.answer: Callable[[str], Answer] = served
         self.calls: list[tuple[float, str]] = []
+        self.answered: list[str] = []  # the request_ids whose answer was sent, in order
         vendor = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -37,6 +38,8 @@ class ScriptedVendor:
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
+                self.wfile.flush()
+                vendor.answered.append(request_id)
 
             def log_message(self, *args: Any) -> None:
                 pass

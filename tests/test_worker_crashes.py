@@ -15,9 +15,9 @@ import redis
 import requests
 
 from devtools.stack import Stack, free_ports, service_env, wait_until
+from queueing.connection import build_broker
 from queueing.keys import dead_key, delay_key
 from queueing.messages import QUEUE_NAME, enqueue_fetch
-from queueing.connection import build_broker
 from queueing.ratelimit import vendor_key
 from tests.conftest import with_database
 from tests.scripted_vendor import ScriptedVendor
@@ -119,6 +119,30 @@ def test_a_worker_killed_while_its_call_is_out_is_replaced_and_the_job_completes
     # The first call's outcome was never recorded: the redelivery calls again, once.
     assert len(held.calls_for(request_id)) == 2
     assert [entry.get("state") for entry in job["history"]].count("complete") == 1
+
+
+def test_a_worker_killed_after_the_vendor_answered_but_before_the_completion_was_written_calls_again_once(stack, vendors, worker):
+    held, called, answer = vendors["held"], threading.Event(), threading.Event()
+
+    def answer_when_the_worker_is_frozen(request_id):
+        if len(held.calls_for(request_id)) == 1:
+            called.set()
+            answer.wait(30)
+        return 200, {}
+
+    held.answer = answer_when_the_worker_is_frozen
+    first = worker()
+    request_id = submit(stack, "held")
+    assert called.wait(10)
+    os.killpg(first.process.pid, signal.SIGSTOP)  # frozen: it cannot read the answer, let alone record it
+    answer.set()
+    wait_until(lambda: request_id in held.answered, 5, "the answer to be sent")
+    first.kill()
+    assert stack.jobs.find_one({"_id": request_id})["status"] == "processing"
+    worker()
+    job = final(stack, request_id)
+    assert job["status"] == "complete" and job["attempts"] == 1
+    assert len(held.calls_for(request_id)) == 2
 
 
 def test_a_redelivery_after_the_async_vendor_accepted_never_calls_it_again(stack, vendors, worker):
