@@ -1,6 +1,7 @@
 """Data-store outages: the real servers are stopped and restarted under a running service."""
 
 import pytest
+import redis
 import requests
 from cryptography.fernet import Fernet
 
@@ -89,6 +90,17 @@ def test_with_mongodb_down_the_api_answers_503_and_jobs_in_flight_complete_once_
     service.mongo.start()
     all_complete(service, syncs + asyncs)
     assert submit(service).status_code == 202
+
+
+def test_with_redis_down_while_workers_hold_messages_every_job_completes_and_every_message_settles(service, restarts):
+    syncs = [submit(service, vendor="sync").json()["request_id"] for _ in range(3)]
+    wait_until(lambda: {status(service, r) for r in syncs} == {"processing"}, 10, "vendor calls in flight")
+    service.redis.stop()  # the workers hold the messages: their acks meet the outage
+    service.redis.start()
+    all_complete(service, syncs)
+    queue = redis.Redis.from_url(service.redis.url)
+    wait_until(lambda: queue.xlen("job-queue") == 0 and queue.zcard("{job-queue}:delay") == 0, 30, "every message to settle")
+    assert queue.xlen("{job-queue}:dead") == 0
 
 
 def test_with_both_stores_down_a_submission_is_refused_not_lost(service, restarts):
