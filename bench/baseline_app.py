@@ -26,6 +26,11 @@ class JobCollection:
         resp.media = {"request_id": request_id}
 
 
+class Health:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok"}
+
+
 class JobItem:
     def __init__(self, collection) -> None:
         self.collection = collection
@@ -45,4 +50,5 @@ def create_app() -> falcon.App:
     app.resp_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json_handler})
     app.add_route("/jobs", JobCollection(collection))
     app.add_route("/jobs/{request_id}", JobItem(collection))
+    app.add_route("/healthz", Health())
     return app

@@ -1,17 +1,20 @@
-"""Load-test the full stack: 70 % POST /jobs, 30 % GET /jobs/{id}, closed loop, workers draining.
+"""Load-test the full stack as the Procfile runs it: 70 % POST /jobs, 30 % GET /jobs/{id}, closed loop.
 
-    python -m bench.load                       # wrk, 200 connections, 60 s
+    python -m bench.load                       # wrk, 200 connections, 60 s, vendors at 600/minute
+    python -m bench.load --rate-limit none     # vendors unlimited: the workers at full speed
     python -m bench.load --connections 100
     python -m bench.load --burst 10            # the vendors' calls paced: 10 at once, then evenly
+    python -m bench.load --worker-nice 10      # the worker's CPU weight lowered, as docker-compose.yml does
     python -m bench.load --tool locust         # the same mix from locust (which needs CPU of its own)
-    python -m bench.load --worker-nice 0       # the worker at the API's CPU priority
 
-Starts fresh embedded Redis and MongoDB-wire servers, both mock vendors, the API (gunicorn), a
-worker and the clock, all on 127.0.0.1, the worker at a lower CPU priority as docker-compose.yml
-runs it, then prints requests/s, latency percentiles, failures, the jobs completed end to end
-while the load ran and how long they took, and the busy CPU per request of each part
-(read from /proc): the machine's speed moves from hour to hour, and the CPU a request costs
-shows where it went.
+Starts fresh embedded Redis and MongoDB-wire servers, both mock vendors, the release step, the
+API (gunicorn), the worker and callbacks processes and the clock, all on 127.0.0.1, with the
+Procfile's settings (process counts, equal priority, LOG_LEVEL=INFO) unless told otherwise. Then
+prints requests/s, latency percentiles, failures, the jobs completed end to end while the load
+ran (and per second) and how long they took, and the busy CPU per request of each part (read
+from /proc). Last, the same load against bench/baseline_app.py (one insert per POST, one read per
+GET, the same gunicorn settings, stores of its own): the limit the store sets, in the same run,
+and the service's ratio to it. The machine's speed moves from hour to hour: compare within a run.
 """
 
 from __future__ import annotations
@@ -53,13 +56,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=200)
     parser.add_argument("--duration", type=int, default=60, help="seconds")
     parser.add_argument("--web-workers", type=int, default=3, help="gunicorn worker processes")
-    parser.add_argument("--worker-processes", type=int, default=1)
-    parser.add_argument("--worker-threads", type=int, default=8)
-    parser.add_argument("--worker-nice", type=int, default=10, choices=range(20), metavar="0-19",
-                        help="the worker's nice value, as the compose file's cpu_shares weighs it against the API (0: equal)")
-    parser.add_argument("--rate-limit", default="600/minute", help="each mock vendor's limit")
+    parser.add_argument("--worker-processes", type=int, default=2, help="as the Procfile's WORKER_PROCESSES")
+    parser.add_argument("--worker-threads", type=int, default=8, help="as the Procfile's WORKER_THREADS")
+    parser.add_argument("--worker-nice", type=int, default=0, choices=range(20), metavar="0-19",
+                        help="the worker's nice value (10: about the compose file's cpu_shares; 0, the Procfile's: equal)")
+    parser.add_argument("--log-level", default="INFO", help="every process's LOG_LEVEL, INFO as the Procfile's default")
+    parser.add_argument("--rate-limit", default="600/minute", type=vendor_limit,
+                        help="each mock vendor's limit, or none for vendors that never push back")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the baseline app's run")
     parser.add_argument("--burst", type=int, help="each mock vendor's burst (default: its whole limit)")
     return parser.parse_args()
+
+
+def vendor_limit(text: str) -> str:
+    """Read --rate-limit: N/second|minute|hour, or none (a limit no load here reaches)."""
+    return "1000000/minute" if text == "none" else text
 
 
 def start_stack(folder: Path, args: argparse.Namespace) -> tuple[Stack, list, str]:
@@ -71,7 +82,7 @@ def start_stack(folder: Path, args: argparse.Namespace) -> tuple[Stack, list, st
     registry.write_text(vendors_toml(sync_port, async_port).replace('rate_limit = "6000/minute"', limit))
     stack = Stack({
         **service_env(servers[0].url, servers[1].url, registry, api_port),
-        "WEB_CONCURRENCY": str(args.web_workers), "LOG_LEVEL": "WARNING", "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
+        "WEB_CONCURRENCY": str(args.web_workers), "LOG_LEVEL": args.log_level, "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
     }, folder)
     (folder / "metrics").mkdir()
     rate = ["--rate-limit", args.rate_limit]
@@ -81,8 +92,9 @@ def start_stack(folder: Path, args: argparse.Namespace) -> tuple[Stack, list, st
     stack.env["PORT"] = str(api_port)
     stack.migrate()
     stack.start("api", argv, f"http://127.0.0.1:{api_port}/healthz")
-    worker = stack.start_worker(processes=args.worker_processes, threads=args.worker_threads)
+    worker = stack.start_worker(processes=args.worker_processes, threads=args.worker_threads, queues=("job-queue",))
     lower_priority(worker.process.pid, args.worker_nice)
+    stack.start_worker("callbacks", processes=1, threads=8, queues=("client-callbacks",))
     stack.start("clock", [sys.executable, "-m", "scheduler.clock"])
     return stack, servers, f"http://127.0.0.1:{api_port}"
 
@@ -180,17 +192,43 @@ def nearest_rank(ordered: list[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
+def completed_count(mongodb_uri: str) -> int:
+    with pymongo.MongoClient(mongodb_uri) as client:
+        return client.get_default_database()["jobs"].count_documents({"status": "complete"})
+
+
+def measure_baseline(args: argparse.Namespace) -> dict:
+    """Run the same load against bench/baseline_app.py on stores of its own, with the service's gunicorn settings."""
+    folder = Path(tempfile.mkdtemp(prefix="vendorfetch-baseline-"))
+    servers = [stores.secantus(folder / "mongodb").start()]
+    api_port, = free_ports(1)
+    stack = Stack({"MONGODB_URI": servers[0].url, "PORT": str(api_port), "WEB_CONCURRENCY": str(args.web_workers)}, folder)
+    try:
+        argv = [str(Path(sys.executable).parent / "gunicorn"), "--config", "service/gunicorn_conf.py", "bench.baseline_app:create_app()"]
+        stack.start("baseline", argv, f"http://127.0.0.1:{api_port}/healthz")
+        url = f"http://127.0.0.1:{api_port}"
+        warm_up(url)
+        return run_wrk(url, args)
+    finally:
+        stack.stop()
+        for server in servers:
+            server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     args = parse_args()
     folder = Path(tempfile.mkdtemp(prefix="vendorfetch-load-"))
     stack, servers, url = start_stack(folder, args)
     try:
         warm_up(url)
+        completed_before = completed_count(servers[1].url)
         started, cpu_before, generator_before = time.monotonic(), busy_cpu_s(stack, servers), generator_cpu_s()
         result = run_wrk(url, args) if args.tool == "wrk" else run_locust(url, args, folder)
         elapsed = time.monotonic() - started
         cpu = {part: used - cpu_before.get(part, 0.0) for part, used in busy_cpu_s(stack, servers).items()}
         cpu[args.tool] = generator_cpu_s() - generator_before
+        completed_during = completed_count(servers[1].url) - completed_before
         counts, took_s = job_outcomes(servers[1].url)
     finally:
         stack.stop()
@@ -198,12 +236,13 @@ def main() -> None:
             server.stop()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; tool: {args.tool}; "
           f"{args.connections} connections for {args.duration} s; gunicorn gevent x{args.web_workers}; "
-          f"worker -p {args.worker_processes} -t {args.worker_threads} nice {args.worker_nice}; vendors {args.rate_limit} each, "
-          f"burst {args.burst or 'the whole limit'}")
+          f"worker -p {args.worker_processes} -t {args.worker_threads} nice {args.worker_nice}; LOG_LEVEL {args.log_level}; "
+          f"vendors {args.rate_limit} each, burst {args.burst or 'the whole limit'}")
     print(f"requests/s: {result['requests_per_s']:.0f}  requests: {result['requests']}  failures: {result['failures']}  "
           f"over 2 s: {result['over_2s']}")
     print(f"latency ms: p50 {result['p50_ms']:.1f}  p95 {result['p95_ms']:.1f}  p99 {result['p99_ms']:.1f}  max {result['max_ms']:.1f}")
-    print(f"jobs by status after {elapsed:.0f} s: {json.dumps(counts, sort_keys=True)}")
+    print(f"jobs completed during the load: {completed_during} ({completed_during / elapsed:.0f}/s); "
+          f"by status after {elapsed:.0f} s: {json.dumps(counts, sort_keys=True)}")
     if took_s:
         print(f"completed jobs, submission to result, s: p50 {nearest_rank(took_s, 0.50):.1f}  "
               f"p99 {nearest_rank(took_s, 0.99):.1f}  max {took_s[-1]:.1f}")
@@ -212,6 +251,12 @@ def main() -> None:
     print("busy CPU per request, µs: " + ", ".join(f"{part} {us:,.0f}" for part, us in by_cost)
           + f"; {sum(per_request.values()):,.0f} in all ({sum(cpu.values()) / elapsed:.2f} cores busy)")
     shutil.rmtree(folder, ignore_errors=True)
+    if args.baseline and args.tool == "wrk":
+        baseline = measure_baseline(args)
+        print(f"baseline (bench/baseline_app.py: one insert per POST, one read per GET, same gunicorn settings): "
+              f"requests/s {baseline['requests_per_s']:.0f}  p99 {baseline['p99_ms']:.1f} ms  failures {baseline['failures']}; "
+              f"service / baseline: requests/s x{result['requests_per_s'] / baseline['requests_per_s']:.2f}, "
+              f"p99 x{result['p99_ms'] / baseline['p99_ms']:.2f}")
 
 
 if __name__ == "__main__":
