@@ -137,3 +137,4 @@ def add_error_handlers(app: falcon.App) -> None:
     app.add_error_handler(pymongo.errors.ConnectionFailure, unavailable)
     app.add_error_handler(redis.ConnectionError, unavailable)
     app.add_error_handler(redis.TimeoutError, unavailable)
+    app.add_error_handler(redis.exceptions.ReadOnlyError, unavailable)  # a replica, during a failover

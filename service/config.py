@@ -12,6 +12,9 @@ DEFAULT_PII_KEYS = (
     "pii", "ssn", "password", "email", "phone", "card_number", "credit_card", "cc_number", "pan", "cvv",
 )
 
+#: A consumer refreshes its claims every quarter of the visibility timeout: it needs that long at least.
+MIN_VISIBILITY_TIMEOUT_MS = 1_000
+
 # A guessable operator token would open the dashboard's actions to anyone who can reach the API.
 MIN_ADMIN_TOKEN_LENGTH = 16
 
@@ -84,7 +87,7 @@ class Config:
             keep_failed_payloads=_flag(env, "KEEP_FAILED_PAYLOADS"),
             max_json_depth=_int(env, "MAX_JSON_DEPTH", cls.max_json_depth),
             callback_allow_networks=_networks(env, "CALLBACK_ALLOW_NETWORKS"),
-            visibility_timeout_ms=_int(env, "VISIBILITY_TIMEOUT_MS", cls.visibility_timeout_ms),
+            visibility_timeout_ms=_visibility_timeout_ms(env),
         )
 
 
@@ -108,6 +111,13 @@ def _networks(env, name: str) -> tuple[Network, ...]:
         return parse_networks(env.get(name, ""))
     except ValueError as error:
         raise ConfigError(f"{name} must list networks like 10.0.0.0/8,::1/128: {error}") from None
+
+
+def _visibility_timeout_ms(env) -> int:
+    value = _int(env, "VISIBILITY_TIMEOUT_MS", Config.visibility_timeout_ms)
+    if value < MIN_VISIBILITY_TIMEOUT_MS:  # shorter, and live workers would take each other's messages
+        raise ConfigError(f"VISIBILITY_TIMEOUT_MS must be at least {MIN_VISIBILITY_TIMEOUT_MS}, got {value}")
+    return value
 
 
 def _flag(env, name: str) -> bool:

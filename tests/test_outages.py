@@ -24,6 +24,7 @@ def service(tmp_path_factory):
         "REDIS_URL": redis_server.url, "MONGODB_URI": mongo_server.url, "VENDORS_FILE": str(registry),
         "ENCRYPTION_KEY": Fernet.generate_key().decode(), "PUBLIC_URL": f"http://127.0.0.1:{api_port}",
         "STORE_TIMEOUT_MS": "500", "SWEEP_INTERVAL_S": "0.5", "ORPHAN_AFTER_S": "1", "CLOCK_LEASE_S": "3",
+        "VISIBILITY_TIMEOUT_MS": "3000",  # messages a worker could not ack come back in seconds
     }, folder)
     try:
         # A slow sync vendor and a late async callback put work in flight when a store goes down.
@@ -95,12 +96,18 @@ def test_with_mongodb_down_the_api_answers_503_and_jobs_in_flight_complete_once_
 def test_with_redis_down_while_workers_hold_messages_every_job_completes_and_every_message_settles(service, restarts):
     syncs = [submit(service, vendor="sync").json()["request_id"] for _ in range(3)]
     wait_until(lambda: {status(service, r) for r in syncs} == {"processing"}, 10, "vendor calls in flight")
-    service.redis.stop()  # the workers hold the messages: their acks meet the outage
+    seen_before = service.process("worker").log().count("connection error")
+    service.redis.stop()  # the workers hold the messages: whatever they do next meets the outage
+    wait_until(lambda: service.process("worker").log().count("connection error") > seen_before, 20, "the worker to meet the outage")
     service.redis.start()
     all_complete(service, syncs)
     queue = redis.Redis.from_url(service.redis.url)
     wait_until(lambda: queue.xlen("job-queue") == 0 and queue.zcard("{job-queue}:delay") == 0, 30, "every message to settle")
     assert queue.xlen("{job-queue}:dead") == 0
+    # A call whose outcome the outage kept from being recorded may be made again; a job completes once.
+    for request_id in syncs:
+        history = requests.get(f"{service.url}/jobs/{request_id}", timeout=10).json()
+        assert history["status"] == "complete" and history["attempts"] == 1
 
 
 def test_with_both_stores_down_a_submission_is_refused_not_lost(service, restarts):
