@@ -14,7 +14,7 @@ from actors.fetch import declare_fetch_actor
 from actors.runner import JobRunner
 from queueing.breaker import CircuitBreaker
 from queueing.connection import build_broker, connect_redis
-from queueing.messages import fetch_request_id
+from queueing.messages import request_id_of
 from queueing.ratelimit import RateLimiter
 from service.cleaning import Cleaner
 from service.config import Config
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def fail_dead_letter(store: JobStore, outcomes: Outcomes, message: dramatiq.Message, reason: str) -> None:
     """Mark the job of a dead-lettered fetch message failed; the broker's reason goes to its history."""
-    request_id = fetch_request_id(message)
+    request_id = request_id_of(message)
     error, detail = "the job could not be processed (its message was dead-lettered)", f"dead-lettered: {reason}"
     if request_id and store.fail(request_id, message.message_id, error, detail=detail):
         outcomes.finished(request_id, JobStatus.FAILED, detail=detail)

@@ -32,9 +32,9 @@ def enqueue_fetch(
     broker.enqueue(fetch_message(request_id, message_id, vendor=vendor), delay=delay_ms)
 
 
-def fetch_request_id(message: dramatiq.Message | None) -> str | None:
-    """Return the request_id a fetch message carries, or None for any other message (or none)."""
-    return message.args[0] if message and message.actor_name == FETCH_ACTOR and message.args else None
+def request_id_of(message: dramatiq.Message | None, actor_name: str = FETCH_ACTOR) -> str | None:
+    """Return the request_id a message for `actor_name` carries, or None for any other message (or none)."""
+    return message.args[0] if message and message.actor_name == actor_name and message.args else None
 
 
 def enqueue_client_callback(broker: dramatiq.Broker, request_id: str) -> None:

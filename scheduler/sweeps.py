@@ -11,7 +11,9 @@ import itertools
 from datetime import timedelta
 
 from queueing.broker import StreamsBroker
-from queueing.messages import CALLBACK_ACTOR, CALLBACK_QUEUE, FETCH_ACTOR, QUEUE_NAME, enqueue_client_callback, enqueue_fetch
+from queueing.messages import (
+    CALLBACK_ACTOR, CALLBACK_QUEUE, FETCH_ACTOR, QUEUE_NAME, enqueue_client_callback, enqueue_fetch, request_id_of,
+)
 from service.logs import about_job
 from service.outcomes import Outcomes
 from service.states import JobStatus
@@ -27,7 +29,7 @@ LOST_MESSAGE_NOTES = {
 
 def request_ids_in_queue(broker: StreamsBroker, queue_name: str = QUEUE_NAME, actor_name: str = FETCH_ACTOR) -> set[str]:
     """Return the request_ids that have a message of `actor_name` in a queue, delayed or in the stream."""
-    return {message.args[0] for message in broker.queued_messages(queue_name) if message.actor_name == actor_name and message.args}
+    return {request_id for message in broker.queued_messages(queue_name) if (request_id := request_id_of(message, actor_name))}
 
 
 def time_out_webhooks(

@@ -46,8 +46,7 @@ class Outcomes:
             JOBS_FINISHED.labels(job["vendor"], status.value).inc()
             JOB_DURATION.labels(job["vendor"], status.value).observe(age_s)
             if job.get("callback_url") and self.broker is not None:
-                # Due now, then queued: if the queue is down, the callback sweep finds it overdue.
-                self.store.mark_callback_queued(request_id)
+                # The final state made it due; if the queue is down, the callback sweep finds it overdue.
                 enqueue_client_callback(self.broker, request_id)
         except OUTAGES as error:
             log.warning("could not report the finished job: %r", error, extra={"request_id": request_id})

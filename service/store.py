@@ -211,7 +211,7 @@ class JobStore:
 
     def _apply(
         self, event: Event, request_id: str, *, detail: str | None = None, guarded_by: str | None = None,
-        fields: dict[str, Any] | None = None, inc: dict[str, int] | None = None,
+        fields: dict[str, Any] | None = None, inc: dict[str, int] | None = None, attempt: int | None = None,
     ) -> bool:
         """Apply `event` to the job as one conditional update; tell whether the job moved.
 
@@ -220,7 +220,8 @@ class JobStore:
         when the intake or the worker's gate gives it one. Terminal states start retention and
         erase the payload (failed and timed_out keep it with KEEP_FAILED_PAYLOADS, for a retry).
         `message_id` names the message holding a processing job, and nothing else.
-        `guarded_by` is the message an OWN_MESSAGE event acts for.
+        `guarded_by` is the message an OWN_MESSAGE event acts for; `attempt`, given where a call
+        to the vendor had this outcome, becomes the job's count of attempts.
         """
         now = utcnow()
         to = event.enters
@@ -231,6 +232,8 @@ class JobStore:
             "$set": {**(fields or {}), "status": to.value, "updated_at": now, "due_at": now},
             "$push": push_history(entry),
         }
+        if attempt is not None:
+            update["$set"]["attempts"] = attempt
         unset = {} if to is JobStatus.PROCESSING else {"message_id": ""}
         if to.is_terminal:
             # Every final state makes a pending client callback due (only those jobs are indexed for
@@ -348,7 +351,7 @@ class JobStore:
     def await_webhook(self, request_id: str, deadline: datetime, *, detail: str, attempt: int) -> bool:
         """Record that the vendor accepted the job's `attempt` and will call back by `deadline`."""
         return self._apply(
-            states.AWAIT_WEBHOOK, request_id, detail=detail, fields={"webhook_deadline": deadline, "attempts": attempt},
+            states.AWAIT_WEBHOOK, request_id, detail=detail, fields={"webhook_deadline": deadline}, attempt=attempt,
         )
 
     def complete(
@@ -359,10 +362,8 @@ class JobStore:
         The worker gives the `attempt` that got the result; a webhook completes the attempt already counted.
         """
         fields = {"result": result, "removed_keys": removed_keys, "error": None}
-        if attempt is not None:
-            fields["attempts"] = attempt
         try:
-            return self._apply(states.COMPLETE, request_id, detail=detail, fields=fields)
+            return self._apply(states.COMPLETE, request_id, detail=detail, fields=fields, attempt=attempt)
         except (OverflowError, bson.errors.InvalidDocument, pymongo.errors.DocumentTooLarge) as error:
             raise UnstorableResult(f"the vendor's data cannot be stored: {type(error).__name__}") from error
 
@@ -375,10 +376,9 @@ class JobStore:
         client sees `reason`; `detail` (internal, say an exception) goes only into the history.
         `attempt` is given when a call to the vendor ended the job.
         """
-        fields: dict[str, Any] = {"error": reason}
-        if attempt is not None:
-            fields["attempts"] = attempt
-        return self._apply(states.FAIL, request_id, detail=detail or reason, guarded_by=message_id, fields=fields)
+        return self._apply(
+            states.FAIL, request_id, detail=detail or reason, guarded_by=message_id, fields={"error": reason}, attempt=attempt,
+        )
 
     def overdue_webhooks(self, limit: int) -> list[dict[str, Any]]:
         """Return up to `limit` jobs awaiting a webhook past their deadline, the most overdue first."""

@@ -355,7 +355,8 @@ def test_the_callback_sweep_reads_only_jobs_whose_callback_is_pending(calling_st
 def test_a_callback_queued_as_its_job_finishes_leaves_nothing_for_the_sweep(calling_store, broker, redis_client):
     request_id = str(uuid.uuid4())
     calling_store.create(request_id, "sync", {"name": "n"}, callback_url="http://127.0.0.1:9/hook")
-    finish_an_hour_ago(calling_store, request_id)
+    calling_store.claim(request_id, "m1")
+    assert calling_store.fail(request_id, "m1", "vendor rejected")  # the final state makes its callback due now
     Outcomes(calling_store, broker).finished(request_id, JobStatus.FAILED)
     assert redis_client.xlen(CALLBACK_QUEUE) == 1
     assert calling_store.collection.find_one({"_id": request_id})["callback_due_at"] > utcnow() - timedelta(minutes=1)

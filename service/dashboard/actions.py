@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from queueing.broker import StreamsBroker
 from queueing.deadletters import iter_dead_letters, purge
-from queueing.messages import QUEUE_NAME, enqueue_client_callback, fetch_request_id
+from queueing.messages import QUEUE_NAME, enqueue_client_callback, request_id_of
 from service.dashboard.queries import failure_filter
 from service.store import PAYLOAD_KEPT, JobStore
 
@@ -66,7 +66,7 @@ class OperatorActions:
         # Only the entries listed here: one dead-lettered meanwhile is kept for the next look.
         purged = purge(self.broker.client, QUEUE_NAME, [letter.entry_id for letter in letters]) if letters else 0
         for letter in letters:
-            request_id = fetch_request_id(letter.message)
+            request_id = request_id_of(letter.message)
             if request_id:
                 self.store.note(request_id, f"dead letter {letter.entry_id} purged by an operator ({operator})")
         log.info("operator purged %d dead letters", purged,

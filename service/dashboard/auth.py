@@ -53,17 +53,23 @@ class OperatorAuth:
         body = f"{int(time.time())}.{session_id}"
         return f"{body}.{self.sign(body)}"
 
-    def session_valid(self, session: str) -> bool:
-        """Tell whether a cookie value is a session we signed that has neither expired nor ended."""
+    def signed_session_id(self, session: str) -> str | None:
+        """Return the id of a cookie value we signed within the session lifetime, or None."""
         body, _, signature = session.rpartition(".")
         issued, _, session_id = body.partition(".")
-        return (same(signature, self.sign(body)) and issued.isdigit()
-                and time.time() - int(issued) < SESSION_TTL_S and self.sessions.exists(session_key(session_id)) == 1)
+        signed = same(signature, self.sign(body)) and issued.isdigit() and time.time() - int(issued) < SESSION_TTL_S
+        return session_id if signed else None
+
+    def session_valid(self, session: str) -> bool:
+        """Tell whether a cookie value is a session we signed that has neither expired nor ended."""
+        session_id = self.signed_session_id(session)
+        return session_id is not None and self.sessions.exists(session_key(session_id)) == 1
 
     def end_session(self, session: str | None) -> None:
         """End a session at once: its cookie, wherever copies of it are, opens nothing any more."""
-        if session:
-            self.sessions.delete(session_key(session.rpartition(".")[0].partition(".")[2]))
+        session_id = self.signed_session_id(session) if session else None
+        if session_id is not None:
+            self.sessions.delete(session_key(session_id))
 
     def csrf_token(self, session: str | None) -> str:
         """Return the CSRF token of a session (none without one: bearer requests need none)."""

@@ -17,7 +17,7 @@ from queueing.broker import StreamsBroker
 from queueing.deadletters import list_dead_letters
 from queueing.keys import dead_key
 from queueing.lease import read_clock
-from queueing.messages import QUEUE_NAME, fetch_request_id
+from queueing.messages import QUEUE_NAME, request_id_of
 from queueing.ratelimit import RateLimiter
 from service.errors import JobNotFound
 from service.states import TERMINAL, JobStatus
@@ -164,7 +164,7 @@ class DashboardQueries:
         for dead in list_dead_letters(self.broker.client, QUEUE_NAME, DEAD_LETTERS_SHOWN):
             entries.append({
                 "entry_id": dead.entry_id, "dead_at": stamp(datetime.fromtimestamp(dead.dead_at_ms / 1000, tz=timezone.utc)),
-                "request_id": fetch_request_id(dead.message), "reason": dead.reason,
+                "request_id": request_id_of(dead.message), "reason": dead.reason,
             })
         return {"total": self.broker.client.xlen(dead_key(QUEUE_NAME)), "entries": entries}
 
