@@ -107,6 +107,7 @@ class JobStore:
         # Reads by id are on the API's hot path: concurrent ones share a round trip (new jobs
         # share theirs in service/intake.py).
         self._find = Batch(self.find_many)
+        self._claims = Batch(self._claim_many)
 
     def migrate(self) -> None:
         """Create the indexes this version needs and bring earlier versions' jobs up to it (idempotent)."""
@@ -215,13 +216,28 @@ class JobStore:
     ) -> bool:
         """Apply `event` to the job as one conditional update; tell whether the job moved.
 
-        This is the only writer of `status`, and it makes the job due now (`due_at`) in its new
-        state: the sweeps time every state from there, and a queued job's start moves to its slot
-        when the intake or the worker's gate gives it one. Terminal states start retention and
-        erase the payload (failed and timed_out keep it with KEEP_FAILED_PAYLOADS, for a retry).
-        `message_id` names the message holding a processing job, and nothing else.
-        `guarded_by` is the message an OWN_MESSAGE event acts for; `attempt`, given where a call
-        to the vendor had this outcome, becomes the job's count of attempts.
+        This is the only writer of `status` (with `_claim_many`, which writes the same updates in
+        bulk); see `_transition` for what every event writes.
+        """
+        query, update = self._transition(event, request_id, detail, guarded_by, fields, inc, attempt)
+        moved = self.collection.update_one(query, update).modified_count == 1
+        if moved and not event.enters.is_terminal:  # a final state is logged by whoever finished the job (service/outcomes.py)
+            log.info("job %s", event.enters.value, extra={"request_id": request_id, "state": event.enters.value, "detail": detail})
+        return moved
+
+    def _transition(
+        self, event: Event, request_id: str, detail: str | None = None, guarded_by: str | None = None,
+        fields: dict[str, Any] | None = None, inc: dict[str, int] | None = None, attempt: int | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Return the filter and the update that apply `event` to the job.
+
+        The update makes the job due now (`due_at`) in its new state: the sweeps time every state
+        from there, and a queued job's start moves to its slot when the intake or the worker's
+        gate gives it one. Terminal states start retention and erase the payload (failed and
+        timed_out keep it with KEEP_FAILED_PAYLOADS, for a retry). `message_id` names the message
+        holding a processing job, and nothing else. `guarded_by` is the message an OWN_MESSAGE
+        event acts for; `attempt`, given where a call to the vendor had this outcome, becomes the
+        job's count of attempts.
         """
         now = utcnow()
         to = event.enters
@@ -248,10 +264,7 @@ class JobStore:
         # Plain top-level fields only: with $and or $or the embedded MongoDB-wire server stops
         # using the _id index and scans the whole collection for every transition.
         query = {**self._guard(event.guard, guarded_by), "_id": request_id, "status": {"$in": [s.value for s in event.leaves]}}
-        moved = self.collection.update_one(query, update).modified_count == 1
-        if moved and not to.is_terminal:  # a final state is logged by whoever finished the job (service/outcomes.py)
-            log.info("job %s", to.value, extra={"request_id": request_id, "state": to.value, "detail": detail})
-        return moved
+        return query, update
 
     @staticmethod
     def _guard(guard: Guard, message_id: str | None) -> dict[str, Any]:
@@ -331,14 +344,41 @@ class JobStore:
         """Mark the job processing for this message and return it, its payload decrypted (absent if erased).
 
         A redelivery of the same message (a worker crashed, a retry, a deferral) may re-claim a
-        job it already holds; any other message finds nothing to do and gets None.
+        job it already holds; any other message finds nothing to do and gets None. The worker's
+        threads claiming at the same time share two round trips (`_claim_many`).
         """
-        if not self._apply(states.CLAIM, request_id, guarded_by=message_id, fields={"message_id": message_id}):
+        job = self._claims((request_id, message_id))
+        if job is None:
             return None
-        job = self.collection.find_one({"_id": request_id})
-        if job is not None and "payload" in job:
+        # Logged here, not on the flushing thread, so that the line carries the job's context (service/logs.py).
+        log.info("job %s", JobStatus.PROCESSING.value, extra={"request_id": request_id, "state": JobStatus.PROCESSING.value})
+        if "payload" in job:
             job["payload"] = orjson.loads(self.cipher.decrypt(job["payload"].encode()))
         return job
+
+    def _claim_many(self, claims: list[tuple[str, str]]) -> list[dict[str, Any] | None]:
+        """Apply CLAIM for each (request_id, message_id) in one bulk write, then read the jobs back in one query.
+
+        A job is claimed by the message it names once the writes are done: the write of any other
+        message was refused by the guard.
+        """
+        writes = [
+            pymongo.UpdateOne(*self._transition(states.CLAIM, request_id, guarded_by=message_id, fields={"message_id": message_id}))
+            for request_id, message_id in claims
+        ]
+        try:
+            self.collection.bulk_write(writes, ordered=False)
+        except pymongo.errors.BulkWriteError:
+            pass  # a job whose write failed is not claimed, which the read below shows
+        found = {job["_id"]: job for job in self.collection.find({"_id": {"$in": list({request_id for request_id, _ in claims})}})}
+        claimed = []
+        for request_id, message_id in claims:
+            job = found.get(request_id)
+            if job is None or job["status"] != JobStatus.PROCESSING.value or job.get("message_id") != message_id:
+                claimed.append(None)
+                continue
+            claimed.append(dict(job))  # each caller decrypts its own copy
+        return claimed
 
     def leave_pending(self, request_id: str, detail: str) -> bool:
         """Mark a queued job pending: its message could not be queued, so the orphan sweep will."""

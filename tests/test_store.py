@@ -73,6 +73,19 @@ def test_concurrent_claims_by_different_messages_let_one_win(store):
     assert [entry["state"] for entry in store.get(request_id)["history"]].count("processing") == 1
 
 
+def test_concurrent_claims_of_many_jobs_each_get_their_own_job_or_none(store):
+    request_ids = [new_job(store) for _ in range(40)]
+    held = set(request_ids[::4])
+    for request_id in held:
+        assert store.claim(request_id, "another message") is not None
+    with ThreadPoolExecutor(16) as pool:  # claims in flight at once share a bulk write and a read
+        claims = list(pool.map(lambda request_id: store.claim(request_id, f"m-{request_id}"), request_ids))
+    assert [claim is None for claim in claims] == [request_id in held for request_id in request_ids]
+    for request_id, claim in zip(request_ids, claims):
+        if claim is not None:
+            assert claim["_id"] == request_id and claim["payload"] == PAYLOAD and claim["message_id"] == f"m-{request_id}"
+
+
 def test_history_is_bounded(store):
     request_id = new_job(store)
     for n in range(HISTORY_LIMIT + 10):
