@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -29,6 +30,8 @@ RETRYABLE = states.RETRY.leaves
 PAYLOAD_KEPT = {"payload": {"$exists": True}}
 #: The due time of a client callback given up: it stays pending, out of the sweep's reach, for an operator to re-send.
 CALLBACK_GIVEN_UP = datetime(9999, 12, 31, tzinfo=timezone.utc)
+#: What makes a result unstorable, found by the driver while encoding it.
+UNSTORABLE = (OverflowError, bson.errors.InvalidDocument, pymongo.errors.DocumentTooLarge)
 #: What is needed of a finished job to report it (service/outcomes.py); these fields never change.
 FINISHED_FIELDS = {"vendor": True, "created_at": True, "callback_url": True}
 
@@ -108,6 +111,7 @@ class JobStore:
         # share theirs in service/intake.py).
         self._find = Batch(self.find_many)
         self._claims = Batch(self._claim_many)
+        self._completions = Batch(self._complete_many)
 
     def migrate(self) -> None:
         """Create the indexes this version needs and bring earlier versions' jobs up to it (idempotent)."""
@@ -399,13 +403,37 @@ class JobStore:
     ) -> bool:
         """Store the cleaned result and mark the job complete; raise UnstorableResult if it cannot be stored.
 
-        The worker gives the `attempt` that got the result; a webhook completes the attempt already counted.
+        The worker gives the `attempt` that got the result; a webhook completes the attempt already
+        counted. Completions in flight at once share two round trips (`_complete_many`).
         """
-        fields = {"result": result, "removed_keys": removed_keys, "error": None}
+        return self._completions((request_id, {"result": result, "removed_keys": removed_keys, "error": None}, detail, attempt))
+
+    def _complete_many(self, completions: list[tuple[str, dict[str, Any], str, int | None]]) -> list[bool | Exception]:
+        """Apply COMPLETE for each (request_id, fields, detail, attempt) in one bulk write; tell, for each, whether the job moved.
+
+        Each write marks the job with a token of its own, read back in one query: a job moved for
+        the write whose token it carries, and for no other.
+        """
+        tokens = [uuid.uuid4().hex for _ in completions]
+        writes = [
+            pymongo.UpdateOne(*self._transition(
+                states.COMPLETE, request_id, detail, fields={**fields, "completed_by": token}, attempt=attempt,
+            ))
+            for (request_id, fields, detail, attempt), token in zip(completions, tokens)
+        ]
+        refused: dict[int, Exception] = {}
         try:
-            return self._apply(states.COMPLETE, request_id, detail=detail, fields=fields, attempt=attempt)
-        except (OverflowError, bson.errors.InvalidDocument, pymongo.errors.DocumentTooLarge) as error:
-            raise UnstorableResult(f"the vendor's data cannot be stored: {type(error).__name__}") from error
+            self.collection.bulk_write(writes, ordered=False)
+        except UNSTORABLE as error:  # found while encoding, before anything was sent
+            if len(completions) > 1:  # only the one that cannot be stored may fail: each alone
+                return [self._complete_many([completion])[0] for completion in completions]
+            return [UnstorableResult(f"the vendor's data cannot be stored: {type(error).__name__}")]
+        except pymongo.errors.BulkWriteError as error:
+            refused = {failure["index"]: pymongo.errors.WriteError(failure["errmsg"], failure["code"], failure)
+                       for failure in error.details["writeErrors"]}
+        request_ids = list({request_id for request_id, *_ in completions})
+        marked = {job["_id"]: job.get("completed_by") for job in self.collection.find({"_id": {"$in": request_ids}}, {"completed_by": True})}
+        return [refused.get(i, marked.get(request_id) == token) for i, ((request_id, *_), token) in enumerate(zip(completions, tokens))]
 
     def fail(
         self, request_id: str, message_id: str, reason: str, *, detail: str | None = None, attempt: int | None = None,

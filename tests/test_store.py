@@ -121,6 +121,32 @@ def test_a_result_that_cannot_be_stored_is_refused_and_leaves_the_job_as_it_was(
     assert store.get(request_id)["status"] == "processing"
 
 
+def test_concurrent_completions_each_learn_whether_they_moved_their_job_and_one_unstorable_result_spoils_no_other(store):
+    from service.errors import UnstorableResult
+
+    request_ids = [new_job(store) for _ in range(30)]
+    unstorable, done_before = request_ids[0], set(request_ids[1::5])
+    for request_id in done_before:
+        assert store.complete(request_id, {"first": True}, [], detail="first")
+
+    def complete(request_id):
+        result = {"n": 2**63 + 5} if request_id == unstorable else {"account": request_id}
+        try:
+            return store.complete(request_id, result, [], detail="done", attempt=1)
+        except UnstorableResult:
+            return "unstorable"
+
+    with ThreadPoolExecutor(16) as pool:  # completions in flight at once share a bulk write and a read
+        moved = list(pool.map(complete, request_ids))
+    expected = ["unstorable" if r == unstorable else r not in done_before for r in request_ids]
+    assert moved == expected
+    for request_id in request_ids[1:]:
+        job = store.get(request_id)
+        assert job["status"] == "complete"
+        assert job["result"] == ({"first": True} if request_id in done_before else {"account": request_id})
+    assert store.get(unstorable)["status"] == "queued"
+
+
 def test_a_job_without_its_payload_is_claimed_without_one(store):
     request_id = new_job(store)
     store.collection.update_one({"_id": request_id}, {"$unset": {"payload": ""}})
