@@ -11,7 +11,7 @@ import contextvars
 import logging
 from collections.abc import Iterator
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 # The job the current thread (or greenlet) is handling, as fields for each record it logs.
 _current_job: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("current_job", default={})
@@ -38,9 +38,12 @@ class CurrentJobFields(logging.Filter):
         return True
 
 
-def json_formatter() -> JsonFormatter:
-    """Build the formatter: time, level, logger, process, message, then the event's own fields."""
-    return JsonFormatter(
+def json_formatter() -> OrjsonFormatter:
+    """Build the formatter: time, level, logger, process, message, then the event's own fields.
+
+    orjson encodes a line faster than the standard library, and every job logs a few.
+    """
+    return OrjsonFormatter(
         "%(levelname)s %(name)s %(process)d %(message)s",
         rename_fields={"levelname": "level", "name": "logger", "process": "pid"},
         timestamp="time",
