@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test chromium bench-broker bench-ratelimit bench-load bench-timing clean
+.PHONY: run test chromium bench-broker bench-ratelimit bench-load bench-burst bench-timing clean
 
 run: $(INSTALLED)
 	$(PY) -m devtools.run
@@ -37,6 +37,10 @@ bench-timing: $(INSTALLED)
 bench-load: $(INSTALLED)
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(PY) -m bench.load $(ARGS)
+
+# A burst of jobs for an unlimited vendor, drained while it arrives and from a full backlog.
+bench-burst: $(INSTALLED)
+	$(PY) -m bench.burst $(ARGS)
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
