@@ -85,6 +85,7 @@ def config(redis_url, mongodb_uri, mongo_client, redis_client):
         redis_url=redis_url,
         mongodb_uri=with_database(mongodb_uri, name),
         public_url="http://127.0.0.1:4000",
+        auth="open",  # the client API's tests act as the client `public`; tests/test_clients.py asks for keys
     )
     mongo_client.drop_database(name)
 

@@ -27,7 +27,7 @@ def app(redis_url, mongodb_uri, tmp_path_factory):
     return create_app(Config(
         encryption_key=Fernet.generate_key().decode(), callback_secret=CALLBACK_SECRET, redis_url=redis_url,
         admin_token="operator-token-for-the-openapi-tests",
-        mongodb_uri=with_database(mongodb_uri, "openapi_fuzz"),
+        mongodb_uri=with_database(mongodb_uri, "openapi_fuzz"), auth="open",
     ))
 
 

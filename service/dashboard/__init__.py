@@ -11,6 +11,7 @@ from queueing.breaker import CircuitBreaker
 from queueing.broker import StreamsBroker
 from queueing.messages import enqueue_fetch
 from queueing.ratelimit import RateLimiter
+from service.clients.store import ClientStore
 from service.dashboard import resources
 from service.dashboard.actions import OperatorActions
 from service.dashboard.auth import PREFIX, OperatorAuth
@@ -23,6 +24,7 @@ STATIC = Path(__file__).parent / "static"
 
 def add_dashboard(
     app: falcon.App, admin_token: str, store: JobStore, registry: Registry, limiter: RateLimiter, broker: StreamsBroker,
+    clients: ClientStore,
 ) -> None:
     """Add the dashboard's pages, JSON endpoints, actions and static files to the app."""
     auth = OperatorAuth(admin_token, broker.client)
