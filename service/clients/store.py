@@ -106,6 +106,11 @@ class ClientStore:
             raise ClientError(f"no client is called {name!r}")
         return Client.from_document(document)
 
+    def callback_secret(self, name: str | None) -> str | None:
+        """Return the client's own callback signing secret, or None where it has none (the service's then signs)."""
+        document = self.clients.find_one({"_id": name or PUBLIC_CLIENT}, {"callback_secret": True})
+        return (document or {}).get("callback_secret")
+
     def all(self) -> list[Client]:
         return [Client.from_document(document) for document in self.clients.find().sort("_id", 1)]
 
