@@ -1,6 +1,5 @@
 """Clients through the API in process: keys, own jobs only, request rates, backlog caps, and the client CLI."""
 
-import dataclasses
 import hashlib
 import os
 import subprocess
@@ -13,40 +12,16 @@ import pytest
 from devtools.stack import wait_until
 from service.app import create_app
 from service.clients.backlogs import ClientBacklogs
-from service.clients.store import ClientStore
 from service.store import PUBLIC_CLIENT
+from tests.conftest import with_registry
+from tests.test_list_and_cancel import REGISTRY
 
 BODY = {"name": "testUser", "email": "test@mail.com", "password": "pw"}
-REGISTRY = """
-[vendors.sync]
-mode = "sync"
-url = "http://127.0.0.1:9/fetch"
-rate_limit = "6000/minute"
-
-[vendors.slow]
-mode = "sync"
-url = "http://127.0.0.1:9/fetch"
-rate_limit = "1/minute"
-"""
 
 
 @pytest.fixture
-def keyed_config(config, tmp_path):
-    registry = tmp_path / "vendors.toml"
-    registry.write_text(REGISTRY)
-    return dataclasses.replace(config, auth="keys", vendors_file=str(registry))
-
-
-@pytest.fixture
-def clients(store):
-    client_store = ClientStore(store.collection.database)
-    client_store.migrate()
-    return client_store
-
-
-@pytest.fixture
-def api(keyed_config, clients):
-    return falcon.testing.TestClient(create_app(keyed_config))
+def api(config, tmp_path, clients):
+    return falcon.testing.TestClient(create_app(with_registry(config, tmp_path, REGISTRY, auth="keys")))
 
 
 def bearer(key):

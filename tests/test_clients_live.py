@@ -9,7 +9,7 @@ import requests
 from devtools.stack import BIN, Stack, free_ports, service_env, wait_until
 from service.clients.store import ClientStore
 from tests.conftest import with_database
-from tests.scripted_vendor import ScriptedVendor
+from tests.scripted_vendor import scripted_vendors
 
 DATABASE = "clients_live"
 REGISTRY = """
@@ -29,10 +29,8 @@ FINAL = ("complete", "failed", "timed_out", "cancelled")
 
 @pytest.fixture(scope="module")
 def vendors():
-    scripted = {"paced": ScriptedVendor(), "accepting": ScriptedVendor()}
-    yield scripted
-    for vendor in scripted.values():
-        vendor.close()
+    with scripted_vendors("paced", "accepting") as scripted:
+        yield scripted
 
 
 @pytest.fixture(scope="module")

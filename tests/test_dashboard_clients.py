@@ -7,15 +7,7 @@ import falcon.testing
 import pytest
 
 from service.app import create_app
-from service.clients.store import ClientStore
 from tests.test_dashboard_auth import BEARER, TOKEN, form, log_in
-
-
-@pytest.fixture
-def clients(store):
-    client_store = ClientStore(store.collection.database)
-    client_store.migrate()
-    return client_store
 
 
 @pytest.fixture

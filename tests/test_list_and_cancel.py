@@ -1,6 +1,5 @@
 """A client's list of its jobs and its cancels, through the API in process against the real stores."""
 
-import dataclasses
 import threading
 from datetime import timedelta
 
@@ -12,9 +11,9 @@ from actors.callbacks import deliver
 from devtools.stack import CallbackReceiver
 from queueing.ratelimit import vendor_key
 from service.app import create_app
-from service.clients.store import ClientStore
 from service.egress import EgressPolicy, parse_networks
 from service.store import utcnow
+from tests.conftest import with_registry
 from tests.signing import new_secret
 
 CALLBACK_SECRET = new_secret("list-and-cancel callbacks")
@@ -40,25 +39,11 @@ rate_limit = "1/minute"
 
 
 @pytest.fixture
-def app_config(config, tmp_path):
-    registry = tmp_path / "vendors.toml"
-    registry.write_text(REGISTRY)
-    return dataclasses.replace(
-        config, auth="keys", vendors_file=str(registry), callback_secret=CALLBACK_SECRET,
+def api(config, tmp_path, clients):
+    return falcon.testing.TestClient(create_app(with_registry(
+        config, tmp_path, REGISTRY, auth="keys", callback_secret=CALLBACK_SECRET,
         callback_allow_networks=parse_networks("127.0.0.1/32"),
-    )
-
-
-@pytest.fixture
-def clients(store):
-    client_store = ClientStore(store.collection.database)
-    client_store.migrate()
-    return client_store
-
-
-@pytest.fixture
-def api(app_config, clients):
-    return falcon.testing.TestClient(create_app(app_config))
+    )))
 
 
 @pytest.fixture

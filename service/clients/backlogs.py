@@ -11,16 +11,9 @@ once it has one (or gives the place up if the vendor refused it).
 
 from __future__ import annotations
 
+from queueing.ratelimit_lua import NOW_MS
 from service.clients.store import Client
 from vendors.registry import Vendor
-
-# The Redis server's clock in ms: every API process then dates places alike.
-NOW_MS = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
 
 #: Take a place in the client's backlog with a vendor unless `cap` jobs hold one already;
 #: return {1, 0}, or {0, ms until its first waiting job's slot}.
