@@ -124,6 +124,9 @@ def test_open_access_takes_a_caller_without_a_key_as_public_and_still_checks_a_g
     api = falcon.testing.TestClient(create_app(config))
     request_id = api.simulate_post("/jobs", json=BODY).json["request_id"]
     assert store.get(request_id)["client"] == PUBLIC_CLIENT
+    # `public` stands for every caller without a key: no request limit of its own.
+    answers = [api.simulate_get("/jobs") for _ in range(60)]
+    assert all(a.status_code == 200 and "RateLimit" not in a.headers for a in answers)
     assert api.simulate_post("/jobs", json=BODY, headers=bearer("vf_wrong")).status_code == 401
     _, key = clients.add("acme")
     assert api.simulate_get(f"/jobs/{request_id}", headers=bearer(key)).status_code == 404

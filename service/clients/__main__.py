@@ -18,6 +18,14 @@ from service.config import Config
 from service.store import connect, jobs_collection
 
 
+def request_rate(text: str) -> int | None:
+    if text == "none":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a rate is a whole number of requests a second, or none, not {text!r}")
+    return int(text)
+
+
 def backlog_cap(text: str) -> tuple[str, int]:
     vendor, _, count = text.partition("=")
     if not vendor or not count.isdigit():
@@ -31,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
     add = sub.add_parser("add", help="create a client and print its first key and callback secret")
     add.add_argument("name")
     add.add_argument("--weight", type=int, default=1, help="its share of each vendor's quota against other clients'")
-    add.add_argument("--rate", type=int, default=DEFAULT_RATE_PER_S, help="requests a second it may send")
+    add.add_argument("--rate", type=request_rate, default=DEFAULT_RATE_PER_S, help="requests a second it may send, or none")
     add.add_argument("--backlog-cap", type=backlog_cap, action="append", default=[], metavar="VENDOR=N",
                      help="at most N of its jobs wait for VENDOR at once (repeatable)")
     sub.add_parser("list", help="list the clients and their keys (prefixes only)")
@@ -47,13 +55,15 @@ def run(clients: ClientStore, args: argparse.Namespace) -> None:
     """Carry out one command, printing what it made."""
     if args.command == "add":
         client, key = clients.add(args.name, weight=args.weight, rate_per_s=args.rate, backlog_caps=dict(args.backlog_cap))
-        print(f"client {client.name}: weight {client.weight}, {client.rate_per_s} requests/s, backlog caps {client.backlog_caps or 'none'}")
+        rate = "no request limit" if client.rate_per_s is None else f"{client.rate_per_s} requests/s"
+        print(f"client {client.name}: weight {client.weight}, {rate}, backlog caps {client.backlog_caps or 'none'}")
         print(f"API key (shown once): {key}")
         print(f"callback secret: {client.callback_secret}")
     elif args.command == "list":
         for client in clients.all():
             caps = ", ".join(f"{vendor}={cap}" for vendor, cap in client.backlog_caps.items()) or "none"
-            print(f"{client.name}\tweight {client.weight}\t{client.rate_per_s}/s\tbacklog caps {caps}")
+            rate = "no request limit" if client.rate_per_s is None else f"{client.rate_per_s}/s"
+            print(f"{client.name}\tweight {client.weight}\t{rate}\tbacklog caps {caps}")
             for key in clients.keys_of(client.name):
                 state = f"revoked {key['revoked_at']:%Y-%m-%d %H:%M}" if key.get("revoked_at") else "active"
                 print(f"\t{key['prefix']}…\tcreated {key['created_at']:%Y-%m-%d %H:%M}\t{state}")

@@ -59,8 +59,8 @@ class ClientAuth:
     def _public(self) -> Client:
         try:
             return self.clients.get(PUBLIC_CLIENT)
-        except ClientError:  # not migrated yet: the defaults
-            return Client(PUBLIC_CLIENT)
+        except ClientError:  # not migrated yet: as the migration makes it
+            return Client(PUBLIC_CLIENT, rate_per_s=None)
 
     def _remembered(self, name: str, load: Callable[[], Client | None]) -> Client | None:
         now = time.monotonic()

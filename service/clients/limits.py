@@ -54,8 +54,11 @@ class RequestLimits:
     def check(self, client: Client, resp: falcon.Response) -> None:
         """Count the request and set its RateLimit headers; raise TooManyRequests over the client's rate.
 
-        With Redis down the request is let through: the intake needs Redis anyway and says so.
+        A client without a rate (`public`) is not counted. With Redis down the request is let
+        through: the intake needs Redis anyway and says so.
         """
+        if client.rate_per_s is None:
+            return
         try:
             count, left_ms = self._count(client.name)
         except redis.RedisError as error:

@@ -38,7 +38,7 @@ class Client:
 
     name: str
     weight: int = 1
-    rate_per_s: int = DEFAULT_RATE_PER_S
+    rate_per_s: int | None = DEFAULT_RATE_PER_S  # None: no request limit
     backlog_caps: dict[str, int] = field(default_factory=dict)
     callback_secret: str | None = field(default=None, repr=False)  # None: the service's CALLBACK_SECRET signs
 
@@ -68,11 +68,11 @@ def new_callback_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def check_settings(name: str, weight: int, rate_per_s: int, backlog_caps: dict[str, int]) -> None:
+def check_settings(name: str, weight: int, rate_per_s: int | None, backlog_caps: dict[str, int]) -> None:
     """Raise ClientError for a name or setting no client may have."""
     if not NAME_PATTERN.match(name):
         raise ClientError(f"a client's name is 1 to 63 lowercase letters, digits, '_', '.' or '-', not {name!r}")
-    if weight < 1 or rate_per_s < 1 or any(cap < 1 for cap in backlog_caps.values()):
+    if weight < 1 or (rate_per_s is not None and rate_per_s < 1) or any(cap < 1 for cap in backlog_caps.values()):
         raise ClientError("weight, rate and backlog caps are whole numbers of at least 1")
 
 
@@ -84,12 +84,17 @@ class ClientStore:
         self.keys: Collection = database["api_keys"]
 
     def migrate(self) -> None:
-        """Create the key index and the `public` client (idempotent)."""
+        """Create the key index and the `public` client (idempotent).
+
+        `public` stands for every caller without a key under AUTH=open, so it has no request limit of its own.
+        """
         self.keys.create_index([("client", 1)], name="client")
-        self.clients.update_one({"_id": PUBLIC_CLIENT}, {"$setOnInsert": self._document(Client(PUBLIC_CLIENT))}, upsert=True)
+        public = Client(PUBLIC_CLIENT, rate_per_s=None)
+        self.clients.update_one({"_id": PUBLIC_CLIENT}, {"$setOnInsert": self._document(public)}, upsert=True)
 
     def add(
-        self, name: str, *, weight: int = 1, rate_per_s: int = DEFAULT_RATE_PER_S, backlog_caps: dict[str, int] | None = None,
+        self, name: str, *, weight: int = 1, rate_per_s: int | None = DEFAULT_RATE_PER_S,
+        backlog_caps: dict[str, int] | None = None,
     ) -> tuple[Client, str]:
         """Create a client with a key and a callback secret of its own; return it and the key, shown only now."""
         client = Client(name, weight, rate_per_s, backlog_caps or {}, new_callback_secret())
