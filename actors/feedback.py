@@ -33,10 +33,6 @@ class VendorFeedback:
         self.limiter.restrict(vendor, 0, pause_s)
         return pause_s
 
-    def unused(self, vendor: Vendor, request_id: str) -> None:
-        """Give back the slot a job took on its way in but will not use (it was cancelled)."""
-        self.limiter.forget(vendor, request_id)
-
     def failed(self, vendor: Vendor) -> None:
         """Count a failure; while the breaker is open, pause the vendor so waiting jobs keep their order."""
         cooldown_s = self.breaker.failed(vendor)

@@ -12,7 +12,7 @@ import requests
 from actors.deferral import Deferred
 from actors.feedback import VendorFeedback
 from service.cleaning import Cleaner
-from service.errors import JobNotFound, UnstorableResult
+from service.errors import UnstorableResult
 from service.metrics import VENDOR_LATENCY, VENDOR_REQUESTS
 from service.outcomes import Outcomes
 from service.states import JobStatus
@@ -58,7 +58,6 @@ class JobRunner:
         job = self.store.claim(request_id, message_id)
         if job is None:
             log.info("job %s: nothing to do (already handled or unknown)", request_id)
-            self.give_back_slot(request_id)
             return
         vendor = self.registry.get(job["vendor"])
         if vendor is None:
@@ -105,16 +104,6 @@ class JobRunner:
             return
         if completed:
             self.outcomes.finished(request_id, JobStatus.COMPLETE, detail=detail, job=job)
-
-    def give_back_slot(self, request_id: str) -> None:
-        """Give back the slot the gate gave a cancelled job's message: its vendor is not called."""
-        try:
-            job = self.store.get(request_id)
-        except JobNotFound:
-            return
-        vendor = self.registry.get(job["vendor"])
-        if job["status"] == JobStatus.CANCELLED.value and vendor is not None:
-            self.feedback.unused(vendor, request_id)
 
     def fail(self, job: dict, message_id: str, reason: str, *, attempt: int | None = None) -> None:
         """Fail the claimed job and report it."""
