@@ -1,5 +1,6 @@
 """Clients with the real processes: API keys over HTTP, the seed curl flow under AUTH=open, cancels racing the worker."""
 
+import math
 import time
 
 import pymongo
@@ -74,6 +75,22 @@ def test_a_request_without_a_key_is_401_under_auth_keys(stack):
         assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
         assert response.json()["title"] == "API key required"
     assert requests.get(f"{stack.url}/healthz", timeout=5).status_code == 200  # health needs no key
+
+
+def test_a_client_over_its_rate_gets_429_from_every_api_process_while_another_is_served(stack):
+    _, hasty = stack.clients.add("hasty", rate_per_s=3)
+    _, calm = stack.clients.add("calm")
+    session = requests.Session()  # keep-alive connections land on either of the API's two processes
+    started = time.monotonic()
+    answers = [session.get(f"{stack.url}/jobs", headers={"Authorization": f"Bearer {hasty}"}, timeout=5) for _ in range(20)]
+    windows = math.ceil(time.monotonic() - started) + 1  # the one-second windows the requests can have met
+    refused = [answer for answer in answers if answer.status_code == 429]
+    assert answers[0].status_code == 200 and answers[0].headers["RateLimit-Policy"] == '"requests";q=3;w=1'
+    # Counted in Redis, not per process: whichever process serves it, a window lets 3 through.
+    assert 20 - len(refused) <= 3 * windows and refused and all(answer.status_code in (200, 429) for answer in answers)
+    assert refused[0].headers["Retry-After"] == "1" and refused[0].headers["RateLimit"].startswith('"requests";r=0;')
+    served = requests.get(f"{stack.url}/jobs", headers={"Authorization": f"Bearer {calm}"}, timeout=5)
+    assert served.status_code == 200 and served.headers["RateLimit"].startswith('"requests";r=49;')
 
 
 def test_the_seed_curl_flow_works_verbatim_under_auth_open(stack):
