@@ -128,7 +128,7 @@ class Jobs:
             for (request_id, _), job in zip(asked, jobs)
         ]
 
-    def list(self, client: str, query: ListQuery) -> dict[str, Any]:
+    def page(self, client: str, query: ListQuery) -> dict[str, Any]:
         """Return a page of the client's jobs, newest first, with the cursor of the next page."""
         jobs, next_position = self.store.client_jobs(
             client, created_after=query.created_after, created_before=query.created_before,

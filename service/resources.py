@@ -89,7 +89,7 @@ class JobCollection:
         resp.media = {"request_id": request_id}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self.jobs.list(req.context.client.name, read_list_query(req, list(self.jobs.registry.vendors)))
+        resp.media = self.jobs.page(req.context.client.name, read_list_query(req, list(self.jobs.registry.vendors)))
 
     def read_callback_url(self, req: falcon.Request) -> str | None:
         """Return the client's callback URL: query `callback_url`, else header `Callback-Url`; both checked."""
