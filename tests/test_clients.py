@@ -6,10 +6,12 @@ import subprocess
 import sys
 import uuid
 
+import dramatiq
 import falcon.testing
 import pytest
 
 from devtools.stack import wait_until
+from queueing.messages import QUEUE_NAME
 from service.app import create_app
 from service.clients.backlogs import ClientBacklogs
 from service.store import PUBLIC_CLIENT
@@ -66,6 +68,15 @@ def test_rotating_gives_a_new_key_and_revokes_the_old(clients, api):
     assert [key.get("revoked_at") is not None for key in clients.keys_of("acme")] == [False, True]
 
 
+def test_every_job_names_its_client_in_the_store_and_in_its_queue_message(clients, api, store, redis_client):
+    _, key = clients.add("ann")
+    request_id = submit(api, key, params={"vendor": "sync"}).json["request_id"]
+    assert store.get(request_id)["client"] == "ann"
+    [(_, fields)] = redis_client.xrange(QUEUE_NAME)
+    message = dramatiq.Message.decode(fields[b"message"])
+    assert message.args == (request_id,) and message.options == {"vendor": "sync", "client": "ann"}
+
+
 def test_a_client_sees_and_cancels_only_its_own_jobs(clients, api):
     _, ann = clients.add("ann")
     _, bob = clients.add("bob")
@@ -74,6 +85,7 @@ def test_a_client_sees_and_cancels_only_its_own_jobs(clients, api):
     for response in (api.simulate_get(f"/jobs/{request_id}", headers=bearer(bob)),
                      api.simulate_post(f"/jobs/{request_id}/cancel", headers=bearer(bob))):
         assert response.status_code == 404 and response.json["title"] == "Job not found"
+        assert response.headers["RateLimit-Policy"] == '"requests";q=50;w=1'  # errors count against the rate too
     assert api.simulate_get(f"/jobs/{request_id}", headers=bearer(ann)).json["status"] == "queued"
     assert api.simulate_get("/jobs", headers=bearer(bob)).json["data"] == []
 
