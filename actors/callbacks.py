@@ -6,6 +6,10 @@ callback again once it is overdue, so a lost message (Redis restarted without it
 loses a callback. A callback is given up when its client answers 410 Gone, its address is
 refused (service/egress.py), or the schedule runs out, over a day: it then waits, listed on the
 dashboard's failures page, for an operator to re-send it.
+
+Each client's callbacks are signed with its own secret (`python -m service.clients rotate NAME
+--callback-secret`), or with the service's CALLBACK_SECRET for a client that has none, such as
+`public`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import standardwebhooks
 
 from actors.callback_http import CallbackUnreachable, post_callback
 from queueing.messages import CALLBACK_ACTOR, CALLBACK_QUEUE
+from service.clients.store import ClientStore
 from service.egress import EgressPolicy, EgressRefused
 from service.states import JobStatus
 from service.store import CALLBACK_GIVEN_UP, JobStore, utcnow
@@ -42,7 +47,7 @@ MIN_BACKOFF_MS = 1_000
 MAX_BACKOFF_MS = 10 * 60_000
 
 
-def deliver(store: JobStore, policy: EgressPolicy, secret: str, request_id: str) -> None:
+def deliver(store: JobStore, policy: EgressPolicy, clients: ClientStore, service_secret: str, request_id: str) -> None:
     """Try to send the job's final status and result once; raise dramatiq.Retry for the next attempt."""
     job = store.get(request_id)
     url = job.get("callback_url")
@@ -52,7 +57,7 @@ def deliver(store: JobStore, policy: EgressPolicy, secret: str, request_id: str)
     if not url or not job.get("callback_pending") or given_up or not JobStatus(job["status"]).is_terminal:
         return
     attempt = job.get("callback_attempts", 0) + 1
-    body, headers = signed_callback(secret, request_id, job)
+    body, headers = signed_callback(clients.callback_secret(job.get("client")) or service_secret, request_id, job)
     try:
         answer = post_callback(url, body, headers, policy, CALLBACK_DEADLINE_S, CALLBACK_MAX_BODY_BYTES)
     except EgressRefused as error:
@@ -105,11 +110,13 @@ def signed_callback(secret: str, request_id: str, job: dict) -> tuple[bytes, dic
     return body.encode(), headers
 
 
-def declare_callback_actor(broker: dramatiq.Broker, store: JobStore, policy: EgressPolicy, secret: str) -> dramatiq.Actor:
+def declare_callback_actor(
+    broker: dramatiq.Broker, store: JobStore, policy: EgressPolicy, clients: ClientStore, service_secret: str,
+) -> dramatiq.Actor:
     """Register the client-callback actor on `broker`."""
 
     def deliver_client_callback(request_id: str) -> None:
-        deliver(store, policy, secret, request_id)
+        deliver(store, policy, clients, service_secret, request_id)
 
     return dramatiq.actor(
         deliver_client_callback, broker=broker, actor_name=CALLBACK_ACTOR, queue_name=CALLBACK_QUEUE,

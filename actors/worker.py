@@ -17,6 +17,7 @@ from queueing.connection import build_broker, connect_redis
 from queueing.messages import request_id_of
 from queueing.ratelimit import RateLimiter
 from service.cleaning import Cleaner
+from service.clients.store import ClientStore
 from service.config import Config
 from service.egress import EgressPolicy
 from service.logs import configure_logging
@@ -59,7 +60,10 @@ def setup_worker(config: Config) -> dramatiq.Broker:
     )
     declare_fetch_actor(broker, runner)
     if config.callback_secret:
-        declare_callback_actor(broker, store, EgressPolicy(config.callback_allow_networks), config.callback_secret)
+        declare_callback_actor(
+            broker, store, EgressPolicy(config.callback_allow_networks), ClientStore(store.collection.database),
+            config.callback_secret,
+        )
     return broker
 
 

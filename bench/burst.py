@@ -13,7 +13,7 @@ priorities and LOG_LEVEL=INFO, vendors that never push back):
 Prints how fast the API took the burst in, how fast the workers drained it (jobs from the first
 submission, or from the resume, to the last result), that every job completed with its own
 result, the Redis time per job (`INFO commandstats`, reset before the burst) and its busiest
-commands, and the machine's speed.
+commands, each part's busy CPU per job (read from /proc), and the machine's speed.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import redis
 import requests
 
 from bench import machine
-from bench.load import start_stack
+from bench.load import busy_cpu_s, start_stack
 from devtools.stack import wait_until
 
 SUBMITTERS = 32
@@ -99,6 +99,7 @@ def run(args: argparse.Namespace, paused: bool) -> None:
     jobs = pymongo.MongoClient(servers[1].url).get_default_database()["jobs"]
     try:
         client.config_resetstat()
+        cpu_before = busy_cpu_s(stack, servers)
         if paused:
             signal_group(worker.process.pid, signal.SIGSTOP)
         started = time.monotonic()
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace, paused: bool) -> None:
             signal_group(worker.process.pid, signal.SIGCONT)
         wait_until(lambda: completed(jobs) >= args.jobs, DRAIN_TIMEOUT_S, f"{args.jobs} completed jobs", 0.05)
         drain_s = time.monotonic() - started
+        cpu = {part: used - cpu_before.get(part, 0.0) for part, used in busy_cpu_s(stack, servers).items()}
         redis_us, busiest = redis_time(client)
         wrong = check_results(jobs, request_ids)
     finally:
@@ -122,6 +124,7 @@ def run(args: argparse.Namespace, paused: bool) -> None:
           f"drained at {args.jobs / drain_s:.0f} jobs/s ({drain_s:.1f} s); jobs without their own result: {wrong}")
     print(f"  Redis: {redis_us / args.jobs:.0f} µs per job; busiest: "
           + ", ".join(f"{name} {calls / args.jobs:.1f}/job at {usec / max(calls, 1):.0f} µs" for name, calls, usec in busiest))
+    print("  busy CPU per job, µs: " + ", ".join(f"{part} {1e6 * used / args.jobs:,.0f}" for part, used in sorted(cpu.items(), key=lambda item: -item[1])))
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 Starts embedded Redis-protocol and MongoDB-wire servers for whichever of REDIS_URL and
 MONGODB_URI is unset, keeps their data, a generated ENCRYPTION_KEY and a generated dashboard
-ADMIN_TOKEN under var/, and stops everything on Ctrl-C.
+ADMIN_TOKEN under var/, and stops everything on Ctrl-C. It sets AUTH=open unless AUTH is given, so
+that a caller without an API key is the client `public` and the README's curl examples work as they are.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def main() -> None:
     env["ADMIN_TOKEN"] = secret("ADMIN_TOKEN", ADMIN_TOKEN_FILE, lambda: secrets.token_urlsafe(32))
     # Lets the dashboard's retry be tried here; deployments erase failed jobs' payloads unless they opt in.
     env.setdefault("KEEP_FAILED_PAYLOADS", "true")
+    # Development only: no API key needed; deployments default to AUTH=keys.
+    env.setdefault("AUTH", "open")
     # Client callbacks may reach this machine's own endpoints, as local development needs.
     env.setdefault("CALLBACK_ALLOW_NETWORKS", "127.0.0.0/8,::1/128")
     env["VAR_DIR"] = str(VAR)
@@ -82,6 +85,8 @@ def main() -> None:
     print(f"vendorfetch: API on http://127.0.0.1:{port}, Redis {without_password(env['REDIS_URL'])}, "
           f"MongoDB {without_password(env['MONGODB_URI'])}", flush=True)
     where = "ADMIN_TOKEN" if os.environ.get("ADMIN_TOKEN") else VAR / ADMIN_TOKEN_FILE
+    if env["AUTH"] == "open":
+        print("vendorfetch: AUTH=open, requests without an API key act as the client 'public'", flush=True)
     print(f"vendorfetch: dashboard on http://127.0.0.1:{port}/dashboard (log in with the token in {where})", flush=True)
     argv = [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile.dev"), "-d", str(ROOT), "-p", port, *processes]
     os.execve(sys.executable, argv, env)

@@ -16,6 +16,10 @@ from queueing.messages import CALLBACK_QUEUE, QUEUE_NAME
 from queueing.ratelimit import RateLimiter
 from service import errors
 from service.cleaning import Cleaner
+from service.clients.auth import ClientAuth
+from service.clients.backlogs import ClientBacklogs
+from service.clients.limits import RequestLimits
+from service.clients.store import ClientStore
 from service.config import Config
 from service.dashboard import add_dashboard
 from service.egress import EgressPolicy
@@ -30,7 +34,7 @@ from service.middleware import BodyLimit
 from service.observability import Metrics, RequestMetrics
 from service.openapi import OpenAPIDocument, build_spec
 from service.outcomes import Outcomes
-from service.resources import JobCollection, JobItem, VendorWebhook
+from service.resources import JobCancel, JobCollection, JobItem, VendorWebhook
 from service.store import open_store
 from service.waiting import Waiting
 from service.webhooks import WEBHOOK_ROUTE, WebhookAuth
@@ -39,6 +43,7 @@ from vendors.registry import load_registry
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
+OPEN_ACCESS_WARNING = "AUTH=open: every request without an API key is taken as the client 'public'"
 ROUTES = ", ".join(f"{method.upper()} {path}" for path, operations in build_spec([], callbacks=False)["paths"].items() for method in operations)
 
 
@@ -51,15 +56,21 @@ def create_app(config: Config | None = None) -> falcon.App:
     redis_client = connect_redis(config.redis_url)
     broker = build_broker(redis_client)
     outcomes = Outcomes(store, broker if config.callback_secret else None)
-    waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry)
+    waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry, ClientBacklogs(redis_client))
+    clients = ClientStore(store.collection.database)
     jobs = Jobs(
         store, outcomes, registry, Intake(store, registry, waiting, broker), Cleaner(config.pii_keys), waiting,
         IdempotencyKeys(redis_client, config.encryption_key),
     )
     for name in registry.unsigned_webhook_vendors():
         log.warning("vendor %r accepts unauthenticated webhooks (webhook_auth = none)", name)
+    if config.open_access:
+        log.warning(OPEN_ACCESS_WARNING)
 
-    app = falcon.App(middleware=[RequestMetrics(), BodyLimit(config.max_body_bytes)])
+    app = falcon.App(middleware=[
+        RequestMetrics(), BodyLimit(config.max_body_bytes),
+        ClientAuth(clients, RequestLimits(redis_client), open_access=config.open_access),
+    ])
     app.req_options.keep_blank_qs_values = True  # `?vendor=` names no vendor: a 400, not the default route
     json_handler = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.resp_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json_handler})
@@ -67,15 +78,16 @@ def create_app(config: Config | None = None) -> falcon.App:
     egress = EgressPolicy(config.callback_allow_networks) if callbacks else None
     app.add_route("/jobs", JobCollection(jobs, callbacks=egress, max_json_depth=config.max_json_depth))
     app.add_route("/jobs/{request_id}", JobItem(jobs))
+    app.add_route("/jobs/{request_id}/cancel", JobCancel(jobs))
     app.add_route(WEBHOOK_ROUTE, VendorWebhook(jobs, WebhookAuth(config.encryption_key, redis_client), config.max_json_depth))
     app.add_route("/healthz", Liveness())
-    app.add_route("/readyz", Readiness(store, redis_client, registry))
+    app.add_route("/readyz", Readiness(store, redis_client, registry, [OPEN_ACCESS_WARNING] if config.open_access else []))
     app.add_route("/openapi.json", OpenAPIDocument(build_spec(list(registry.vendors), callbacks)))
     app.add_route("/metrics", Metrics(
         QueueCollector(broker, [QUEUE_NAME, CALLBACK_QUEUE]), BreakerCollector(CircuitBreaker(redis_client), registry),
     ))
     if config.admin_token:  # without a token the dashboard is off: its paths are unknown routes (404)
-        add_dashboard(app, config.admin_token, store, registry, waiting.limiter, broker)
+        add_dashboard(app, config.admin_token, store, registry, waiting.limiter, broker, clients)
     app.add_sink(unknown_route)
     add_error_handlers(app)
     return app
@@ -114,6 +126,22 @@ def add_error_handlers(app: falcon.App) -> None:
             title="Backlog full", description=str(error), retry_after=max(1, math.ceil(error.retry_after_s)),
         )
 
+    def client_backlog_full(req, resp, error, params):
+        raise falcon.HTTPTooManyRequests(
+            title="Your backlog is full", description=str(error), retry_after=max(1, math.ceil(error.retry_after_s)),
+        )
+
+    def unauthenticated(req, resp, error, params):
+        raise falcon.HTTPUnauthorized(title="API key required", description=str(error), challenges=["Bearer"])
+
+    def too_many_requests(req, resp, error, params):
+        raise falcon.HTTPTooManyRequests(
+            title="Too many requests", description=str(error), retry_after=error.retry_after_s, headers=error.headers,
+        )
+
+    def job_finished(req, resp, error, params):
+        raise falcon.HTTPConflict(title="Job already finished", description=str(error))
+
     def unavailable(req, resp, error, params):
         which = "MongoDB" if isinstance(error, pymongo.errors.PyMongoError) else "Redis"
         log.warning("%s unavailable during %s %s: %s", which, req.method, req.path, type(error).__name__)
@@ -133,6 +161,10 @@ def add_error_handlers(app: falcon.App) -> None:
     app.add_error_handler(errors.IdempotencyInFlight, idempotency_in_flight)
     app.add_error_handler(errors.UnstorableResult, unstorable)
     app.add_error_handler(errors.BacklogFull, backlog_full)
+    app.add_error_handler(errors.ClientBacklogFull, client_backlog_full)
+    app.add_error_handler(errors.Unauthenticated, unauthenticated)
+    app.add_error_handler(errors.TooManyRequests, too_many_requests)
+    app.add_error_handler(errors.JobFinished, job_finished)
     app.add_error_handler(errors.WebhookRejected, webhook_rejected)
     app.add_error_handler(pymongo.errors.ConnectionFailure, unavailable)
     app.add_error_handler(redis.ConnectionError, unavailable)

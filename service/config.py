@@ -19,6 +19,10 @@ MIN_VISIBILITY_TIMEOUT_MS = 1_000
 MIN_ADMIN_TOKEN_LENGTH = 16
 
 
+#: AUTH: `keys` asks every client for an API key; `open` takes a caller without one as the client `public`.
+AUTH_MODES = ("keys", "open")
+
+
 class ConfigError(Exception):
     """A required setting is missing or malformed."""
 
@@ -54,6 +58,12 @@ class Config:
     visibility_timeout_ms: int = 60_000
     # Networks client callbacks may reach besides public addresses (service/egress.py).
     callback_allow_networks: tuple[Network, ...] = ()
+    # How the API tells its clients apart: API keys, or (for development) anyone as `public`.
+    auth: str = "keys"
+
+    @property
+    def open_access(self) -> bool:
+        return self.auth == "open"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:
@@ -88,6 +98,7 @@ class Config:
             max_json_depth=_int(env, "MAX_JSON_DEPTH", cls.max_json_depth),
             callback_allow_networks=_networks(env, "CALLBACK_ALLOW_NETWORKS"),
             visibility_timeout_ms=_visibility_timeout_ms(env),
+            auth=_auth(env),
         )
 
 
@@ -96,6 +107,13 @@ def _callback_secret(env) -> str | None:
     if secret is not None and not secret.startswith("whsec_"):
         raise ConfigError("CALLBACK_SECRET must be a Standard Webhooks secret starting with 'whsec_'")
     return secret
+
+
+def _auth(env) -> str:
+    mode = env.get("AUTH", "").strip().lower() or "keys"
+    if mode not in AUTH_MODES:
+        raise ConfigError(f"AUTH must be one of {', '.join(AUTH_MODES)}, got {mode!r}")
+    return mode
 
 
 def _admin_token(env) -> str | None:

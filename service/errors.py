@@ -7,6 +7,10 @@
     ├── UnstorableResult     422  the vendor's data cannot be stored (an integer over 64 bits, too large)
     ├── UnknownVendor        400/404  no vendor of that name (400 when pinned on submit)
     ├── BacklogFull          503  the vendor already has max_backlog jobs waiting (with Retry-After)
+    │   └── ClientBacklogFull     429  the client already has its cap of jobs waiting for the vendor
+    ├── Unauthenticated      401  no API key, or one that is unknown or revoked (AUTH=keys)
+    ├── TooManyRequests      429  the client is over its request rate (with Retry-After and RateLimit headers)
+    ├── JobFinished          409  the job ended before it could be cancelled
     ├── WebhookRejected      401/403/409  a webhook that must not change its job
     │   ├── WebhookUnauthorized   401  missing or invalid signature or token
     │   ├── WebhookWrongVendor    403  the job was sent to another vendor
@@ -48,6 +52,27 @@ class BacklogFull(VendorfetchError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class ClientBacklogFull(BacklogFull):
+    """The client has as many jobs waiting for the vendor as its own cap allows."""
+
+
+class Unauthenticated(VendorfetchError):
+    """The request carries no valid API key."""
+
+
+class TooManyRequests(VendorfetchError):
+    """The client sent more requests than its rate allows; `headers` say its limit."""
+
+    def __init__(self, message: str, retry_after_s: int, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.headers = headers
+
+
+class JobFinished(VendorfetchError):
+    """The job reached a final state other than cancelled before the client cancelled it."""
 
 
 class WebhookRejected(VendorfetchError):

@@ -20,18 +20,19 @@ class Liveness:
 class Readiness:
     """GET /readyz: Redis and MongoDB answer and the vendor registry is loaded; 503 otherwise."""
 
-    def __init__(self, store: JobStore, redis_client: redis.Redis, registry: Registry) -> None:
+    def __init__(self, store: JobStore, redis_client: redis.Redis, registry: Registry, warnings: list[str]) -> None:
         self.store = store
         self.redis_client = redis_client
         self.registry = registry
+        self.warnings = warnings  # the configuration's, such as open access
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         checks = {"mongodb": self._check_mongodb(), "redis": self._check_redis(), "vendors": sorted(self.registry.vendors)}
         ready = checks["mongodb"] == "ok" and checks["redis"] == "ok"
-        warnings = [
+        warnings = [*self.warnings, *(
             f"vendor {name!r} accepts unauthenticated webhooks (webhook_auth = none)"
             for name in self.registry.unsigned_webhook_vendors()
-        ]
+        )]
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
         resp.media = {"status": "ready" if ready else "unavailable", "checks": checks, "warnings": warnings}
 

@@ -21,6 +21,7 @@ from queueing.batching import Batch
 from queueing.broker import StreamsBroker
 from queueing.messages import fetch_message
 from queueing.ratelimit import Admission
+from service.clients.store import Client
 from service.metrics import JOBS_SUBMITTED
 from service.store import JobStore, utcnow
 from service.waiting import Waiting, backlog_full
@@ -31,9 +32,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Submission:
-    """A new job on its way in: its document, the vendor it is pinned to (if any), and what became of it."""
+    """A new job on its way in: its client, its document, the vendor it is pinned to (if any), and what became of it."""
 
     request_id: str
+    client: Client
     document: dict[str, Any]  # from JobStore.new_job; its vendor and start are set once one admits the job
     pinned: Vendor | None = None
     vendor: Vendor | None = None
@@ -65,7 +67,7 @@ class Intake:
         """Give each job a slot with its pinned vendor, or with the next vendor in turn that has room."""
         for submission in submissions:
             submission.vendor = submission.pinned or self.registry.choose()
-        admissions = self.waiting.admit_many([(s.vendor, s.request_id) for s in submissions])
+        admissions = self.waiting.admit_many([(s.client, s.vendor, s.request_id) for s in submissions])
         for submission, admission in zip(submissions, admissions):
             submission.admission = admission
             if not admission.accepted and submission.pinned is None:
@@ -76,7 +78,7 @@ class Intake:
     def _admit_elsewhere(self, submission: Submission) -> None:
         """Try the other enabled vendors in turn for a job its first vendor refused (a full backlog)."""
         for vendor in self.registry.others_after(submission.vendor):
-            [admission] = self.waiting.admit_many([(vendor, submission.request_id)])
+            [admission] = self.waiting.admit_many([(submission.client, vendor, submission.request_id)])
             submission.vendor, submission.admission = vendor, admission
             if admission.accepted:
                 return
@@ -96,7 +98,7 @@ class Intake:
         for submission, error in zip(submissions, errors):
             if error is not None:
                 submission.error = error
-                self.waiting.withdraw(submission.vendor, submission.request_id)
+                self.waiting.withdraw(submission.vendor, submission.request_id, submission.client.name)
 
     def _enqueue(self, submissions: list[Submission]) -> None:
         """Queue the stored jobs, each due at its slot; if the queue is down, leave them pending for the clock."""
@@ -106,7 +108,8 @@ class Intake:
             JOBS_SUBMITTED.labels(submission.vendor.name).inc()
         try:
             self.broker.enqueue_many([
-                (fetch_message(s.request_id, vendor=s.vendor.name), s.admission.delay_ms) for s in submissions
+                (fetch_message(s.request_id, vendor=s.vendor.name, client=s.client.name), s.admission.delay_ms)
+                for s in submissions
             ])
         except (ConnectionClosed, redis.RedisError) as error:  # Redis is down, say: the clock's orphan sweep takes over
             log.warning("enqueue failed for %d jobs, left pending: %r", len(submissions), error)

@@ -1,4 +1,8 @@
-"""What the API does with jobs: submit one, show one, and complete one from a webhook."""
+"""What the API does with jobs: submit, show, list and cancel a client's own, and complete one from a webhook.
+
+A client sees and acts on its own jobs only: another client's job is JobNotFound, as if it did
+not exist.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,15 @@ from typing import Any
 
 from queueing.batching import Batch
 from service.cleaning import Cleaner
-from service.errors import IdempotencyInFlight, JobNotFound, UnknownVendor, WebhookTooLate, WebhookWrongVendor
+from service.clients.store import Client
+from service.errors import IdempotencyInFlight, JobFinished, JobNotFound, UnknownVendor, WebhookTooLate, WebhookWrongVendor
 from service.idempotency import IdempotencyKeys
 from service.intake import Intake, Submission
+from service.listing import ListQuery, encode_cursor
 from service.metrics import WEBHOOKS
 from service.outcomes import Outcomes
 from service.states import JobStatus
-from service.store import JobStore
+from service.store import PUBLIC_CLIENT, JobStore
 from service.waiting import Waiting, completion_after
 from vendors.registry import Registry, Vendor
 
@@ -31,6 +37,11 @@ def client_view(job: dict[str, Any], estimates: dict[str, datetime | None]) -> d
     if job["_id"] in estimates:
         view["estimated_completion_at"] = estimates[job["_id"]]
     return view
+
+
+def owner_of(job: dict[str, Any]) -> str:
+    """Return the name of the job's client; a job stored before clients existed is the public client's."""
+    return job.get("client", PUBLIC_CLIENT)
 
 
 class Jobs:
@@ -58,7 +69,7 @@ class Jobs:
         return vendor
 
     def submit(
-        self, payload: dict[str, Any], vendor_name: str | None = None, *,
+        self, client: Client, payload: dict[str, Any], vendor_name: str | None = None, *,
         idempotency_key: str | None = None, callback_url: str | None = None,
     ) -> tuple[str, datetime | None]:
         """Store a job for the pinned or next vendor, enqueue it, and return its request_id and estimated completion.
@@ -71,15 +82,15 @@ class Jobs:
         request_id = str(uuid.uuid4())
         if idempotency_key is not None:
             request = {"payload": payload, "vendor": vendor_name, "callback_url": callback_url}
-            earlier = self.idempotency.claim(idempotency_key, request, request_id)
+            earlier = self.idempotency.claim(client.name, idempotency_key, request, request_id)
             if earlier is not None:
                 return self.replay(earlier), None
         try:
-            document = self.store.new_job(request_id, payload, callback_url=callback_url)
-            submission = self.intake(Submission(request_id, document, pinned))
+            document = self.store.new_job(request_id, payload, client=client.name, callback_url=callback_url)
+            submission = self.intake(Submission(request_id, client, document, pinned))
         except Exception:
             if idempotency_key is not None:
-                self.idempotency.release(idempotency_key)
+                self.idempotency.release(client.name, idempotency_key)
             raise
         return request_id, completion_after(submission.admission.wait_s)
 
@@ -100,22 +111,66 @@ class Jobs:
             ) from None
         return request_id
 
-    def view(self, request_id: str) -> dict[str, Any]:
-        """Return what a client may see of a job: never its payload."""
-        return self._views(request_id)
+    def view(self, request_id: str, client: str) -> dict[str, Any]:
+        """Return what the client may see of its job: never its payload."""
+        return self._views((request_id, client))
 
-    def _views_of(self, request_ids: list[str]) -> list[dict[str, Any] | Exception]:
-        """Show a batch of jobs: one read for them all, one estimate round trip for the unfinished ones."""
-        jobs = self.store.find_many(request_ids)
+    def _views_of(self, asked: list[tuple[str, str]]) -> list[dict[str, Any] | Exception]:
+        """Show a batch of jobs to their clients: one read for them all, one estimate round trip for the unfinished ones."""
+        jobs = [
+            job if job is not None and owner_of(job) == client else None
+            for job, (_, client) in zip(self.store.find_many([request_id for request_id, _ in asked]), asked)
+        ]
         unfinished = [job for job in jobs if job is not None and not JobStatus(job["status"]).is_terminal]
         estimates = dict(zip((job["_id"] for job in unfinished), self.waiting.estimate_many(unfinished)))
         return [
             JobNotFound(request_id) if job is None else client_view(job, estimates)
-            for request_id, job in zip(request_ids, jobs)
+            for (request_id, _), job in zip(asked, jobs)
         ]
 
-    def receive_webhook(self, vendor: Vendor, request_id: str, data: dict[str, Any]) -> None:
-        """Complete the job with the vendor's data; a repeat after completion changes nothing."""
+    def page(self, client: str, query: ListQuery) -> dict[str, Any]:
+        """Return a page of the client's jobs, newest first, with the cursor of the next page."""
+        jobs, next_position = self.store.client_jobs(
+            client, created_after=query.created_after, created_before=query.created_before,
+            starting_after=query.starting_after, status=query.status, vendor=query.vendor, limit=query.limit,
+        )
+        return {
+            "data": [client_view(job, {}) for job in jobs], "has_more": next_position is not None,
+            "next_cursor": None if next_position is None else encode_cursor(next_position),
+        }
+
+    def cancel(self, request_id: str, client: str) -> dict[str, Any]:
+        """Cancel the client's job unless it already finished otherwise (JobFinished); return what the client sees of it.
+
+        A job whose vendor was not called gives its slot back; the call of a started one finishes
+        and what it brings is discarded. Cancelling a cancelled job answers the same again.
+        """
+        job = self.owned(request_id, client)
+        detail = "cancelled by its client"
+        if self.store.cancel_waiting(request_id, detail):
+            vendor = self.registry.get(job["vendor"])
+            if vendor is not None:
+                self.waiting.withdraw(vendor, request_id, client)
+        elif not self.store.cancel_started(request_id, detail):
+            status = self.store.get(request_id)["status"]
+            if status != JobStatus.CANCELLED.value:
+                raise JobFinished(f"job {request_id} is {status} already; only a job that has not finished can be cancelled")
+            return self.view(request_id, client)
+        self.outcomes.finished(request_id, JobStatus.CANCELLED, detail=detail, job=job)
+        return self.view(request_id, client)
+
+    def owned(self, request_id: str, client: str) -> dict[str, Any]:
+        """Return the client's job (without its payload), or raise JobNotFound."""
+        job = self.store.get(request_id)
+        if owner_of(job) != client:
+            raise JobNotFound(request_id)
+        return job
+
+    def receive_webhook(self, vendor: Vendor, request_id: str, data: dict[str, Any]) -> bool:
+        """Complete the job with the vendor's data and tell whether it was saved.
+
+        A repeat after completion changes nothing; the data for a cancelled job is acknowledged and discarded.
+        """
         try:
             job = self.store.get(request_id)
         except JobNotFound:
@@ -132,11 +187,15 @@ class Jobs:
         if self.store.complete(request_id, result, removed, detail=detail):
             WEBHOOKS.labels(vendor.name, "saved").inc()
             self.outcomes.finished(request_id, JobStatus.COMPLETE, detail=detail, job=job)
-            return
+            return True
         status = self.store.get(request_id)["status"]
         if status == JobStatus.COMPLETE.value:
             WEBHOOKS.labels(vendor.name, "duplicate").inc()
-            return  # a duplicate: the first result stands
+            return True  # a duplicate: the first result stands
+        if status == JobStatus.CANCELLED.value:
+            WEBHOOKS.labels(vendor.name, "discarded").inc()
+            self.store.note(request_id, f"webhook from {vendor.name} after the job was cancelled; its data discarded")
+            return False
         # Kept (cleaned) so that an operator can see the data that came too late.
         self.store.note(request_id, f"late webhook from {vendor.name} refused while {status}", late_result=result)
         raise WebhookTooLate(f"job {request_id} is {status}; the webhook was recorded but not applied")

@@ -28,6 +28,21 @@ BODY_ERRORS = {
     "415": error("The Content-Type is not JSON"),
 }
 UNAVAILABLE = {"503": error("A data store is unavailable; try again after Retry-After seconds", retry_after=True)}
+RATE_LIMIT_HEADERS = {
+    "RateLimit-Policy": {"$ref": "#/components/headers/RateLimit-Policy"}, "RateLimit": {"$ref": "#/components/headers/RateLimit"},
+}
+#: What every operation of the client API may answer besides its own: no key, or too many requests.
+CLIENT_ERRORS = {
+    "401": {**error("No API key, or one that is unknown or revoked (AUTH=keys)"),
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}}},
+    "429": {**error("Over the client's request rate, or (submitting) its backlog cap for the vendor; "
+                    "try again after Retry-After seconds", retry_after=True)},
+}
+CLIENT_ERRORS["429"]["headers"].update(RATE_LIMIT_HEADERS)
+#: The client API takes an API key, or none where AUTH=open makes the caller the client `public`.
+CLIENT_SECURITY = [{"apiKey": []}, {}]
+STATUSES = ["pending", "queued", "processing", "awaiting_webhook", "complete", "failed", "timed_out", "cancelled"]
+REQUEST_ID = {"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 def build_spec(vendor_names: list[str], callbacks: bool) -> dict:
@@ -49,6 +64,7 @@ def build_spec(vendor_names: list[str], callbacks: bool) -> dict:
         "paths": {
             "/jobs": {"post": {
                 "operationId": "submitJob",
+                "security": CLIENT_SECURITY,
                 "summary": "Submit a job; any JSON object is passed to the vendor",
                 "parameters": [{
                     "name": "vendor", "in": "query", "required": False, "schema": vendor,
@@ -62,23 +78,61 @@ def build_spec(vendor_names: list[str], callbacks: bool) -> dict:
                 "responses": {
                     "202": ok("Stored and queued", "Submitted", {
                         "Location": {"schema": {"type": "string"}}, "Retry-After": {"$ref": "#/components/headers/PollAfter"},
+                        **RATE_LIMIT_HEADERS,
                     }),
                     "400": error("Malformed JSON, a body that is not a JSON object, an unknown or disabled vendor, "
                              "an invalid Idempotency-Key or callback_url, or callbacks not enabled"),
                 "409": error("The first request with this Idempotency-Key is still being stored; retry shortly"),
                 "422": error("The Idempotency-Key was used before with a different request"),
                     **BODY_ERRORS,
+                    **CLIENT_ERRORS,
                     "503": error("A data store is unavailable, or the vendor's backlog is full or it is paused for longer "
                                  "than its max_wait_s; try again after Retry-After seconds", retry_after=True),
+                },
+            }, "get": {
+                "operationId": "listJobs",
+                "summary": "List the client's own jobs, newest first, a page at a time",
+                "security": CLIENT_SECURITY,
+                "parameters": [
+                    {"name": "status", "in": "query", "required": False, "schema": {"enum": STATUSES}},
+                    {"name": "vendor", "in": "query", "required": False, "schema": vendor},
+                    {"name": "created_after", "in": "query", "required": False, "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "created_before", "in": "query", "required": False, "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+                    {"name": "starting_after", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "The next_cursor of the page before"},
+                ],
+                "responses": {
+                    "200": ok("A page of the client's jobs", "JobList", RATE_LIMIT_HEADERS),
+                    "400": error("A parameter that is unknown or not valid; the title names it"),
+                    **CLIENT_ERRORS,
+                    **UNAVAILABLE,
                 },
             }},
             "/jobs/{request_id}": {"get": {
                 "operationId": "getJob",
                 "summary": "Read a job's status and, once complete, its cleaned result",
-                "parameters": [{"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "security": CLIENT_SECURITY,
+                "parameters": [REQUEST_ID],
                 "responses": {
-                    "200": ok("The job; Retry-After while it is not final", "Job", {"Retry-After": {"$ref": "#/components/headers/PollAfter"}}),
-                    "404": error("No job has this request_id"),
+                    "200": ok("The job; Retry-After while it is not final", "Job", {
+                        "Retry-After": {"$ref": "#/components/headers/PollAfter"}, **RATE_LIMIT_HEADERS,
+                    }),
+                    "404": error("No job of this client has this request_id"),
+                    **CLIENT_ERRORS,
+                    **UNAVAILABLE,
+                },
+            }},
+            "/jobs/{request_id}/cancel": {"post": {
+                "operationId": "cancelJob",
+                "summary": "Cancel a job that has not finished; cancelling a cancelled job answers the same again",
+                "security": CLIENT_SECURITY,
+                "parameters": [REQUEST_ID],
+                "responses": {
+                    "200": ok("The cancelled job", "Job", RATE_LIMIT_HEADERS),
+                    "404": error("No job of this client has this request_id"),
+                    "409": error("The job finished (complete, failed or timed out) before it could be cancelled"),
+                    **CLIENT_ERRORS,
                     **UNAVAILABLE,
                 },
             }},
@@ -92,7 +146,8 @@ def build_spec(vendor_names: list[str], callbacks: bool) -> dict:
                 ],
                 "requestBody": {"required": True, "content": {JSON: {"schema": {"$ref": "#/components/schemas/WebhookBody"}}}},
                 "responses": {
-                    "200": ok("The result was saved, or had been saved by an earlier identical delivery", "Saved"),
+                    "200": ok("The result was saved, or had been saved by an earlier identical delivery, or the job "
+                              "was cancelled and the data discarded", "Saved"),
                     "400": error("Malformed JSON, a body that is not a JSON object, or no string request_id"),
                     **BODY_ERRORS,
                     "401": error("Missing or invalid signature or token, or a stale timestamp"),
@@ -124,6 +179,17 @@ def build_spec(vendor_names: list[str], callbacks: bool) -> dict:
             "headers": {
                 "Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "string"}},
                 "PollAfter": {"description": "Seconds until polling the job is worthwhile (1 to 60)", "schema": {"type": "string"}},
+                "RateLimit-Policy": {
+                    "description": 'The client\'s request quota (draft-ietf-httpapi-ratelimit-headers), e.g. "requests";q=50;w=1',
+                    "schema": {"type": "string"},
+                },
+                "RateLimit": {
+                    "description": 'What is left of the quota and seconds until it resets, e.g. "requests";r=49;t=1',
+                    "schema": {"type": "string"},
+                },
+            },
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key, vf_..., from `python -m service.clients`"},
             },
             "schemas": {
                 "Error": {
@@ -138,7 +204,7 @@ def build_spec(vendor_names: list[str], callbacks: bool) -> dict:
                     "type": "object", "required": ["request_id", "status", "result"],
                     "properties": {
                         "request_id": {"type": "string"},
-                        "status": {"enum": ["pending", "queued", "processing", "awaiting_webhook", "complete", "failed", "timed_out"]},
+                        "status": {"enum": STATUSES},
                         "result": {"type": ["object", "null"], "description": "The cleaned vendor data once complete"},
                         "vendor": {"type": "string"},
                         "attempts": {"type": "integer", "minimum": 0},
@@ -157,7 +223,18 @@ def build_spec(vendor_names: list[str], callbacks: bool) -> dict:
                     "properties": {"request_id": {"type": "string", "minLength": 1}},
                     "additionalProperties": True,
                 },
-                "Saved": {"type": "object", "required": ["message"], "properties": {"message": {"const": "Result saved"}}},
+                "JobList": {
+                    "type": "object", "required": ["data", "has_more", "next_cursor"],
+                    "properties": {
+                        "data": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+                        "has_more": {"type": "boolean"},
+                        "next_cursor": {"type": ["string", "null"], "description": "starting_after for the next page"},
+                    },
+                },
+                "Saved": {
+                    "type": "object", "required": ["message"],
+                    "properties": {"message": {"enum": ["Result saved", "Job cancelled; data discarded"]}},
+                },
                 "Liveness": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
                 "Readiness": {
                     "type": "object", "required": ["status", "checks", "warnings"],

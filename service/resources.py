@@ -10,6 +10,7 @@ import orjson
 
 from service.egress import EgressPolicy, EgressRefused
 from service.jobs import Jobs
+from service.listing import read_list_query
 from service.logs import about_job
 from service.states import JobStatus
 from service.waiting import poll_hint_s
@@ -67,7 +68,9 @@ def sendable_url(url: str) -> bool:
 
 
 class JobCollection:
-    """POST /jobs: accept any JSON object as a job."""
+    """POST /jobs: accept any JSON object as a job; GET /jobs: list the client's jobs."""
+
+    for_clients = True
 
     def __init__(self, jobs: Jobs, callbacks: EgressPolicy | None, max_json_depth: int) -> None:
         self.jobs = jobs
@@ -77,7 +80,7 @@ class JobCollection:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         _, payload = read_json_object(req, self.max_json_depth)
         request_id, estimate = self.jobs.submit(
-            payload, req.get_param("vendor"),
+            req.context.client, payload, req.get_param("vendor"),
             idempotency_key=read_idempotency_key(req), callback_url=self.read_callback_url(req),
         )
         resp.status = falcon.HTTP_202
@@ -85,6 +88,8 @@ class JobCollection:
         resp.retry_after = poll_hint_s(JobStatus.QUEUED.value, estimate)
         resp.media = {"request_id": request_id}
 
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.jobs.page(req.context.client.name, read_list_query(req, list(self.jobs.registry.vendors)))
 
     def read_callback_url(self, req: falcon.Request) -> str | None:
         """Return the client's callback URL: query `callback_url`, else header `Callback-Url`; both checked."""
@@ -113,14 +118,28 @@ class JobCollection:
 class JobItem:
     """GET /jobs/{request_id}: the job's status and, once complete, its cleaned result."""
 
+    for_clients = True
+
     def __init__(self, jobs: Jobs) -> None:
         self.jobs = jobs
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
-        view = self.jobs.view(request_id)
+        view = self.jobs.view(request_id, req.context.client.name)
         if "estimated_completion_at" in view:
             resp.retry_after = poll_hint_s(view["status"], view["estimated_completion_at"])
         resp.media = view
+
+
+class JobCancel:
+    """POST /jobs/{request_id}/cancel: the client takes its job back."""
+
+    for_clients = True
+
+    def __init__(self, jobs: Jobs) -> None:
+        self.jobs = jobs
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
+        resp.media = self.jobs.cancel(request_id, req.context.client.name)
 
 
 class VendorWebhook:
@@ -139,6 +158,6 @@ class VendorWebhook:
             raise falcon.HTTPBadRequest(title="Missing request_id", description="the body must carry a string request_id")
         self.auth.verify(registered, request_id, raw, req.headers, req.get_param("token"))
         with about_job(request_id, registered.name):
-            self.jobs.receive_webhook(registered, request_id, data)
+            saved = self.jobs.receive_webhook(registered, request_id, data)
         self.auth.remember(registered, req.headers)
-        resp.media = {"message": "Result saved"}
+        resp.media = {"message": "Result saved" if saved else "Job cancelled; data discarded"}

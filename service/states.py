@@ -8,8 +8,14 @@
                  ▲
                  └── retry by an operator <── failed, timed_out (only while the payload is kept)
 
+    any state before a final one ─> cancelled (by its client)
+
 A vendor's webhook may also complete a job that is still processing (it beat the worker) or
 queued again for a rerequest (the data of the earlier request came after all).
+
+A client cancels a job by one of two events: `cancel` while the job waits (its vendor was never
+called, so its slot goes back), `cancel_started` once its call started (the call finishes and
+what it brings is discarded).
 
 The store applies each event as one conditional update, filtered on the states it leaves and
 its guard, and says whether the job moved (service/store.py); nothing else writes `status`.
@@ -29,13 +35,14 @@ class JobStatus(str, Enum):
     COMPLETE = "complete"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
 
     @property
     def is_terminal(self) -> bool:
         return self in TERMINAL
 
 
-TERMINAL = frozenset({JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.TIMED_OUT})
+TERMINAL = frozenset({JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED})
 
 
 class Guard(Enum):
@@ -77,4 +84,11 @@ TIME_OUT = Event("time_out", frozenset({JobStatus.AWAITING_WEBHOOK}), JobStatus.
 REREQUEST = Event("rerequest", frozenset({JobStatus.AWAITING_WEBHOOK}), JobStatus.QUEUED, Guard.PAST_DEADLINE)
 RETRY = Event("retry", frozenset({JobStatus.FAILED, JobStatus.TIMED_OUT}), JobStatus.QUEUED, Guard.PAYLOAD_KEPT)  # by an operator
 
-EVENTS = (SUBMIT, ENQUEUE_FAILED, ENQUEUE, CLAIM, AWAIT_WEBHOOK, COMPLETE, FAIL, TIME_OUT, REREQUEST, RETRY)
+CANCEL = Event("cancel", frozenset({JobStatus.PENDING, JobStatus.QUEUED}), JobStatus.CANCELLED)  # by its client
+CANCEL_STARTED = Event(
+    "cancel_started", frozenset({JobStatus.PROCESSING, JobStatus.AWAITING_WEBHOOK}), JobStatus.CANCELLED,
+)  # by its client
+
+EVENTS = (
+    SUBMIT, ENQUEUE_FAILED, ENQUEUE, CLAIM, AWAIT_WEBHOOK, COMPLETE, FAIL, TIME_OUT, REREQUEST, RETRY, CANCEL, CANCEL_STARTED,
+)

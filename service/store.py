@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 50
 PUBLIC_FIELDS = {"payload": False}
+#: What a list of a client's jobs shows of each: neither the payload nor the history.
+LISTED_FIELDS = {"payload": False, "history": False}
+#: The client of the jobs submitted without an API key (AUTH=open), and of those from before clients.
+PUBLIC_CLIENT = "public"
+#: A page of a client's jobs reads at most this many of them to find the ones its filters match.
+MAX_LISTED_SCAN = 5_000
 #: The states an operator may retry from, and the filter that says a retry has a payload to send.
 RETRYABLE = states.RETRY.leaves
 PAYLOAD_KEPT = {"payload": {"$exists": True}}
@@ -33,7 +39,7 @@ CALLBACK_GIVEN_UP = datetime(9999, 12, 31, tzinfo=timezone.utc)
 #: What makes a result unstorable, found by the driver while encoding it.
 UNSTORABLE = (OverflowError, bson.errors.InvalidDocument, pymongo.errors.DocumentTooLarge)
 #: What is needed of a finished job to report it (service/outcomes.py); these fields never change.
-FINISHED_FIELDS = {"vendor": True, "created_at": True, "callback_url": True}
+FINISHED_FIELDS = {"vendor": True, "client": True, "created_at": True, "callback_url": True}
 
 
 def utcnow() -> datetime:
@@ -119,6 +125,10 @@ class JobStore:
         # slows the insert of every job. Retention is a sweep, not a TTL index (docs/decisions/0008-retention-is-a-sweep.md).
         earlier = self.collection.index_information()
         self.collection.create_index([("status", 1), ("due_at", 1)], name="status_due_at")
+        # A client's list of its jobs, newest first; its filters on status and vendor are applied
+        # while reading, as one index serves them all (service/listing.py).
+        self.collection.create_index([("client", 1), ("created_at", -1)], name="client_created_at")
+        self.collection.update_many({"client": None}, {"$set": {"client": PUBLIC_CLIENT}})  # jobs from before clients
         self._date_earlier_jobs()
         for replaced in ("status_updated_at", "queued_due_at", "retention_ttl"):  # what earlier versions used
             if replaced in earlier:
@@ -162,13 +172,17 @@ class JobStore:
         # A queued job without one (before the orphan sweep timed queued jobs by their slot) is due now.
         self.collection.update_many({"status": JobStatus.QUEUED.value, "due_at": None}, {"$set": {"due_at": utcnow()}})
 
-    def create(self, request_id: str, vendor: str, payload: dict[str, Any], *, callback_url: str | None = None) -> None:
+    def create(
+        self, request_id: str, vendor: str, payload: dict[str, Any], *, client: str = PUBLIC_CLIENT, callback_url: str | None = None,
+    ) -> None:
         """Store a new job as queued; the caller enqueues it next or marks it pending."""
-        [error] = self.insert_many([{**self.new_job(request_id, payload, callback_url=callback_url), "vendor": vendor}])
+        [error] = self.insert_many([{**self.new_job(request_id, payload, client=client, callback_url=callback_url), "vendor": vendor}])
         if error is not None:
             raise error
 
-    def new_job(self, request_id: str, payload: dict[str, Any], *, callback_url: str | None = None) -> dict[str, Any]:
+    def new_job(
+        self, request_id: str, payload: dict[str, Any], *, client: str = PUBLIC_CLIENT, callback_url: str | None = None,
+    ) -> dict[str, Any]:
         """Return the document of a new queued job, its payload encrypted; `insert_many` takes it once its vendor is set.
 
         It is due now; the intake moves `due_at` to the slot its vendor gives it.
@@ -176,6 +190,7 @@ class JobStore:
         now = utcnow()
         job = {
             "_id": request_id,
+            "client": client,
             "status": JobStatus.QUEUED.value,
             "due_at": now,
             "payload": self.cipher.encrypt(orjson.dumps(payload)).decode(),
@@ -213,6 +228,42 @@ class JobStore:
         """Read a batch of jobs by id, without their payloads; None for each id that has no job."""
         found = {job["_id"]: job for job in self.collection.find({"_id": {"$in": list(set(request_ids))}}, PUBLIC_FIELDS)}
         return [found.get(request_id) for request_id in request_ids]
+
+    def client_jobs(
+        self, client: str, *, created_after: datetime | None = None, created_before: datetime | None = None,
+        starting_after: tuple[datetime, str] | None = None, status: str | None = None, vendor: str | None = None,
+        limit: int = 20,
+    ) -> tuple[list[dict[str, Any]], tuple[datetime, str] | None]:
+        """Return up to `limit` of the client's jobs, newest first, and where the next page starts (None: no more).
+
+        The query names exactly the fields of index client_created_at (any other field and the
+        embedded server scans the whole collection), so the status and vendor filters, and the
+        jobs of the cursor's own millisecond already shown, are left out while reading. A page
+        reads at most MAX_LISTED_SCAN jobs: when its filters match few, it may hold fewer than
+        `limit` and still say where the next starts.
+        """
+        created: dict[str, Any] = {}
+        if created_after is not None:
+            created["$gt"] = created_after
+        if created_before is not None:
+            created["$lt"] = created_before
+        if starting_after is not None:
+            created["$lte"] = starting_after[0]
+        query = {"client": client, **({"created_at": created} if created else {})}
+        found: list[dict[str, Any]] = []
+        last, scanned = None, 0
+        for job in self.collection.find(query, LISTED_FIELDS).sort([("created_at", -1), ("_id", -1)]):
+            if starting_after is not None and job["created_at"] == starting_after[0] and job["_id"] >= starting_after[1]:
+                continue
+            if scanned == MAX_LISTED_SCAN:
+                return found, last
+            scanned += 1
+            if (status is None or job["status"] == status) and (vendor is None or job.get("vendor") == vendor):
+                if len(found) == limit:
+                    return found, (found[-1]["created_at"], found[-1]["_id"])
+                found.append(job)
+            last = (job["created_at"], job["_id"])
+        return found, None
 
     def _apply(
         self, event: Event, request_id: str, *, detail: str | None = None, guarded_by: str | None = None,
@@ -383,6 +434,14 @@ class JobStore:
                 continue
             claimed.append(dict(job))  # each caller decrypts its own copy
         return claimed
+
+    def cancel_waiting(self, request_id: str, detail: str) -> bool:
+        """Cancel a job whose vendor was not called: its message's claim will be refused."""
+        return self._apply(states.CANCEL, request_id, detail=detail)
+
+    def cancel_started(self, request_id: str, detail: str) -> bool:
+        """Cancel a job whose vendor call started: what the call brings will find the job final, and be discarded."""
+        return self._apply(states.CANCEL_STARTED, request_id, detail=detail)
 
     def leave_pending(self, request_id: str, detail: str) -> bool:
         """Mark a queued job pending: its message could not be queued, so the orphan sweep will."""

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import redis
 
 from queueing.ratelimit import Admission, RateLimiter
-from service.errors import BacklogFull
+from service.clients.backlogs import ClientBacklogs
+from service.clients.store import Client
+from service.errors import BacklogFull, ClientBacklogFull
 from service.states import JobStatus
 from service.store import utcnow
 from vendors.registry import Registry, Vendor
@@ -40,28 +43,50 @@ def poll_hint_s(status: str, estimate: datetime | None) -> int:
     return min(max(math.ceil(until_s), MIN_POLL_S), MAX_POLL_S)
 
 
+@dataclass(frozen=True)
+class OverClientCap(Admission):
+    """A refusal by the client's own cap on its jobs waiting for the vendor, not by the vendor's backlog."""
+
+
 class Waiting:
     """Admit jobs into vendor backlogs and estimate when jobs will be done."""
 
-    def __init__(self, limiter: RateLimiter, registry: Registry) -> None:
+    def __init__(self, limiter: RateLimiter, registry: Registry, backlogs: ClientBacklogs) -> None:
         self.limiter = limiter
         self.registry = registry
+        self.backlogs = backlogs
 
-    def admit_many(self, jobs: list[tuple[Vendor, str]]) -> list[Admission]:
-        """Give each (vendor, request_id) its slot in the vendor's backlog, or a refusal, in one round trip.
+    def admit_many(self, jobs: list[tuple[Client, Vendor, str]]) -> list[Admission]:
+        """Give each (client, vendor, request_id) its slot in the vendor's backlog, or a refusal.
 
-        With Redis down the jobs are taken anyway: they are stored as pending and enqueued later.
+        A client's own cap on its jobs waiting for the vendor is checked first (one round trip,
+        only for clients with a cap), then the vendor's backlog (one round trip). With Redis down
+        the jobs are taken anyway: they are stored as pending and enqueued later.
         """
         try:
-            return self.limiter.admit_many(jobs)
+            over_cap = self.backlogs.reserve_many(jobs)
+            asked = [(vendor, request_id) for (_, vendor, request_id), wait_s in zip(jobs, over_cap) if wait_s is None]
+            slots = iter(self.limiter.admit_many(asked) if asked else [])
+            admissions = [
+                next(slots) if wait_s is None else OverClientCap(
+                    False, wait_s, 0, f"client {client.name!r} has {client.backlog_cap(vendor.name)} jobs waiting for it already",
+                )
+                for (client, vendor, _), wait_s in zip(jobs, over_cap)
+            ]
+            self.backlogs.settle_many([
+                (client, vendor, request_id, admission.wait_s if admission.accepted else None)
+                for (client, vendor, request_id), admission, wait_s in zip(jobs, admissions, over_cap) if wait_s is None
+            ])
+            return admissions
         except redis.RedisError as error:
             log.warning("backlogs not checked, Redis unavailable: %s", type(error).__name__)
             return [Admission(True, 0.0, 0)] * len(jobs)
 
-    def withdraw(self, vendor: Vendor, request_id: str) -> None:
-        """Give up the slot of a job that was not stored, if Redis allows."""
+    def withdraw(self, vendor: Vendor, request_id: str, client_name: str) -> None:
+        """Give up the slot of a job that will not start (not stored, or cancelled), if Redis allows."""
         try:
             self.limiter.forget(vendor, request_id)
+            self.backlogs.release(client_name, vendor.name, request_id)
         except redis.RedisError:
             pass  # the slot passes unused
 
@@ -86,6 +111,8 @@ class Waiting:
 
 def backlog_full(vendor: Vendor, admission: Admission) -> BacklogFull:
     """Return the error that tells the client why the vendor refused the job, and when to try again."""
+    if isinstance(admission, OverClientCap):
+        return ClientBacklogFull(f"vendor {vendor.name!r} takes no more of your work now: {admission.refusal}", admission.wait_s)
     return BacklogFull(f"vendor {vendor.name!r} takes no more work now: {admission.refusal}", admission.wait_s)
 
 

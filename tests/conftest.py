@@ -85,6 +85,7 @@ def config(redis_url, mongodb_uri, mongo_client, redis_client):
         redis_url=redis_url,
         mongodb_uri=with_database(mongodb_uri, name),
         public_url="http://127.0.0.1:4000",
+        auth="open",  # the client API's tests act as the client `public`; tests/test_clients.py asks for keys
     )
     mongo_client.drop_database(name)
 
@@ -120,3 +121,20 @@ def keeping_store(config):
     job_store = open_test_store(config, keep_failed_payloads=True)
     yield job_store
     job_store.collection.database.client.close()
+
+
+@pytest.fixture
+def clients(store):
+    """Give the client store of this test's database, with the `public` client."""
+    from service.clients.store import ClientStore
+
+    client_store = ClientStore(store.collection.database)
+    client_store.migrate()
+    return client_store
+
+
+def with_registry(config, folder, registry: str, **settings):
+    """Return the config with `registry` (TOML) as its vendor registry, written into `folder`, and `settings`."""
+    path = folder / "vendors.toml"
+    path.write_text(registry)
+    return dataclasses.replace(config, vendors_file=str(path), **settings)

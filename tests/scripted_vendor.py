@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -55,3 +56,14 @@ class ScriptedVendor:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextmanager
+def scripted_vendors(*names: str) -> Iterator[dict[str, ScriptedVendor]]:
+    """Run a scripted vendor for each name; close them all afterwards."""
+    vendors = {name: ScriptedVendor() for name in names}
+    try:
+        yield vendors
+    finally:
+        for vendor in vendors.values():
+            vendor.close()

@@ -153,12 +153,15 @@ def test_redis_outage_still_stores_the_job_as_pending(config, mongo_client):
     assert db.jobs.find_one({"_id": response.json["request_id"]})["status"] == "pending"
 
 
-def test_health_and_readiness_report_the_stores_and_the_unsigned_vendor(client):
+def test_health_and_readiness_report_the_stores_the_open_access_and_the_unsigned_vendor(client):
     assert client.simulate_get("/healthz").json == {"status": "ok"}
     ready = client.simulate_get("/readyz")
     assert ready.status_code == 200
     assert ready.json["checks"] == {"mongodb": "ok", "redis": "ok", "vendors": ["async", "sync"]}
-    assert ready.json["warnings"] == ["vendor 'async' accepts unauthenticated webhooks (webhook_auth = none)"]
+    assert ready.json["warnings"] == [
+        "AUTH=open: every request without an API key is taken as the client 'public'",
+        "vendor 'async' accepts unauthenticated webhooks (webhook_auth = none)",
+    ]
 
 
 def test_readiness_is_503_when_a_store_is_down(config):
@@ -261,7 +264,7 @@ def test_an_idempotency_key_is_freed_when_its_job_cannot_be_stored(config, redis
 
     down = replace(config, mongodb_uri=f"mongodb://127.0.0.1:{free_port()}/x?directConnection=true", store_timeout_ms=300)
     assert submit(falcon.testing.TestClient(create_app(down)), headers={"Idempotency-Key": "retry-me"}).status_code == 503
-    assert redis_client.get("idempotency:retry-me") is None
+    assert redis_client.get("{client:public}:idempotency:retry-me") is None
 
 
 def test_a_replay_before_the_first_job_is_stored_is_409(client, config, redis_client):
@@ -269,7 +272,7 @@ def test_a_replay_before_the_first_job_is_stored_is_409(client, config, redis_cl
 
     body = {"name": "a"}
     request = {"payload": body, "vendor": None, "callback_url": None}
-    IdempotencyKeys(redis_client, config.encryption_key).claim("early", request, "not-stored-yet")
+    IdempotencyKeys(redis_client, config.encryption_key).claim("public", "early", request, "not-stored-yet")
     response = submit(client, body, headers={"Idempotency-Key": "early"})
     assert response.status_code == 409 and "still being stored" in response.json["description"]
 
@@ -316,7 +319,7 @@ def test_an_idempotency_record_gives_away_nothing_of_the_payload(client, redis_c
     import orjson
 
     submit(client, {"password": "hunter2"}, headers={"Idempotency-Key": "secret-check"})
-    record = redis_client.get("idempotency:secret-check")
+    record = redis_client.get("{client:public}:idempotency:secret-check")
     plain = hashlib.sha256(orjson.dumps({"callback_url": None, "payload": {"password": "hunter2"}, "vendor": None},
                                         option=orjson.OPT_SORT_KEYS)).hexdigest()
     assert b"hunter2" not in record and plain.encode() not in record

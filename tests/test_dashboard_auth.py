@@ -115,7 +115,7 @@ def test_logging_out_clears_the_cookie_and_ends_the_session_everywhere(client):
 
 @pytest.mark.parametrize("path", [
     "/dashboard/failures/retry", "/dashboard/dead-letters/purge", "/dashboard/jobs/some-job/retry",
-    "/dashboard/jobs/some-job/callback", "/dashboard/logout",
+    "/dashboard/jobs/some-job/callback", "/dashboard/clients/revoke", "/dashboard/logout",
 ])
 def test_every_action_refuses_a_csrf_token_of_another_session(client, path):
     session, _ = log_in(client)

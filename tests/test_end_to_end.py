@@ -44,6 +44,7 @@ def stack(tmp_path_factory, redis_url, mongodb_uri, mongo_client):
         "VENDORS_FILE": str(registry),
         "ENCRYPTION_KEY": Fernet.generate_key().decode(),
         "PUBLIC_URL": f"http://127.0.0.1:{api_port}",
+        "AUTH": "open",
         "CALLBACK_SECRET": CALLBACK_SECRET,
         "CALLBACK_ALLOW_NETWORKS": "127.0.0.1/32",
     }, folder)

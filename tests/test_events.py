@@ -22,6 +22,8 @@ APPLY = {
     states.TIME_OUT: lambda store, request_id: store.time_out(request_id, "no webhook"),
     states.REREQUEST: lambda store, request_id: store.rerequest(request_id, "asking again"),
     states.RETRY: lambda store, request_id: store.retry(request_id, "retried by an operator"),
+    states.CANCEL: lambda store, request_id: store.cancel_waiting(request_id, "cancelled by its client"),
+    states.CANCEL_STARTED: lambda store, request_id: store.cancel_started(request_id, "cancelled by its client"),
 }
 TRANSITIONS = [event for event in EVENTS if event is not states.SUBMIT]
 

@@ -14,7 +14,10 @@ from queueing.connection import build_broker, connect_redis
 from queueing.keys import delay_key, iter_stream
 from queueing.messages import QUEUE_NAME
 from queueing.ratelimit import RateLimiter
+from service.clients.backlogs import ClientBacklogs
+from service.clients.store import Client
 from service.intake import Intake, Submission
+from service.store import PUBLIC_CLIENT
 from service.waiting import Waiting
 from vendors.registry import parse_registry
 
@@ -37,7 +40,7 @@ max_backlog = 0
 @pytest.fixture
 def intake(store, config):
     broker = build_broker(connect_redis(config.redis_url))
-    yield Intake(store, REGISTRY, Waiting(RateLimiter(broker.client, 20), REGISTRY), broker)
+    yield Intake(store, REGISTRY, Waiting(RateLimiter(broker.client, 20), REGISTRY, ClientBacklogs(broker.client)), broker)
     broker.close()
 
 
@@ -49,7 +52,7 @@ def pinned(store, vendor_name="paced"):
 
 def submission(store, request_id=None):
     request_id = request_id or str(uuid.uuid4())
-    return Submission(request_id, store.new_job(request_id, {"name": "n", "password": "pw"}))
+    return Submission(request_id, Client(PUBLIC_CLIENT), store.new_job(request_id, {"name": "n", "password": "pw"}))
 
 
 def queued_messages(redis_client):

@@ -22,7 +22,7 @@ def service(tmp_path_factory):
     registry.write_text(vendors_toml(sync_port, async_port))
     stack = Stack({
         "REDIS_URL": redis_server.url, "MONGODB_URI": mongo_server.url, "VENDORS_FILE": str(registry),
-        "ENCRYPTION_KEY": Fernet.generate_key().decode(), "PUBLIC_URL": f"http://127.0.0.1:{api_port}",
+        "ENCRYPTION_KEY": Fernet.generate_key().decode(), "PUBLIC_URL": f"http://127.0.0.1:{api_port}", "AUTH": "open",
         "STORE_TIMEOUT_MS": "500", "SWEEP_INTERVAL_S": "0.5", "ORPHAN_AFTER_S": "1", "CLOCK_LEASE_S": "3",
         "VISIBILITY_TIMEOUT_MS": "3000",  # messages a worker could not ack come back in seconds
     }, folder)

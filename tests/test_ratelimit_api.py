@@ -11,11 +11,14 @@ from queueing.connection import build_broker, connect_redis
 from queueing.ratelimit import RateLimiter
 from service.app import create_app
 from service.cleaning import Cleaner
+from service.clients.backlogs import ClientBacklogs
+from service.clients.store import Client
 from service.errors import JobNotFound
 from service.idempotency import IdempotencyKeys
 from service.intake import Intake
 from service.jobs import Jobs
 from service.outcomes import Outcomes
+from service.store import PUBLIC_CLIENT
 from service.waiting import Waiting
 from vendors.registry import parse_registry
 
@@ -92,7 +95,7 @@ def test_a_final_job_has_no_estimate_and_no_polling_hint(client, store):
 @pytest.fixture
 def jobs(config, store, redis_client):
     registry = parse_registry(tomllib.loads(REGISTRY), "test registry")
-    waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry)
+    waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry, ClientBacklogs(redis_client))
     broker = build_broker(connect_redis(config.redis_url))
     yield Jobs(
         store, Outcomes(store, None), registry, Intake(store, registry, waiting, broker), Cleaner(()), waiting,
@@ -102,9 +105,9 @@ def jobs(config, store, redis_client):
 
 
 def test_a_batch_of_reads_gives_each_its_own_job_and_estimate(jobs, store):
-    finished, first, second = (jobs.submit({"name": "Ann"}, "slow")[0] for _ in range(3))
+    finished, first, second = (jobs.submit(Client(PUBLIC_CLIENT), {"name": "Ann"}, "slow")[0] for _ in range(3))
     store.fail(finished, "m1", "test")
-    views = jobs._views_of([finished, first, "no-such-job", second, first])  # one batch
+    views = jobs._views_of([(i, PUBLIC_CLIENT) for i in (finished, first, "no-such-job", second, first)])  # one batch
     assert [view.args[0] if isinstance(view, JobNotFound) else view["request_id"] for view in views] == [
         finished, first, "no-such-job", second, first,
     ]

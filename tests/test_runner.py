@@ -117,3 +117,10 @@ def test_a_sync_answer_loses_pii_at_any_depth_before_it_is_stored(runner, store,
     stored = store.collection.find_one({"_id": request_id})
     assert stored["status"] == "complete" and stored["result"] == NESTED_CLEAN
     assert "a@b.c" not in repr(stored) and "4111" not in repr(stored)
+
+
+def test_a_job_cancelled_while_queued_is_never_sent_to_its_vendor(runner, store, vendor):
+    request_id = new_job(store)
+    assert store.cancel_waiting(request_id, "cancelled by its client")
+    runner.run(request_id, "m1")  # its message came due all the same: the claim is refused
+    assert vendor.calls == [] and store.get(request_id)["status"] == "cancelled"

@@ -311,7 +311,7 @@ def test_the_indexes_earlier_versions_or_settings_used_are_dropped(store):
         [("status", 1), ("due_at", 1)], name="queued_due_at", partialFilterExpression={"status": JobStatus.QUEUED.value},
     )
     store.migrate()
-    assert set(store.collection.index_information()) == {"_id_", "status_due_at"}
+    assert set(store.collection.index_information()) == {"_id_", "status_due_at", "client_created_at"}
 
 
 def finish_an_hour_ago(store, request_id):

@@ -95,6 +95,7 @@ def stack(tmp_path_factory, redis_url, mongodb_uri, mongo_client):
         "VENDORS_FILE": str(registry),
         "ENCRYPTION_KEY": Fernet.generate_key().decode(),
         "PUBLIC_URL": f"http://127.0.0.1:{api_port}",
+        "AUTH": "open",
         "SWEEP_INTERVAL_S": "0.2",
         "CLOCK_LEASE_S": "2",
         "ORPHAN_AFTER_S": "1",

@@ -20,7 +20,7 @@ from queueing.keys import dead_key, delay_key
 from queueing.messages import QUEUE_NAME, enqueue_fetch
 from queueing.ratelimit import vendor_key
 from tests.conftest import with_database
-from tests.scripted_vendor import ScriptedVendor
+from tests.scripted_vendor import scripted_vendors
 
 DATABASE = "worker_crashes"
 VISIBILITY_TIMEOUT_MS = 2_000
@@ -52,10 +52,8 @@ breaker_failures = 0
 
 @pytest.fixture(scope="module")
 def vendors():
-    scripted = {name: ScriptedVendor() for name in ("held", "pushy", "accepting", "deadly")}
-    yield scripted
-    for vendor in scripted.values():
-        vendor.close()
+    with scripted_vendors("held", "pushy", "accepting", "deadly") as scripted:
+        yield scripted
 
 
 @pytest.fixture(scope="module")

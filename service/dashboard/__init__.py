@@ -11,8 +11,10 @@ from queueing.breaker import CircuitBreaker
 from queueing.broker import StreamsBroker
 from queueing.messages import enqueue_fetch
 from queueing.ratelimit import RateLimiter
+from service.clients.store import ClientStore
 from service.dashboard import resources
 from service.dashboard.actions import OperatorActions
+from service.dashboard.clients import ClientQueries
 from service.dashboard.auth import PREFIX, OperatorAuth
 from service.dashboard.queries import DashboardQueries
 from service.store import JobStore
@@ -23,6 +25,7 @@ STATIC = Path(__file__).parent / "static"
 
 def add_dashboard(
     app: falcon.App, admin_token: str, store: JobStore, registry: Registry, limiter: RateLimiter, broker: StreamsBroker,
+    clients: ClientStore,
 ) -> None:
     """Add the dashboard's pages, JSON endpoints, actions and static files to the app."""
     auth = OperatorAuth(admin_token, broker.client)
@@ -33,6 +36,7 @@ def add_dashboard(
         ("/failures", resources.Failures(*shared)),
         ("/jobs/{request_id}", resources.JobPage(*shared)),
         ("/scheduler", resources.Page(auth, "scheduler", queries.scheduler)),
+        ("/clients", resources.Page(auth, "clients", ClientQueries(store, clients).overview)),
     ):
         app.add_route(f"{PREFIX}{path}", resource)
         app.add_route(f"{PREFIX}/api{path or '/overview'}", resource, suffix="data")
@@ -42,6 +46,7 @@ def add_dashboard(
     app.add_route(f"{PREFIX}/jobs", resources.JobLookup(*shared))
     app.add_route(f"{PREFIX}/jobs/{{request_id}}/retry", resources.RetryJob(*shared))
     app.add_route(f"{PREFIX}/jobs/{{request_id}}/callback", resources.ResendCallback(*shared))
+    app.add_route(f"{PREFIX}/clients/revoke", resources.RevokeKey(auth, clients))
     app.add_route(f"{PREFIX}/login", resources.Login(auth))
     app.add_route(f"{PREFIX}/logout", resources.Logout(*shared))
     app.add_route(f"{PREFIX}/static/{{name}}", resources.StaticFiles(STATIC))

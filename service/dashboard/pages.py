@@ -25,6 +25,7 @@ NOTICES = {
     "purged": "Purged {count} dead letter(s).",
     "resent": "The client callback is queued again, on a fresh schedule.",
     "not_resent": "Not re-sent: the callback is no longer given up.",
+    "revoked": "The API key is revoked; the API refuses it within a few seconds.",
 }
 
 

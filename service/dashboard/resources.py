@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,12 +10,15 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import falcon
 
+from service.clients.store import ClientError, ClientStore
 from service.dashboard.actions import OperatorActions
 from service.dashboard.auth import (
     LOGIN_PATH, PREFIX, SESSION_COOKIE, SESSION_TTL_S, OperatorAuth, form_value, local_path, require_operator, session_of,
 )
 from service.dashboard.pages import notice, protect, render
 from service.dashboard.queries import DashboardQueries
+
+log = logging.getLogger(__name__)
 
 
 def operator_only(resource_class: type) -> type:
@@ -150,6 +154,26 @@ class ResendCallback(Resource):
     def on_post(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
         resent = self.actions.resend_callback(request_id, req.context.operator)
         done(req, resp, "resent" if resent else "not_resent", int(resent))
+
+
+@operator_only
+class RevokeKey:
+    """POST /dashboard/clients/revoke: revoke the API key shown with a prefix (form field `prefix`)."""
+
+    def __init__(self, auth: OperatorAuth, clients: ClientStore) -> None:
+        self.auth = auth
+        self.clients = clients
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        prefix = form_value(req, "prefix")
+        try:
+            client = self.clients.revoke(prefix)
+        except ClientError as error:
+            raise falcon.HTTPNotFound(title="Key not found", description=str(error)) from None
+        log.info("operator revoked an API key", extra={
+            "client": client, "key_prefix": prefix, "operator_action": "revoke_key", "operator": req.context.operator,
+        })
+        done(req, resp, "revoked", 1)
 
 
 @falcon.after(protect)
