@@ -43,7 +43,7 @@ def read_list_query(req: falcon.Request, vendor_names: list[str]) -> ListQuery:
     if vendor is not None and vendor not in vendor_names:
         raise bad("vendor", f"no vendor is called {vendor!r}; known vendors: {', '.join(sorted(vendor_names))}")
     limit = req.get_param("limit")
-    if limit is not None and not (limit.isdigit() and 1 <= int(limit) <= MAX_LIMIT):
+    if limit is not None and not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_LIMIT):
         raise bad("limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
     cursor = req.get_param("starting_after")
     return ListQuery(
@@ -59,9 +59,10 @@ def read_time(req: falcon.Request, name: str) -> datetime | None:
         return None
     try:
         when = datetime.fromisoformat(raw)
-    except ValueError:
+        # In UTC, as stored: a time at the edge of the calendar that UTC cannot hold is refused here.
+        return when.astimezone(timezone.utc) if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    except (ValueError, OverflowError):
         raise bad(name, f"{name} must be an ISO 8601 time such as 2026-01-31T12:00:00Z") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def encode_cursor(position: tuple[datetime, str]) -> str:

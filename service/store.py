@@ -31,6 +31,10 @@ LISTED_FIELDS = {"payload": False, "history": False}
 PUBLIC_CLIENT = "public"
 #: A page of a client's jobs reads at most this many of them to find the ones its filters match.
 MAX_LISTED_SCAN = 5_000
+#: The newest creation times a page of a client's list reads first; each older window read next is twice as long.
+FIRST_LIST_WINDOW = timedelta(minutes=1)
+#: Older than any job: where a list that names no created_after stops reading.
+LIST_FLOOR = datetime(2020, 1, 1, tzinfo=timezone.utc)
 #: The states an operator may retry from, and the filter that says a retry has a payload to send.
 RETRYABLE = states.RETRY.leaves
 PAYLOAD_KEPT = {"payload": {"$exists": True}}
@@ -238,32 +242,38 @@ class JobStore:
 
         The query names exactly the fields of index client_created_at (any other field and the
         embedded server scans the whole collection), so the status and vendor filters, and the
-        jobs of the cursor's own millisecond already shown, are left out while reading. A page
-        reads at most MAX_LISTED_SCAN jobs: when its filters match few, it may hold fewer than
-        `limit` and still say where the next starts.
+        jobs of the cursor's own millisecond already shown, are left out while reading. The
+        embedded server also sorts all that an index range holds, however small the page: so a
+        page reads back in time through windows of creation times, each twice as long as the one
+        before, and stops once it is full. A page reads at most MAX_LISTED_SCAN jobs: when its
+        filters match few, it may hold fewer than `limit` and still say where the next starts.
         """
-        created: dict[str, Any] = {}
-        if created_after is not None:
-            created["$gt"] = created_after
-        if created_before is not None:
-            created["$lt"] = created_before
-        if starting_after is not None:
-            created["$lte"] = starting_after[0]
-        query = {"client": client, **({"created_at": created} if created else {})}
-        found: list[dict[str, Any]] = []
-        last, scanned = None, 0
-        for job in self.collection.find(query, LISTED_FIELDS).sort([("created_at", -1), ("_id", -1)]):
-            if starting_after is not None and job["created_at"] == starting_after[0] and job["_id"] >= starting_after[1]:
-                continue
-            if scanned == MAX_LISTED_SCAN:
-                return found, last
-            scanned += 1
-            if (status is None or job["status"] == status) and (vendor is None or job.get("vendor") == vendor):
-                if len(found) == limit:
-                    return found, (found[-1]["created_at"], found[-1]["_id"])
-                found.append(job)
-            last = (job["created_at"], job["_id"])
-        return found, None
+        upper = created_before
+        if starting_after is not None:  # dates are stored to the millisecond: before the next one is up to the cursor's own
+            after_cursor = starting_after[0] + timedelta(milliseconds=1)
+            upper = after_cursor if upper is None else min(upper, after_cursor)
+        floor = created_after or LIST_FLOOR
+        width, found, last, scanned = FIRST_LIST_WINDOW, [], None, 0
+        while True:
+            lower = max((upper or utcnow()) - width, floor)
+            created: dict[str, Any] = {"$gte": lower} if lower > floor else {"$gt": floor}
+            if upper is not None:
+                created["$lt"] = upper
+            window = self.collection.find({"client": client, "created_at": created}, LISTED_FIELDS)
+            for job in window.sort([("created_at", -1), ("_id", -1)]):
+                if starting_after is not None and job["created_at"] == starting_after[0] and job["_id"] >= starting_after[1]:
+                    continue
+                if scanned == MAX_LISTED_SCAN:
+                    return found, last
+                scanned += 1
+                if (status is None or job["status"] == status) and (vendor is None or job.get("vendor") == vendor):
+                    if len(found) == limit:
+                        return found, (found[-1]["created_at"], found[-1]["_id"])
+                    found.append(job)
+                last = (job["created_at"], job["_id"])
+            if lower == floor:
+                return found, None
+            upper, width = lower, width * 2
 
     def _apply(
         self, event: Event, request_id: str, *, detail: str | None = None, guarded_by: str | None = None,

@@ -113,10 +113,37 @@ def test_the_list_is_read_from_the_client_created_at_index(api, key, store):
     assert plan["executionStats"]["totalDocsExamined"] == 5
 
 
+def test_a_page_reads_the_jobs_since_the_last_page_not_all_of_the_clients(store, monkeypatch):
+    now = utcnow()
+    jobs = [{**store.new_job(f"heavy-{n:05}", {"n": n}, client="heavy"), "vendor": "sync", "created_at": now - timedelta(seconds=3 * n)}
+            for n in range(3000)]  # one every 3 s over two and a half hours, newest first
+    for start in range(0, len(jobs), 500):
+        store.insert_many(jobs[start:start + 500])
+    queries, find = [], store.collection.find
+    monkeypatch.setattr(store.collection, "find", lambda query, *rest: queries.append(query) or find(query, *rest))
+
+    def examined(page_queries):
+        order = [("created_at", -1), ("_id", -1)]
+        return sum(find(query).sort(order).explain()["executionStats"]["totalDocsExamined"] for query in page_queries)
+
+    first, position = store.client_jobs("heavy", limit=20)
+    assert [job["_id"] for job in first] == [f"heavy-{n:05}" for n in range(20)] and position is not None
+    assert examined(queries) <= 100  # the last minute's and the next two minutes' jobs, of 3,000
+    queries.clear()
+    cursor = find({"_id": "heavy-01999"}).next()  # as a page gives it: the time as stored
+    queries.clear()
+    deep, _ = store.client_jobs("heavy", starting_after=(cursor["created_at"], cursor["_id"]), limit=20)
+    assert [job["_id"] for job in deep] == [f"heavy-{n:05}" for n in range(2000, 2020)]
+    assert examined(queries) <= 100
+
+
 @pytest.mark.parametrize("params, name", [
     pytest.param({"limit": "0"}, "limit", id="limit-0"),
     pytest.param({"limit": "101"}, "limit", id="limit-101"),
     pytest.param({"limit": "ten"}, "limit", id="limit-text"),
+    pytest.param({"limit": "²"}, "limit", id="limit-superscript-digit"),
+    pytest.param({"created_after": "0001-01-01T00:00:00+01:00"}, "created_after", id="before-the-calendar-in-utc"),
+    pytest.param({"created_before": "9999-12-31T23:59:59-01:00"}, "created_before", id="past-the-calendar-in-utc"),
     pytest.param({"status": "done"}, "status", id="unknown-status"),
     pytest.param({"vendor": "acme"}, "vendor", id="unknown-vendor"),
     pytest.param({"created_after": "yesterday"}, "created_after", id="bad-time"),

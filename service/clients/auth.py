@@ -7,6 +7,7 @@ changed settings, take effect within KEY_CACHE_S.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
@@ -18,8 +19,10 @@ from service.errors import Unauthenticated
 from service.store import PUBLIC_CLIENT
 
 KEY_CACHE_S = 5.0
-#: Past this many remembered keys the memory starts afresh: unknown keys must not fill it.
+#: Past this many remembered clients the oldest is forgotten first.
 MAX_CACHED_KEYS = 10_000
+#: What service/clients/store.py's new_key makes: anything else is refused without a lookup.
+WELL_FORMED_KEY = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{43}")
 
 
 class ClientAuth:
@@ -51,6 +54,8 @@ class ClientAuth:
         key = key.strip()
         if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX):
             raise Unauthenticated(f"the Authorization header must be Bearer and an API key starting {KEY_PREFIX}")
+        if not WELL_FORMED_KEY.fullmatch(key):
+            raise Unauthenticated("the API key is unknown or revoked")
         client = self._remembered(digest(key), lambda: self.clients.by_key(key))
         if client is None:
             raise Unauthenticated("the API key is unknown or revoked")
@@ -68,7 +73,10 @@ class ClientAuth:
         if cached is not None and cached[0] > now:
             return cached[1]
         client = load()
+        if client is None:  # unknown keys are not remembered: they cannot push out the known ones
+            return None
+        self._cache.pop(name, None)
         if len(self._cache) >= MAX_CACHED_KEYS:
-            self._cache = {}
+            del self._cache[next(iter(self._cache))]  # the oldest remembered
         self._cache[name] = (now + KEY_CACHE_S, client)
         return client
