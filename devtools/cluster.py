@@ -57,24 +57,33 @@ class LocalCluster:
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         subprocess.run([str(cli), "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
                        check=True, capture_output=True, timeout=STARTUP_TIMEOUT_S)
-        self.wait_until_ok(self.nodes)
+        self.wait_until_whole()
         return self
 
-    def wait_until_ok(self, nodes: list[EmbeddedServer], timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-        """Wait until each of the nodes reports the cluster ok, every slot served."""
+    def wait_until_whole(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        """Wait until every live node sees the cluster ok and every primary has a replica in sync."""
         deadline = time.monotonic() + timeout_s
-        pending = list(nodes)
+        pending = [node for node in self.nodes if node.process is not None and node.process.poll() is None]
         while pending:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the cluster was not ok on port {pending[0].port} within {timeout_s:g} s")
-            try:
-                with redis.Redis(port=pending[0].port, socket_timeout=1) as client:
-                    if client.cluster("info")["cluster_state"] == "ok":
-                        pending.pop(0)
-                        continue
-            except redis.RedisError:
-                pass
-            time.sleep(0.05)
+                raise RuntimeError(f"the cluster was not whole on port {pending[0].port} within {timeout_s:g} s")
+            if self._whole_at(pending[0].port):
+                pending.pop(0)
+            else:
+                time.sleep(0.05)
+
+    @staticmethod
+    def _whole_at(port: int) -> bool:
+        try:
+            with redis.Redis(port=port, socket_timeout=1) as client:
+                if client.cluster("info")["cluster_state"] != "ok":
+                    return False
+                replication = client.info("replication")
+        except redis.RedisError:
+            return False
+        if replication["role"] != "master":
+            return True
+        return any(isinstance(value, dict) and value.get("state") == "online" for value in replication.values())
 
     def node_serving(self, key: str) -> EmbeddedServer:
         """Return the node that is the primary for a key's slot now."""

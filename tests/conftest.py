@@ -39,6 +39,16 @@ def mongodb_uri(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory):
+    """Start a local Valkey cluster, 3 primaries and 3 replicas, for the run's cluster tests."""
+    from devtools.cluster import LocalCluster
+
+    cluster = LocalCluster(tmp_path_factory.mktemp("valkey-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
 def redis_client(redis_url):
     """Give a client on a flushed database, flushed again afterwards."""
