@@ -38,7 +38,7 @@ from queueing.batching import Batch
 from queueing.consumer import StreamsConsumer
 from queueing.keys import dead_key, delay_key, delay_member, delayed_payload, iter_stream, stream_key
 from queueing.outages import OUTAGE_ERRORS, ride_out
-from queueing.replication import owner_connection, replicated
+from queueing.nodes import on_owner, run_script_calls
 
 logger = logging.getLogger(__name__)
 
@@ -186,38 +186,21 @@ class StreamsBroker(Broker):
         return [None] * len(entry_ids)
 
     def run_script(self, name: str, keys: list[str], args: list) -> object:
-        """Run one of the broker's scripts as a write (see `write`); load it first where a node lacks it."""
-        script = self.scripts[name]
-        [reply] = self.write(keys[0], lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args))
-        if isinstance(reply, redis.exceptions.NoScriptError):  # a restarted or newly promoted node
-            owner_connection(self.client, keys[0]).script_load(script.script)
-            [reply] = self.write(keys[0], lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args))
-        if isinstance(reply, Exception):
-            raise reply
+        """Run one of the broker's scripts as a write (see `write`)."""
+        [reply] = self.ride_out(lambda: run_script_calls(self.client, self.scripts[name], [(keys, args)], self.wait_replicas))
         return reply
 
     def write(self, key: str, queue: Callable[[redis.client.Pipeline], object]) -> list:
         """Send the writes `queue` adds to a pipeline, all on `key`'s slot, in one round trip; return the replies.
 
-        With wait_replicas, the writes count only once that many replicas hold them. An outage is
-        ridden out for outage_retry_s, then raised as ConnectionClosed.
+        With wait_replicas, the writes count only once that many replicas hold them.
         """
-        def once() -> list:
-            if self.wait_replicas:
-                return replicated(self.client, key, self.wait_replicas, queue)
-            with self.client.pipeline(transaction=False) as pipe:
-                queue(pipe)
-                return pipe.execute(raise_on_error=False)
+        return self.ride_out(lambda: on_owner(self.client, key, queue, self.wait_replicas))
 
-        def raising_outages() -> list:
-            replies = once()
-            outage = next((reply for reply in replies if isinstance(reply, OUTAGE_ERRORS)), None)
-            if outage is not None:
-                raise outage
-            return replies
-
+    def ride_out(self, call: Callable[[], list]) -> list:
+        """Call `call` through an outage for outage_retry_s at most; then raise the outage as ConnectionClosed."""
         try:
-            return ride_out(raising_outages, self.outage_retry_s)
+            return ride_out(call, self.outage_retry_s)
         except OUTAGE_ERRORS as e:
             raise ConnectionClosed(e) from None
 
