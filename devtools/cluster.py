@@ -67,29 +67,55 @@ class LocalCluster:
         while pending:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the cluster was not whole on port {pending[0].port} within {timeout_s:g} s")
-            if self._whole_at(pending[0].port):
+            if self.is_whole_at(pending[0]):
                 pending.pop(0)
             else:
                 time.sleep(0.05)
 
     @staticmethod
-    def _whole_at(port: int) -> bool:
+    def is_ok_at(node: EmbeddedServer) -> bool:
+        """Tell whether a node sees every slot served."""
         try:
-            with redis.Redis(port=port, socket_timeout=1) as client:
-                if client.cluster("info")["cluster_state"] != "ok":
-                    return False
+            with redis.Redis(port=node.port, socket_timeout=1) as client:
+                return client.cluster("info")["cluster_state"] == "ok"
+        except redis.RedisError:
+            return False
+
+    def is_whole_at(self, node: EmbeddedServer) -> bool:
+        """Tell whether a node sees every slot served and, if a primary, has a replica in sync."""
+        try:
+            with redis.Redis(port=node.port, socket_timeout=1) as client:
                 replication = client.info("replication")
         except redis.RedisError:
             return False
-        if replication["role"] != "master":
-            return True
-        return any(isinstance(value, dict) and value.get("state") == "online" for value in replication.values())
+        in_sync = replication["role"] != "master" or any(
+            isinstance(value, dict) and value.get("state") == "online" for value in replication.values()
+        )
+        return in_sync and self.is_ok_at(node)
 
     def node_serving(self, key: str) -> EmbeddedServer:
         """Return the node that is the primary for a key's slot now."""
         with redis.RedisCluster.from_url(self.url) as client:
             primary = client.get_node_from_key(key)
         return next(node for node in self.nodes if node.port == primary.port)
+
+    def replica_of(self, primary: EmbeddedServer) -> EmbeddedServer:
+        """Return the node that replicates a primary."""
+        for node in self.nodes:
+            with redis.Redis(port=node.port, socket_timeout=1) as client:
+                replication = client.info("replication")
+            if replication["role"] == "slave" and replication["master_port"] == primary.port:
+                return node
+        raise LookupError(f"no replica of the node on port {primary.port}")
+
+    @staticmethod
+    def is_primary(node: EmbeddedServer) -> bool:
+        """Tell whether a node is a primary now."""
+        try:
+            with redis.Redis(port=node.port, socket_timeout=1) as client:
+                return client.info("replication")["role"] == "master"
+        except redis.RedisError:
+            return False
 
     def stop(self) -> None:
         """Stop every node."""
