@@ -3,11 +3,15 @@
 A steady stream of jobs goes through the API to two worker processes on a cluster of its own
 (3 primaries + 3 replicas, 2 s node timeout; queue writes wait for one replica). The primary that
 holds the job queue is killed mid-run and, once its replica took over, restarted the way a
-supervisor would, so that its shard has a replica again. bench/cluster.py runs the same at full size.
+supervisor would, so that its shard has a replica again. In the second run the replica is paused
+(SIGSTOP) for a while before the kill, so it lags behind everything written meanwhile: writes it
+never acknowledged were never counted as done. bench/cluster.py runs the first at full size.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ pytestmark = pytest.mark.cluster
 JOBS = 400
 RATE_PER_S = 40
 KILL_AFTER_JOBS = 120
+PAUSED_FOR_JOBS = 40
 DATABASE = "cluster_failover"
 
 
@@ -72,7 +77,10 @@ def largest_gap_s(times: list) -> float:
     return max(((b - a).total_seconds() for a, b in zip(ordered, ordered[1:])), default=0.0)
 
 
-def test_kill_9_of_the_job_queues_primary_loses_no_job_and_the_api_answers_only_202_or_503(tmp_path, mongodb_uri, mongo_client):
+@pytest.mark.parametrize("paused_replica", [False, True], ids=["healthy-replica", "paused-replica"])
+def test_kill_9_of_the_job_queues_primary_loses_no_job_and_the_api_answers_only_202_or_503(
+    tmp_path, mongodb_uri, mongo_client, paused_replica,
+):
     cluster = LocalCluster(tmp_path / "valkey").start()
     api_port, sync_port = free_ports(2)
     registry = tmp_path / "vendors.toml"
@@ -93,8 +101,13 @@ def test_kill_9_of_the_job_queues_primary_loses_no_job_and_the_api_answers_only_
         wait_until(lambda: len(submissions.accepted) >= KILL_AFTER_JOBS, 60, "the stream to be under way", interval_s=0.05)
         victim = cluster.node_serving(QUEUE_NAME)
         heir = cluster.replica_of(victim)
+        if paused_replica:
+            os.kill(heir.process.pid, signal.SIGSTOP)
+            wait_until(lambda: len(submissions.accepted) >= KILL_AFTER_JOBS + PAUSED_FOR_JOBS, 60, "jobs while the replica sleeps")
         victim.kill()
         killed_at = time.monotonic()
+        if paused_replica:
+            os.kill(heir.process.pid, signal.SIGCONT)
         wait_until(lambda: cluster.is_primary(heir) and cluster.is_ok_at(heir), 60, "the replica to take over")
         promoted_after_s = time.monotonic() - killed_at
         victim.start()  # back as a replica of the promoted node
@@ -117,7 +130,7 @@ def test_kill_9_of_the_job_queues_primary_loses_no_job_and_the_api_answers_only_
     assert {job["_id"] for job in finished} == set(submissions.accepted)
     assert {job["status"] for job in finished} == {"complete"}
     api_outage_s = (max(submissions.not_accepted_at) - min(submissions.not_accepted_at)) if submissions.not_accepted_at else 0.0
-    print(f"\nfailover: promoted {promoted_after_s:.1f} s after the kill; API: {submissions.statuses.count(503)} answers 503 "
+    print(f"\nfailover{' after pausing the replica' if paused_replica else ''}: promoted {promoted_after_s:.1f} s after the kill; API: {submissions.statuses.count(503)} answers 503 "
           f"over {api_outage_s:.1f} s, slowest answer {submissions.slowest_s:.2f} s; workers: longest pause between two "
           f"completions {largest_gap_s([job['finished_at'] for job in finished]):.1f} s; {len(failed_enqueues)} jobs accepted "
           f"but left pending for the clock over {span_s(failed_enqueues):.1f} s; {vendor_calls - JOBS} vendor calls repeated")
