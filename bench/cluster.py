@@ -15,22 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import dramatiq
 import redis
 
+from bench.broker import drain_with_workers
 from queueing.broker import StreamsBroker
 from queueing.connection import connect_redis
-
-ROOT = Path(__file__).resolve().parent.parent
-POLL_S = 0.02
-DRAIN_TIMEOUT_S = 600.0
 
 
 def noop(n: int) -> None:
@@ -67,32 +60,11 @@ def drain(url: str, cluster: bool, queues: list[str], n: int, processes: int, th
                               kwargs={}, options={}), None)
             for i in range(start, min(start + 500, n))
         ])
-
-    def size() -> int:
-        return sum(broker.queue_size(queue) for queue in queues)
-
-    env = {**os.environ, "BENCH_CLUSTER": "cluster" if cluster else "server", "BENCH_QUEUES": ",".join(queues),
-           "REDIS_URL": url, "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, "-m", "dramatiq", "bench.cluster", "-p", str(processes), "-t", str(threads)]
-    worker = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while size() >= n:
-            time.sleep(POLL_S / 10)
-        started = time.perf_counter()
-        while size() > 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"queues not drained in {DRAIN_TIMEOUT_S} s")
-            time.sleep(POLL_S)
-        return n / (time.perf_counter() - started)
+        env = {"BENCH_CLUSTER": "cluster" if cluster else "server", "BENCH_QUEUES": ",".join(queues), "REDIS_URL": url}
+        return drain_with_workers("bench.cluster", env, lambda: sum(broker.queue_size(queue) for queue in queues), n, processes, threads)
     finally:
-        worker.send_signal(signal.SIGTERM)  # the master only; it stops its workers
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
-        broker.close()
+        broker.client.close()
 
 
 def main(argv: list[str] | None = None) -> None:

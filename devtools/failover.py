@@ -103,7 +103,10 @@ def run_failover(folder: Path, database_uri: str, jobs: int, rate_per_s: float, 
     registry = folder / "vendors.toml"
     registry.write_text(vendors_toml(sync_port, async_port))
     env = service_env(cluster.url, database_uri, registry, api_port)
-    stack = Stack({**env, "REDIS_CLUSTER": "true", "ORPHAN_AFTER_S": "5", "SWEEP_INTERVAL_S": "1", "CLOCK_LEASE_S": "3"}, folder)
+    # Messages held by a consumer that lost its node wait for the visibility timeout: a short one
+    # keeps the run short.
+    stack = Stack({**env, "REDIS_CLUSTER": "true", "ORPHAN_AFTER_S": "5", "SWEEP_INTERVAL_S": "1", "CLOCK_LEASE_S": "3",
+                   "VISIBILITY_TIMEOUT_MS": "5000"}, folder)
     mongo = pymongo.MongoClient(database_uri)
     collection = mongo.get_default_database()["jobs"]
     try:
@@ -134,8 +137,13 @@ def run_failover(folder: Path, database_uri: str, jobs: int, rate_per_s: float, 
         if submitter.is_alive():
             raise AssertionError("the submissions never finished")
 
-        wait_until(lambda: collection.count_documents({"status": "complete"}) >= jobs, finish_timeout_s,
-                   "every accepted job to complete", interval_s=0.5)
+        try:
+            wait_until(lambda: collection.count_documents({"status": "complete"}) >= jobs, finish_timeout_s,
+                       "every accepted job to complete", interval_s=0.5)
+        except AssertionError as error:
+            states = {status: collection.count_documents({"status": status}) for status in collection.distinct("status")}
+            failed = collection.find_one({"status": {"$ne": "complete"}}, {"payload": False})
+            raise AssertionError(f"{error}: jobs by state {states}; one of them: {failed}") from None
         return FailoverRun(
             submissions=submissions,
             jobs=list(collection.find({}, {"status": 1, "finished_at": 1})),

@@ -49,14 +49,18 @@ def valkey_cluster(tmp_path_factory):
     cluster.stop()
 
 
-@pytest.fixture
-def redis_client(redis_url):
-    """Give a client on a flushed database, flushed again afterwards."""
-    client = redis.Redis.from_url(redis_url)
+def flushed(client):
+    """Yield the client on emptied databases, empty them again afterwards and close it."""
     client.flushdb()
     yield client
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    """Give a client on a flushed database, flushed again afterwards."""
+    yield from flushed(redis.Redis.from_url(redis_url))
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 import pytest
 import redis
 
+from tests.conftest import flushed
 from tests.test_broker import *  # noqa: F401,F403 - the same tests, with the fixtures below
 from tests.test_broker import test_consumer_raises_connection_closed_when_redis_is_unreachable
 
@@ -22,11 +23,7 @@ def redis_url(valkey_cluster, monkeypatch):
 @pytest.fixture
 def redis_client(redis_url):
     """Give a cluster client on flushed primaries, flushed again afterwards."""
-    client = redis.RedisCluster.from_url(redis_url)
-    client.flushall()
-    yield client
-    client.flushall()
-    client.close()
+    yield from flushed(redis.RedisCluster.from_url(redis_url))
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from queueing.keys import dead_key, delay_key, stream_key
 from queueing.lease import LEADER_KEY, SWEEPS_KEY, LeaderLease, read_clock
 from queueing.messages import CALLBACK_QUEUE, QUEUE_NAME
 from queueing.ratelimit import RateLimiter, vendor_key
-from tests.conftest import with_database
+from tests.conftest import flushed, with_database
 from vendors.registry import Vendor
 
 pytestmark = pytest.mark.cluster
@@ -24,11 +24,7 @@ def vendor(name: str, **settings) -> Vendor:
 
 @pytest.fixture
 def cluster_client(valkey_cluster):
-    client = redis.RedisCluster.from_url(valkey_cluster.url)
-    client.flushall()
-    yield client
-    client.flushall()
-    client.close()
+    yield from flushed(redis.RedisCluster.from_url(valkey_cluster.url))
 
 
 def primary_port(client: redis.RedisCluster, key: str) -> int:
