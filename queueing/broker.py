@@ -37,8 +37,8 @@ from queueing import broker_lua
 from queueing.batching import Batch
 from queueing.consumer import StreamsConsumer
 from queueing.keys import dead_key, delay_key, delay_member, delayed_payload, iter_stream, stream_key
-from queueing.outages import OUTAGE_ERRORS, ride_out
 from queueing.nodes import on_owner, run_script_calls
+from queueing.outages import OUTAGE_ERRORS, ride_out
 
 logger = logging.getLogger(__name__)
 
@@ -130,20 +130,22 @@ class StreamsBroker(Broker):
             self.emit_before("enqueue", message, delay)
         # One round trip per queue: a cluster keeps each queue's keys on one node.
         for queue_name in dict.fromkeys(message.queue_name for message, _, _ in enqueued):
-            def queue(pipe, queue_name=queue_name):
-                for message, payload, delay in enqueued:
-                    if message.queue_name != queue_name:
-                        continue
-                    if delay:
-                        pipe.zadd(delay_key(queue_name), {delay_member(payload): message.options["eta"]})
-                    else:
-                        pipe.xadd(stream_key(queue_name), {"message": payload})
-            for reply in self.write(stream_key(queue_name), queue):
+            entries = [(message, payload, delay) for message, payload, delay in enqueued if message.queue_name == queue_name]
+            for reply in self.write(stream_key(queue_name), partial(self._add, entries)):
                 if isinstance(reply, Exception):
                     raise reply
         for message, _, delay in enqueued:
             self.emit_after("enqueue", message, delay)
         return [message for message, _, _ in enqueued]
+
+    @staticmethod
+    def _add(entries: list[tuple[dramatiq.Message, bytes, int | None]], pipe: redis.client.Pipeline) -> None:
+        """Queue the writes that add prepared messages to their stream, or delay set if delayed."""
+        for message, payload, delay in entries:
+            if delay:
+                pipe.zadd(delay_key(message.queue_name), {delay_member(payload): message.options["eta"]})
+            else:
+                pipe.xadd(stream_key(message.queue_name), {"message": payload})
 
     @staticmethod
     def _prepared(message: dramatiq.Message | MessageProxy, delay: int | None) -> tuple[dramatiq.Message, bytes]:
