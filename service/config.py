@@ -82,7 +82,7 @@ class Config:
             port=port,
             redis_url=env.get("REDIS_URL") or cls.redis_url,
             redis_cluster=cluster,
-            redis_wait_replicas=_int(env, "REDIS_WAIT_REPLICAS", 1 if cluster else 0),
+            redis_wait_replicas=_at_least_zero(env, "REDIS_WAIT_REPLICAS", 1 if cluster else 0),
             redis_outage_retry_s=_float(env, "REDIS_OUTAGE_RETRY_S", cls.redis_outage_retry_s),
             mongodb_uri=env.get("MONGODB_URI") or cls.mongodb_uri,
             mongodb_write_concern=env.get("MONGODB_WRITE_CONCERN", "").strip() or None,
@@ -132,6 +132,13 @@ def _visibility_timeout_ms(env) -> int:
     value = _int(env, "VISIBILITY_TIMEOUT_MS", Config.visibility_timeout_ms)
     if value < MIN_VISIBILITY_TIMEOUT_MS:  # shorter, and live workers would take each other's messages
         raise ConfigError(f"VISIBILITY_TIMEOUT_MS must be at least {MIN_VISIBILITY_TIMEOUT_MS}, got {value}")
+    return value
+
+
+def _at_least_zero(env, name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 0:
+        raise ConfigError(f"{name} must be 0 or more, got {value}")
     return value
 
 

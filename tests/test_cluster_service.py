@@ -119,3 +119,18 @@ def test_sync_and_async_jobs_complete_through_the_api_workers_and_clock_on_the_c
     ready = requests.get(f"{cluster_stack.url}/readyz", timeout=5)
     assert ready.status_code == 200, ready.text
     wait_until(lambda: requests.get(f"{cluster_stack.url}/metrics", timeout=5).status_code == 200, 10, "metrics")
+
+
+def test_a_cluster_waits_for_one_replica_unless_told_otherwise_and_mongodb_concerns_reach_the_client():
+    from service.config import Config, ConfigError
+    from service.store import connect
+
+    key = {"ENCRYPTION_KEY": "k"}
+    assert Config.from_env(key).redis_wait_replicas == 0
+    assert Config.from_env({**key, "REDIS_CLUSTER": "true"}).redis_wait_replicas == 1
+    assert Config.from_env({**key, "REDIS_CLUSTER": "true", "REDIS_WAIT_REPLICAS": "0"}).redis_wait_replicas == 0
+    with pytest.raises(ConfigError, match="REDIS_WAIT_REPLICAS"):
+        Config.from_env({**key, "REDIS_WAIT_REPLICAS": "-1"})
+    client = connect("mongodb://127.0.0.1:1/vendorfetch", write_concern="majority", read_concern="majority")
+    assert client.write_concern.document == {"w": "majority"} and client.read_concern.level == "majority"
+    client.close()
