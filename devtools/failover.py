@@ -110,7 +110,7 @@ def run_failover(folder: Path, database_uri: str, jobs: int, rate_per_s: float, 
     mongo = pymongo.MongoClient(database_uri)
     collection = mongo.get_default_database()["jobs"]
     try:
-        stack.start_mock("sync", sync_port)
+        stack.start_mock("sync", sync_port, "--rate-limit", "6000/minute")  # the registry's limit
         stack.start_api(api_port)
         stack.start_worker(processes=2, threads=4)
         stack.start_clock()
