@@ -42,11 +42,12 @@ def setup_worker(config: Config) -> dramatiq.Broker:
     """Build the broker, set it as dramatiq's global broker, and register the fetch actor."""
     configure_logging(config.log_level)
     store = open_store(config)
-    redis_client = connect_redis(config.redis_url)
+    redis_client = connect_redis(config.redis_url, config.redis_cluster)
     # The broker reports dead letters to `outcomes`, which queues client callbacks through the broker.
     broker = build_broker(
         redis_client, on_dead_letter=lambda message, reason: fail_dead_letter(store, outcomes, message, reason),
-        visibility_timeout_ms=config.visibility_timeout_ms,
+        visibility_timeout_ms=config.visibility_timeout_ms, wait_replicas=config.redis_wait_replicas,
+        outage_retry_s=config.redis_outage_retry_s,
     )
     outcomes = Outcomes(store, broker if config.callback_secret else None)
     dramatiq.set_broker(broker)

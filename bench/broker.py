@@ -66,10 +66,19 @@ def drain(kind: str, url: str, n: int, processes: int, threads: int) -> tuple[fl
     broker.declare_queue(QUEUE)
     broker.flush(QUEUE)
     enqueue_rate = enqueue(broker, n)
-    size = queue_size(broker)
-    env = {**os.environ, "BENCH_BROKER": kind, "REDIS_URL": url, "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, "-m", "dramatiq", "bench.broker", "-p", str(processes), "-t", str(threads)]
-    worker = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        env = {"BENCH_BROKER": kind, "REDIS_URL": url}
+        return enqueue_rate, drain_with_workers("bench.broker", env, queue_size(broker), n, processes, threads)
+    finally:
+        broker.flush(QUEUE)
+        broker.close()
+
+
+def drain_with_workers(app: str, env: dict[str, str], size: Callable[[], int], n: int, processes: int, threads: int) -> float:
+    """Start `dramatiq app` with env added; return how many of the n queued messages (counted by size) it drained per second."""
+    argv = [sys.executable, "-m", "dramatiq", app, "-p", str(processes), "-t", str(threads)]
+    worker = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while size() >= n:
@@ -77,9 +86,9 @@ def drain(kind: str, url: str, n: int, processes: int, threads: int) -> tuple[fl
         started = time.perf_counter()
         while size() > 0:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{kind}: queue not drained in {DRAIN_TIMEOUT_S} s")
+                raise RuntimeError(f"{app}: queues not drained in {DRAIN_TIMEOUT_S} s")
             time.sleep(POLL_S)
-        return enqueue_rate, n / (time.perf_counter() - started)
+        return n / (time.perf_counter() - started)
     finally:
         worker.send_signal(signal.SIGTERM)  # the master only; it stops its workers
         try:
@@ -87,8 +96,6 @@ def drain(kind: str, url: str, n: int, processes: int, threads: int) -> tuple[fl
         except subprocess.TimeoutExpired:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
-        broker.flush(QUEUE)
-        broker.close()
 
 
 @contextlib.contextmanager

@@ -38,6 +38,13 @@ redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[2]))
 return 0
 """
 
+#: Return the failures, the time the breaker half-opens and the time now, by the scripts' clock.
+#: KEYS: breaker.
+STATE = CLOCK + """
+local state = redis.call('HMGET', KEYS[1], 'failures', 'open_until')
+return {tonumber(state[1] or 0), tonumber(state[2] or 0), now}
+"""
+
 #: Count a failure; return the ms until the breaker half-opens if it is open now, else 0.
 #: KEYS: breaker.  ARGV: failures that open it, cooldown ms.
 FAIL = CLOCK + """
@@ -55,6 +62,7 @@ class CircuitBreaker:
         self.client = client
         self.check_script = client.register_script(CHECK)
         self.fail_script = client.register_script(FAIL)
+        self.state_script = client.register_script(STATE)
 
     def check(self, vendor: Vendor) -> int:
         """Return 0 if a call may go to the vendor now, else the ms to wait."""
@@ -69,16 +77,13 @@ class CircuitBreaker:
 
     def state(self, vendor: Vendor) -> tuple[str, int]:
         """Return the breaker's state (off, closed, open or half-open) and its consecutive failures."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(vendor_key(vendor.name, "breaker"), "failures", "open_until")
-        pipe.time()  # the scripts' clock, so that no process clock decides what is open
-        (failures, open_until), (seconds, micros) = pipe.execute()
-        failures = int(failures or 0)
+        # The scripts' clock, so that no process clock decides what is open.
+        failures, open_until, now_ms = self.state_script(keys=[vendor_key(vendor.name, "breaker")])
         if not vendor.breaker_failures:
             return "off", failures
         if failures < vendor.breaker_failures:
             return "closed", failures
-        return ("open" if seconds * 1000 + micros // 1000 < int(open_until or 0) else "half-open"), failures
+        return ("open" if now_ms < open_until else "half-open"), failures
 
     def succeeded(self, vendor: Vendor) -> None:
         """Close the breaker: the vendor answered."""

@@ -12,6 +12,10 @@ Guarantees:
 - Messages prefetched but never started are put back at shutdown (``requeue`` and ``close``).
 - Delays never park messages in worker memory: no ``.DQ`` queues are declared, delayed messages
   wait in Redis and reach the stream without an ``eta`` option.
+- Every write that changes a queue (enqueue, ack, dead-letter, requeue, the scripts' moves)
+  counts only once ``wait_replicas`` replicas hold it, and is tried again through an outage for
+  ``outage_retry_s``.  A write tried again may have been applied the first time: a message can
+  then be queued or delivered twice, never lost.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from dramatiq.errors import ConnectionClosed, QueueJoinTimeout, QueueNotFound
 
 from queueing import broker_lua
 from queueing.batching import Batch
-from queueing.consumer import CONNECTION_ERRORS, StreamsConsumer
+from queueing.consumer import StreamsConsumer
 from queueing.keys import dead_key, delay_key, delay_member, delayed_payload, iter_stream, stream_key
+from queueing.nodes import on_owner, run_script_calls
+from queueing.outages import OUTAGE_ERRORS, ride_out
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +56,7 @@ class StreamsBroker(Broker):
         self,
         *,
         url: str | None = None,
-        client: redis.Redis | None = None,
+        client: redis.Redis | redis.RedisCluster | None = None,
         middleware: list[dramatiq.Middleware] | None = None,
         group: str = DEFAULT_GROUP,
         visibility_timeout_ms: int = 60_000,
@@ -59,6 +65,8 @@ class StreamsBroker(Broker):
         dead_consumer_idle_ms: int = 3_600_000,
         on_dead_letter: DeadLetterHandler | None = None,
         max_connections: int = 50,
+        wait_replicas: int = 0,
+        outage_retry_s: float = 0.0,
     ) -> None:
         super().__init__(middleware=middleware)
         self.owns_client = client is None
@@ -73,6 +81,8 @@ class StreamsBroker(Broker):
         self.dead_letter_maxlen = dead_letter_maxlen
         self.dead_consumer_idle_ms = dead_consumer_idle_ms
         self.on_dead_letter = on_dead_letter
+        self.wait_replicas = wait_replicas
+        self.outage_retry_s = outage_retry_s
         self.queues: set[str] = set()
         # Per queue: the acks of this process's worker threads share their round trips.
         self.acks: dict[str, Batch] = {}
@@ -118,19 +128,24 @@ class StreamsBroker(Broker):
         enqueued = [(*self._prepared(message, delay), delay) for message, delay in messages]
         for message, _, delay in enqueued:
             self.emit_before("enqueue", message, delay)
-        try:
-            with self.client.pipeline(transaction=False) as pipe:
-                for message, payload, delay in enqueued:
-                    if delay:
-                        pipe.zadd(delay_key(message.queue_name), {delay_member(payload): message.options["eta"]})
-                    else:
-                        pipe.xadd(stream_key(message.queue_name), {"message": payload})
-                pipe.execute()
-        except CONNECTION_ERRORS as e:
-            raise ConnectionClosed(e) from None
+        # One round trip per queue: a cluster keeps each queue's keys on one node.
+        for queue_name in dict.fromkeys(message.queue_name for message, _, _ in enqueued):
+            entries = [(message, payload, delay) for message, payload, delay in enqueued if message.queue_name == queue_name]
+            for reply in self.write(stream_key(queue_name), partial(self._add, entries)):
+                if isinstance(reply, Exception):
+                    raise reply
         for message, _, delay in enqueued:
             self.emit_after("enqueue", message, delay)
         return [message for message, _, _ in enqueued]
+
+    @staticmethod
+    def _add(entries: list[tuple[dramatiq.Message, bytes, int | None]], pipe: redis.client.Pipeline) -> None:
+        """Queue the writes that add prepared messages to their stream, or delay set if delayed."""
+        for message, payload, delay in entries:
+            if delay:
+                pipe.zadd(delay_key(message.queue_name), {delay_member(payload): message.options["eta"]})
+            else:
+                pipe.xadd(stream_key(message.queue_name), {"message": payload})
 
     @staticmethod
     def _prepared(message: dramatiq.Message | MessageProxy, delay: int | None) -> tuple[dramatiq.Message, bytes]:
@@ -169,8 +184,27 @@ class StreamsBroker(Broker):
 
     def ack_entries(self, queue_name: str, entry_ids: list[str]) -> list[None]:
         """Acknowledge and delete entries of a queue's stream with one script call."""
-        self.scripts["ACK"](keys=[stream_key(queue_name)], args=[self.group, *entry_ids])
+        self.run_script("ACK", [stream_key(queue_name)], [self.group, *entry_ids])
         return [None] * len(entry_ids)
+
+    def run_script(self, name: str, keys: list[str], args: list) -> object:
+        """Run one of the broker's scripts as a write (see `write`)."""
+        [reply] = self.ride_out(lambda: run_script_calls(self.client, self.scripts[name], [(keys, args)], self.wait_replicas))
+        return reply
+
+    def write(self, key: str, queue: Callable[[redis.client.Pipeline], object]) -> list:
+        """Send the writes `queue` adds to a pipeline, all on `key`'s slot, in one round trip; return the replies.
+
+        With wait_replicas, the writes count only once that many replicas hold them.
+        """
+        return self.ride_out(lambda: on_owner(self.client, key, queue, self.wait_replicas))
+
+    def ride_out(self, call: Callable[[], list]) -> list:
+        """Call `call` through an outage for outage_retry_s at most; then raise the outage as ConnectionClosed."""
+        try:
+            return ride_out(call, self.outage_retry_s)
+        except OUTAGE_ERRORS as e:
+            raise ConnectionClosed(e) from None
 
     def queue_stats(self, queue_name: str) -> dict[str, int]:
         """Count a queue's messages in each place (depth, pending, delayed, dead_letters) in one round trip."""

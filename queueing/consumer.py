@@ -18,6 +18,7 @@ from dramatiq.common import current_millis
 from dramatiq.errors import ConnectionClosed
 
 from queueing.keys import dead_key, delay_key, is_nogroup, stream_key
+from queueing.outages import OUTAGE_ERRORS
 
 if TYPE_CHECKING:
     from queueing.broker import StreamsBroker
@@ -33,8 +34,6 @@ MAX_BLOCK_MS = 1_000
 #: How often a consumer looks for due delayed messages that others added (retries, deferrals):
 #: the lateness of a delayed message is at most this.
 DELAY_CHECK_INTERVAL_MS = 100
-
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 
 class StreamMessageProxy(MessageProxy):
@@ -89,7 +88,7 @@ class StreamsConsumer(Consumer):
                 self.fill(deadline_ms)
             else:
                 self.maintain()
-        except CONNECTION_ERRORS as e:
+        except OUTAGE_ERRORS as e:
             raise ConnectionClosed(e) from None
         if not self.buffer:
             return None
@@ -126,13 +125,24 @@ class StreamsConsumer(Consumer):
     def read(self, count: int, block_ms: int) -> None:
         """Read new entries of the group into the buffer."""
         try:
-            # BLOCK 0 would mean forever; the consumer thread needs its gaps.
-            reply = self.client.xreadgroup(self.broker.group, self.name, {self.stream: ">"}, count=count, block=max(block_ms, 1))
+            reply = self.read_group(count, max(block_ms, 1))  # BLOCK 0 would mean forever; the consumer thread needs its gaps
         except redis.ResponseError as e:
             self.recreate_group_if_missing(e)
             return
         for _stream, entries in reply or ():
             self.buffer_entries(entries)
+
+    def read_group(self, count: int, block_ms: int) -> list:
+        """Send XREADGROUP for new entries of the stream."""
+        if isinstance(self.client, redis.RedisCluster):
+            # Straight to the stream's primary: the cluster client's own xreadgroup first asks one
+            # fixed node for the command's keys, and never recovers once that node is gone.
+            node = self.client.get_node_from_key(self.stream)
+            return self.client.execute_command(
+                "XREADGROUP", "GROUP", self.broker.group, self.name, "COUNT", count, "BLOCK", block_ms, "STREAMS", self.stream, ">",
+                target_nodes=node,
+            )
+        return self.client.xreadgroup(self.broker.group, self.name, {self.stream: ">"}, count=count, block=block_ms)
 
     def buffer_entries(self, entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """Decode entries into the buffer; dead-letter those that are not Dramatiq messages."""
@@ -177,7 +187,7 @@ class StreamsConsumer(Consumer):
         keys = [self.stream, delay_key(self.queue_name)]
         moved, next_eta = DELAY_BATCH_SIZE, None
         while moved == DELAY_BATCH_SIZE:
-            moved, next_eta = self.broker.scripts["MOVE_DUE"](keys=keys, args=[now_ms, DELAY_BATCH_SIZE])
+            moved, next_eta = self.broker.run_script("MOVE_DUE", keys, [now_ms, DELAY_BATCH_SIZE])
         # Others may add earlier delays at any time, so look again soon.
         self.next_delay_check_ms = now_ms + min(self.timeout_ms, DELAY_CHECK_INTERVAL_MS)
         if next_eta is not None:
@@ -189,7 +199,7 @@ class StreamsConsumer(Consumer):
             entry_ids = [*self.held, *(proxy.entry_id for proxy in self.buffer)]
         if not entry_ids:
             return
-        lost = self.broker.scripts["REFRESH"](keys=[self.stream], args=[self.broker.group, self.name, *entry_ids])
+        lost = self.broker.run_script("REFRESH", [self.stream], [self.broker.group, self.name, *entry_ids])
         if lost:
             # We stalled past the visibility timeout and another consumer claimed them: stop
             # refreshing them (the owner does), and let their ack still settle them.
@@ -209,7 +219,7 @@ class StreamsConsumer(Consumer):
             broker.group, self.name, broker.visibility_timeout_ms, self.claim_cursor, room,
             broker.max_deliveries, broker.dead_letter_maxlen, self.queue_name, current_millis(),
         ]
-        cursor, live, dead = broker.scripts["RECOVER"](keys=keys, args=args)
+        cursor, live, dead = broker.run_script("RECOVER", keys, args)
         self.claim_cursor = cursor.decode()
         self.buffer_entries((entry_id, dict(zip(fields[::2], fields[1::2]))) for entry_id, fields in live)
         for _entry_id, payload, reason in dead:
@@ -226,17 +236,17 @@ class StreamsConsumer(Consumer):
 
     def prune_consumers(self, min_idle_ms: int, name: str) -> int:
         """Delete idle consumers of the group that hold no pending entry."""
-        return self.broker.scripts["PRUNE_CONSUMERS"](keys=[self.stream], args=[self.broker.group, min_idle_ms, name])
+        return self.broker.run_script("PRUNE_CONSUMERS", [self.stream], [self.broker.group, min_idle_ms, name])
 
     def ack(self, message: StreamMessageProxy) -> None:
         """Acknowledge and delete a processed message's entry."""
         try:
             self.broker.acks[self.queue_name](message.entry_id)
+        except OUTAGE_ERRORS as e:
+            raise ConnectionClosed(e) from None
         except redis.ResponseError as e:
             if not is_nogroup(e):  # The stream was flushed: nothing left to acknowledge.
                 raise
-        except CONNECTION_ERRORS as e:
-            raise ConnectionClosed(e) from None
         finally:
             self.release([message.entry_id])
 
@@ -245,7 +255,7 @@ class StreamsConsumer(Consumer):
         reason = failure_reason(message)
         try:
             settled = self.dead_letter(message.entry_id, message._message.encode(), reason)
-        except CONNECTION_ERRORS as e:
+        except OUTAGE_ERRORS as e:
             raise ConnectionClosed(e) from None
         finally:
             self.release([message.entry_id])
@@ -258,7 +268,7 @@ class StreamsConsumer(Consumer):
         keys = [self.stream, dead_key(self.queue_name)]
         args = [broker.group, entry_id, broker.dead_letter_maxlen, payload, reason, self.queue_name, current_millis()]
         try:
-            return bool(broker.scripts["DEAD_LETTER"](keys=keys, args=args))
+            return bool(broker.run_script("DEAD_LETTER", keys, args))
         except redis.ResponseError as e:
             if not is_nogroup(e):
                 raise
@@ -270,12 +280,12 @@ class StreamsConsumer(Consumer):
         if not entry_ids:
             return
         try:
-            self.broker.scripts["REQUEUE"](keys=[self.stream], args=[self.broker.group, self.name, *entry_ids])
+            self.broker.run_script("REQUEUE", [self.stream], [self.broker.group, self.name, *entry_ids])
+        except OUTAGE_ERRORS as e:
+            raise ConnectionClosed(e) from None
         except redis.ResponseError as e:
             if not is_nogroup(e):
                 raise
-        except CONNECTION_ERRORS as e:
-            raise ConnectionClosed(e) from None
         finally:
             self.release(entry_ids)
 
@@ -292,9 +302,9 @@ class StreamsConsumer(Consumer):
         self.requeue(buffered)
         try:
             self.prune_consumers(0, self.name)
+        except OUTAGE_ERRORS as e:
+            raise ConnectionClosed(e) from None
         except redis.ResponseError as e:
             if not is_nogroup(e):
                 raise
-        except CONNECTION_ERRORS as e:
-            raise ConnectionClosed(e) from None
 

@@ -5,6 +5,8 @@ Usage (reads REDIS_URL)::
     python -m queueing.deadletters list    --queue job-queue [--count 100]
     python -m queueing.deadletters redrive --queue job-queue [ENTRY_ID ...]
     python -m queueing.deadletters purge   --queue job-queue
+
+With REDIS_CLUSTER=true, REDIS_URL is any one node of the cluster.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Iterator, Sequence
 import dramatiq
 import redis
 
+from queueing.connection import connect_redis
 from queueing.keys import dead_key, iter_stream, stream_key
 
 #: Options of a failed run that must not follow a redriven message (it gets a fresh retry budget).
@@ -112,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not os.environ.get("REDIS_URL"):
         parser.error("REDIS_URL is not set")
-    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    client = connect_redis(os.environ["REDIS_URL"], os.environ.get("REDIS_CLUSTER", "").strip().lower() in ("1", "true", "yes"))
     if args.command == "list":
         for dead in list_dead_letters(client, args.queue, args.count):
             print(dead.describe())

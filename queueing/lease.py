@@ -6,7 +6,7 @@ leads, and a holder that stops (SIGTERM) hands it back at once. A holder counts 
 leader only until its last renewal would expire, so a stalled holder stops sweeping before
 anyone else may start. A lease is not a fence: the sweeps' writes are conditional anyway.
 
-The record of sweeps is the hash `scheduler:sweeps`: a field per sweep holding a JSON object
+The record of sweeps is the hash `{scheduler}:sweeps`: a field per sweep holding a JSON object
 (`started_at`, `finished_at`, `duration_ms`, `by`, `counts` or `error`), plus `leader` and
 `leader_since`, written when a clock takes the lease.
 """
@@ -28,8 +28,9 @@ import redis
 
 log = logging.getLogger(__name__)
 
-LEADER_KEY = "scheduler:leader"
-SWEEPS_KEY = "scheduler:sweeps"
+# One hash tag: in a cluster both live on one node, so reading them is one round trip.
+LEADER_KEY = "{scheduler}:leader"
+SWEEPS_KEY = "{scheduler}:sweeps"
 MIN_WAIT_MS = 10
 
 # Extend the lease only while we still hold it: after a stall another clock may own it.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import redis
 
 from queueing import ratelimit_lua
+from queueing.nodes import run_script_calls
 from vendors.registry import Vendor
 
 #: Two quota reports whose reset times differ by less than this describe the same window.
@@ -75,26 +76,8 @@ class RateLimiter:
         return [self.admission(vendor, *reply) for (vendor, _), reply in zip(jobs, replies)]
 
     def run_many(self, name: str, calls: list[tuple[list[str], list]]) -> list:
-        """Run a script once per (keys, args) in one round trip; load it first if a restarted server lost it."""
-        script = self.scripts[name]
-
-        def send(some: list[tuple[list[str], list]]) -> list:
-            with self.client.pipeline(transaction=False) as pipe:
-                for keys, args in some:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-                return pipe.execute(raise_on_error=False)
-
-        replies = send(calls)
-        # Only the calls that found no script run again: another client may have loaded it meanwhile.
-        lost = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
-        if lost:
-            self.client.script_load(script.script)
-            for i, reply in zip(lost, send([calls[i] for i in lost])):
-                replies[i] = reply
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
+        """Run a script once per (keys, args), one round trip per node; load it where a restarted server lost it."""
+        return run_script_calls(self.client, self.scripts[name], calls)
 
     def admission(self, vendor: Vendor, outcome: int, now_ms: int, at_ms: int) -> Admission:
         """Read the ADMIT script's reply."""

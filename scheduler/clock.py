@@ -30,8 +30,11 @@ def main() -> None:
     # A platform stops processes with SIGTERM; leave the blocking loop as Ctrl-C would.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     store, registry = open_store(config), load_registry(config.vendors_file)
-    redis_client = connect_redis(config.redis_url)
-    broker = build_broker(redis_client, visibility_timeout_ms=config.visibility_timeout_ms)
+    redis_client = connect_redis(config.redis_url, config.redis_cluster)
+    broker = build_broker(
+        redis_client, visibility_timeout_ms=config.visibility_timeout_ms, wait_replicas=config.redis_wait_replicas,
+        outage_retry_s=config.redis_outage_retry_s,
+    )
     outcomes = Outcomes(store, broker if config.callback_secret else None)
     lease = LeaderLease(redis_client, config.clock_lease_s)
     sweeps = {

@@ -8,11 +8,12 @@ import math
 import falcon
 import orjson
 import pymongo.errors
-import redis
+from dramatiq.errors import ConnectionClosed
 
 from queueing.breaker import CircuitBreaker
 from queueing.connection import build_broker, connect_redis
 from queueing.messages import CALLBACK_QUEUE, QUEUE_NAME
+from queueing.outages import OUTAGE_ERRORS
 from queueing.ratelimit import RateLimiter
 from service import errors
 from service.cleaning import Cleaner
@@ -53,8 +54,9 @@ def create_app(config: Config | None = None) -> falcon.App:
     configure_logging(config.log_level)
     registry = load_registry(config.vendors_file)
     store = open_store(config)
-    redis_client = connect_redis(config.redis_url)
-    broker = build_broker(redis_client)
+    redis_client = connect_redis(config.redis_url, config.redis_cluster)
+    # No riding out an outage here: a client waits for its answer, and a job left pending is the clock's.
+    broker = build_broker(redis_client, wait_replicas=config.redis_wait_replicas)
     outcomes = Outcomes(store, broker if config.callback_secret else None)
     waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry, ClientBacklogs(redis_client))
     clients = ClientStore(store.collection.database)
@@ -167,6 +169,6 @@ def add_error_handlers(app: falcon.App) -> None:
     app.add_error_handler(errors.JobFinished, job_finished)
     app.add_error_handler(errors.WebhookRejected, webhook_rejected)
     app.add_error_handler(pymongo.errors.ConnectionFailure, unavailable)
-    app.add_error_handler(redis.ConnectionError, unavailable)
-    app.add_error_handler(redis.TimeoutError, unavailable)
-    app.add_error_handler(redis.exceptions.ReadOnlyError, unavailable)  # a replica, during a failover
+    app.add_error_handler(ConnectionClosed, unavailable)
+    for outage in OUTAGE_ERRORS:  # a node down, or a cluster failing over
+        app.add_error_handler(outage, unavailable)

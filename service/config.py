@@ -35,7 +35,16 @@ class Config:
     callback_secret: str | None = field(default=None, repr=False)
     port: int = 4000
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # REDIS_URL is then the seed (any one node) of a Redis/Valkey cluster.
+    redis_cluster: bool = False
+    # How many replicas must acknowledge each queue write before it counts as done (1 by default on a cluster).
+    redis_wait_replicas: int = 0
+    # How long workers and the clock ride out a Redis outage (a failover) before they give up a write.
+    redis_outage_retry_s: float = 60.0
     mongodb_uri: str = "mongodb://127.0.0.1:27017/vendorfetch"
+    # None leaves the server's default, the only one the embedded server knows; "majority" on a replica set.
+    mongodb_write_concern: str | None = None
+    mongodb_read_concern: str | None = None
     vendors_file: str | None = None
     public_url: str = "http://127.0.0.1:4000"
     log_level: str = "INFO"
@@ -76,12 +85,18 @@ class Config:
                 "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
             )
         port = _int(env, "PORT", 4000)
+        cluster = _flag(env, "REDIS_CLUSTER")
         return cls(
             encryption_key=key,
             callback_secret=_callback_secret(env),
             port=port,
             redis_url=env.get("REDIS_URL") or cls.redis_url,
+            redis_cluster=cluster,
+            redis_wait_replicas=_at_least_zero(env, "REDIS_WAIT_REPLICAS", 1 if cluster else 0),
+            redis_outage_retry_s=_float(env, "REDIS_OUTAGE_RETRY_S", cls.redis_outage_retry_s),
             mongodb_uri=env.get("MONGODB_URI") or cls.mongodb_uri,
+            mongodb_write_concern=env.get("MONGODB_WRITE_CONCERN", "").strip() or None,
+            mongodb_read_concern=env.get("MONGODB_READ_CONCERN", "").strip() or None,
             vendors_file=env.get("VENDORS_FILE") or None,
             public_url=(env.get("PUBLIC_URL") or f"http://127.0.0.1:{port}").rstrip("/"),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
@@ -135,6 +150,13 @@ def _visibility_timeout_ms(env) -> int:
     value = _int(env, "VISIBILITY_TIMEOUT_MS", Config.visibility_timeout_ms)
     if value < MIN_VISIBILITY_TIMEOUT_MS:  # shorter, and live workers would take each other's messages
         raise ConfigError(f"VISIBILITY_TIMEOUT_MS must be at least {MIN_VISIBILITY_TIMEOUT_MS}, got {value}")
+    return value
+
+
+def _at_least_zero(env, name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 0:
+        raise ConfigError(f"{name} must be 0 or more, got {value}")
     return value
 
 

@@ -32,7 +32,7 @@ def main() -> None:
     store = open_store(config)
     store.migrate()
     ClientStore(store.collection.database).migrate()
-    forget_sweeps(connect_redis(config.redis_url), RETIRED_SWEEPS)
+    forget_sweeps(connect_redis(config.redis_url, config.redis_cluster), RETIRED_SWEEPS)
     log.info("job store migrated", extra={"database": store.collection.database.name})
 
 

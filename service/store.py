@@ -79,14 +79,21 @@ def stale_jobs(status: JobStatus, older_than: timedelta) -> dict[str, Any]:
     return {"status": status.value, "due_at": {"$lt": utcnow() - older_than}}
 
 
-def connect(mongodb_uri: str, timeout_ms: int = 2_000) -> pymongo.MongoClient:
-    """Connect lazily, with short timeouts so an outage is an error, not a hang."""
+def connect(mongodb_uri: str, timeout_ms: int = 2_000, write_concern: str | None = None,
+            read_concern: str | None = None) -> pymongo.MongoClient:
+    """Connect lazily, with short timeouts so an outage is an error, not a hang; concerns left unset keep the URI's."""
+    concerns = {}
+    if write_concern:
+        concerns["w"] = int(write_concern) if write_concern.isdigit() else write_concern
+    if read_concern:
+        concerns["readConcernLevel"] = read_concern
     return pymongo.MongoClient(
         mongodb_uri,
         tz_aware=True,
         serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms,
         socketTimeoutMS=max(timeout_ms * 5, 10_000),
+        **concerns,
     )
 
 
@@ -98,7 +105,7 @@ def jobs_collection(client: pymongo.MongoClient) -> Collection:
 def open_store(config: Config) -> JobStore:
     """Build the job store the configuration describes."""
     return JobStore(
-        jobs_collection(connect(config.mongodb_uri, config.store_timeout_ms)),
+        jobs_collection(connect(config.mongodb_uri, config.store_timeout_ms, config.mongodb_write_concern, config.mongodb_read_concern)),
         payload_cipher(config.encryption_key), timedelta(days=config.retention_days),
         keep_failed_payloads=config.keep_failed_payloads, client_callbacks=config.callback_secret is not None,
     )

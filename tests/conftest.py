@@ -39,14 +39,28 @@ def mongodb_uri(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture
-def redis_client(redis_url):
-    """Give a client on a flushed database, flushed again afterwards."""
-    client = redis.Redis.from_url(redis_url)
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory):
+    """Start a local Valkey cluster, 3 primaries and 3 replicas, for the run's cluster tests."""
+    from devtools.cluster import LocalCluster
+
+    cluster = LocalCluster(tmp_path_factory.mktemp("valkey-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+def flushed(client):
+    """Yield the client on emptied databases, empty them again afterwards and close it."""
     client.flushdb()
     yield client
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    """Give a client on a flushed database, flushed again afterwards."""
+    yield from flushed(redis.Redis.from_url(redis_url))
 
 
 @pytest.fixture(scope="session")

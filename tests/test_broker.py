@@ -53,13 +53,19 @@ def dead_letters() -> list[tuple[dramatiq.Message, str]]:
 
 
 @pytest.fixture
-def make_broker(redis_client, dead_letters) -> Iterator[Callable[..., StreamsBroker]]:
+def broker_options() -> dict:
+    """Give the options every broker of a test is built with (the cluster suite asks for replicas)."""
+    return {}
+
+
+@pytest.fixture
+def make_broker(redis_client, dead_letters, broker_options) -> Iterator[Callable[..., StreamsBroker]]:
     """Build brokers on the test's flushed database that report dead letters to dead_letters."""
     brokers: list[StreamsBroker] = []
 
     def make(**options) -> StreamsBroker:
         middleware = [TimeLimit(), Callbacks(), Pipelines(), Retries(min_backoff=50, max_backoff=100), CurrentMessage()]
-        options.setdefault("middleware", middleware)
+        options = {"middleware": middleware, **broker_options, **options}
         broker = StreamsBroker(client=redis_client, on_dead_letter=lambda m, r: dead_letters.append((m, r)), **options)
         broker.declare_queue(QUEUE)
         brokers.append(broker)
@@ -459,3 +465,14 @@ def test_redis_errors_other_than_connection_loss_propagate(broker, redis_client)
 
     with pytest.raises(redis.ResponseError):
         next(broker.consume(QUEUE, timeout=50))
+
+
+def test_a_write_no_replica_acknowledged_is_refused_and_ridden_out_no_longer_than_asked(make_broker, redis_client):
+    broker = make_broker(wait_replicas=1, outage_retry_s=0.3)  # this server has no replica
+    started = time.monotonic()
+
+    with pytest.raises(ConnectionClosed, match="0 of 1 replicas"):
+        broker.enqueue(new_message(1))
+
+    assert 0.3 <= time.monotonic() - started < 5
+    assert redis_client.xlen(QUEUE) >= 1  # applied on the primary all the same: a retry may queue it twice
