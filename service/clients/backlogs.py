@@ -11,6 +11,7 @@ once it has one (or gives the place up if the vendor refused it).
 
 from __future__ import annotations
 
+from queueing.nodes import run_script_calls
 from queueing.ratelimit_lua import NOW_MS
 from service.clients.store import Client
 from vendors.registry import Vendor
@@ -62,14 +63,11 @@ class ClientBacklogs:
         refusals: list[float | None] = [None] * len(jobs)
         if not capped:
             return refusals
-        with self.redis.pipeline(transaction=False) as pipe:
-            for _, client, vendor, request_id in capped:
-                hold_ms = round(vendor.max_wait_s * 1000)
-                self.reserve_script(keys=[waiting_key(client.name, vendor.name)],
-                                    args=[client.backlog_cap(vendor.name), request_id, hold_ms], client=pipe)
-            for (i, *_), (placed, wait_ms) in zip(capped, pipe.execute()):
-                if not placed:
-                    refusals[i] = max(wait_ms, 0) / 1000
+        calls = [([waiting_key(client.name, vendor.name)], [client.backlog_cap(vendor.name), request_id, round(vendor.max_wait_s * 1000)])
+                 for _, client, vendor, request_id in capped]
+        for (i, *_), (placed, wait_ms) in zip(capped, run_script_calls(self.redis, self.reserve_script, calls)):
+            if not placed:
+                refusals[i] = max(wait_ms, 0) / 1000
         return refusals
 
     def settle_many(self, jobs: list[tuple[Client, Vendor, str, float | None]]) -> None:
@@ -77,14 +75,16 @@ class ClientBacklogs:
         capped = [job for job in jobs if job[0].backlog_cap(job[1].name) is not None]
         if not capped:
             return
-        with self.redis.pipeline(transaction=False) as pipe:
-            for client, vendor, request_id, wait_s in capped:
-                key = waiting_key(client.name, vendor.name)
-                if wait_s is None:
+        given_up = [(waiting_key(client.name, vendor.name), request_id) for client, vendor, request_id, wait_s in capped if wait_s is None]
+        if given_up:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for key, request_id in given_up:
                     pipe.zrem(key, request_id)
-                else:
-                    self.settle_script(keys=[key], args=[request_id, round(wait_s * 1000)], client=pipe)
-            pipe.execute()
+                pipe.execute()
+        dated = [([waiting_key(client.name, vendor.name)], [request_id, round(wait_s * 1000)])
+                 for client, vendor, request_id, wait_s in capped if wait_s is not None]
+        if dated:
+            run_script_calls(self.redis, self.settle_script, dated)
 
     def release(self, client_name: str, vendor_name: str, request_id: str) -> None:
         """Give up a job's place: it was cancelled or never stored."""

@@ -16,6 +16,7 @@ import falcon
 import redis
 
 from queueing.batching import Batch
+from queueing.nodes import run_script_calls
 from service.clients.store import Client
 from service.errors import TooManyRequests
 
@@ -74,7 +75,5 @@ class RequestLimits:
         resp.set_headers(headers)
 
     def _count_many(self, names: list[str]) -> list[tuple[int, int]]:
-        with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                self.script(keys=[window_key(name)], args=[WINDOW_MS], client=pipe)
-            return [tuple(reply) for reply in pipe.execute()]
+        replies = run_script_calls(self.redis, self.script, [([window_key(name)], [WINDOW_MS]) for name in names])
+        return [tuple(reply) for reply in replies]
