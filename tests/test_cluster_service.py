@@ -10,6 +10,9 @@ from queueing.keys import dead_key, delay_key, stream_key
 from queueing.lease import LEADER_KEY, SWEEPS_KEY, LeaderLease, read_clock
 from queueing.messages import CALLBACK_QUEUE, QUEUE_NAME
 from queueing.ratelimit import RateLimiter, vendor_key
+from service.clients.backlogs import ClientBacklogs
+from service.clients.limits import RequestLimits
+from service.clients.store import Client
 from tests.conftest import flushed, with_database
 from vendors.registry import Vendor
 
@@ -68,6 +71,16 @@ def test_the_breaker_opens_on_the_node_that_holds_it(cluster_client):
     assert breaker.state(flaky) == ("closed", 1)
     breaker.failed(flaky)
     assert breaker.state(flaky) == ("open", 2) and breaker.check(flaky) > 0
+
+
+def test_client_request_counts_and_backlog_places_are_kept_on_the_nodes_that_hold_them(cluster_client):
+    cluster_client.script_flush()
+    clients = [Client(f"client-{n}", rate_per_s=2, backlog_caps={"acme": 1}) for n in range(4)]
+    counts = RequestLimits(cluster_client)._count_many([c.name for c in clients] * 2)
+    assert [count for count, _ in counts] == [1] * 4 + [2] * 4
+    backlogs = ClientBacklogs(cluster_client)
+    refusals = backlogs.reserve_many([(c, vendor("acme"), f"{c.name}-{n}") for n in range(2) for c in clients])
+    assert [refusal is None for refusal in refusals] == [True] * 4 + [False] * 4
 
 
 def test_one_clock_leads_and_its_record_reads_back(cluster_client):
