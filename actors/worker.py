@@ -62,7 +62,7 @@ def setup_worker(config: Config) -> dramatiq.Broker:
     declare_fetch_actor(broker, runner)
     if config.callback_secret:
         declare_callback_actor(
-            broker, store, EgressPolicy(config.callback_allow_networks), ClientStore(store.collection.database),
+            broker, store, EgressPolicy(config.callback_allow_networks), ClientStore(store.collection.database, store.cipher),
             config.callback_secret,
         )
     return broker

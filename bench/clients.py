@@ -24,7 +24,7 @@ from devtools import stores
 from service.app import create_app
 from service.clients.store import ClientStore
 from service.config import Config
-from service.store import connect, jobs_collection
+from service.store import open_store
 
 
 def timed(call, count: int) -> str:
@@ -49,7 +49,8 @@ def main() -> None:
     try:
         config = Config(encryption_key=Fernet.generate_key().decode(), redis_url=redis_server.url,
                         mongodb_uri=mongo_server.url, auth="open")
-        clients = ClientStore(jobs_collection(connect(config.mongodb_uri)).database)
+        store = open_store(config)
+        clients = ClientStore(store.collection.database, store.cipher)
         clients.migrate()
         _, key = clients.add("bench", rate_per_s=1_000_000)
         bearer = {"Authorization": f"Bearer {key}"}

@@ -59,7 +59,7 @@ def create_app(config: Config | None = None) -> falcon.App:
     broker = build_broker(redis_client, wait_replicas=config.redis_wait_replicas)
     outcomes = Outcomes(store, broker if config.callback_secret else None)
     waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry, ClientBacklogs(redis_client))
-    clients = ClientStore(store.collection.database)
+    clients = ClientStore(store.collection.database, store.cipher)
     jobs = Jobs(
         store, outcomes, registry, Intake(store, registry, waiting, broker), Cleaner(config.pii_keys), waiting,
         IdempotencyKeys(redis_client, config.encryption_key),

@@ -31,7 +31,7 @@ def main() -> None:
     configure_logging(config.log_level)
     store = open_store(config)
     store.migrate()
-    ClientStore(store.collection.database).migrate()
+    ClientStore(store.collection.database, store.cipher).migrate()
     forget_sweeps(connect_redis(config.redis_url, config.redis_cluster), RETIRED_SWEEPS)
     log.info("job store migrated", extra={"database": store.collection.database.name})
 

@@ -142,7 +142,7 @@ def clients(store):
     """Give the client store of this test's database, with the `public` client."""
     from service.clients.store import ClientStore
 
-    client_store = ClientStore(store.collection.database)
+    client_store = ClientStore(store.collection.database, store.cipher)
     client_store.migrate()
     return client_store
 

@@ -40,8 +40,8 @@ def receiver():
 
 def test_a_410_stops_the_callback_for_good(store, receiver):
     request_id = finished_job(store, receiver.url)
-    deliver(store, LOOPBACK, ClientStore(store.collection.database), SECRET, request_id)
-    deliver(store, LOOPBACK, ClientStore(store.collection.database), SECRET, request_id)  # a duplicate message: nothing left to send
+    deliver(store, LOOPBACK, ClientStore(store.collection.database, store.cipher), SECRET, request_id)
+    deliver(store, LOOPBACK, ClientStore(store.collection.database, store.cipher), SECRET, request_id)  # a duplicate message: nothing left to send
     job = store.collection.find_one({"_id": request_id})
     assert len(receiver.calls) == 1 and job["callback_due_at"] == CALLBACK_GIVEN_UP and "callback_delivered_at" not in job
     assert job["history"][-1]["event"] == "client callback answered 410 Gone; not retried"
@@ -52,7 +52,7 @@ def test_a_failed_attempt_is_recorded_and_retried_no_sooner_than_the_clients_ret
     try:
         request_id = finished_job(store, endpoint.url)
         with pytest.raises(dramatiq.Retry) as retry:
-            deliver(store, LOOPBACK, ClientStore(store.collection.database), SECRET, request_id)
+            deliver(store, LOOPBACK, ClientStore(store.collection.database, store.cipher), SECRET, request_id)
     finally:
         endpoint.close()
     assert retry.value.delay == 3_600_000
@@ -71,7 +71,7 @@ def test_the_callback_is_given_up_when_the_schedule_runs_out(store):
     endpoint = HostileEndpoint(answering(b"HTTP/1.1 500 Internal Server Error"))
     try:
         request_id = finished_job(store, endpoint.url, callback_attempts=len(RETRY_SCHEDULE_S))
-        deliver(store, LOOPBACK, ClientStore(store.collection.database), SECRET, request_id)  # no Retry: the last attempt
+        deliver(store, LOOPBACK, ClientStore(store.collection.database, store.cipher), SECRET, request_id)  # no Retry: the last attempt
     finally:
         endpoint.close()
     job = store.collection.find_one({"_id": request_id})
@@ -85,7 +85,7 @@ def test_a_duplicate_delivery_records_nothing_and_schedules_no_second_chain(stor
         request_id = finished_job(store, endpoint.url)
         read_before = store.get(request_id)
         with pytest.raises(dramatiq.Retry):
-            deliver(store, LOOPBACK, ClientStore(store.collection.database), SECRET, request_id)
+            deliver(store, LOOPBACK, ClientStore(store.collection.database, store.cipher), SECRET, request_id)
         # A second message for the same attempt, read before the first was recorded, loses the race.
         assert not store.callback_attempted(read_before, 1, "client callback answered 503 (attempt 1)", next_at=read_before["created_at"])
     finally:

@@ -54,6 +54,15 @@ def test_a_key_is_shown_once_and_stored_only_as_its_digest_and_prefix(clients, a
     assert submit(api, key).status_code == 202
 
 
+def test_a_clients_callback_secret_is_stored_encrypted_and_read_back_to_sign(clients):
+    client, _ = clients.add("signer")
+    rotated = clients.rotate_callback_secret("signer")
+    assert client.callback_secret.startswith("whsec_") and rotated.startswith("whsec_") and rotated != client.callback_secret
+    stored = str(list(clients.clients.find({"_id": "signer"})))
+    assert client.callback_secret not in stored and rotated not in stored and "whsec_" not in stored
+    assert clients.callback_secret("signer") == rotated == clients.get("signer").callback_secret
+
+
 def test_a_revoked_key_is_refused_within_the_cache_time(clients, api):
     _, key = clients.add("acme")
     assert submit(api, key).status_code == 202

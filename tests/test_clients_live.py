@@ -9,6 +9,7 @@ import requests
 
 from devtools.stack import BIN, Stack, free_ports, service_env, wait_until
 from service.clients.store import ClientStore
+from service.store import payload_cipher
 from tests.conftest import with_database
 from tests.scripted_vendor import scripted_vendors
 
@@ -51,7 +52,7 @@ def stack(tmp_path_factory, redis_url, mongodb_uri, mongo_client, vendors):
         stack.start("api-open", argv, f"http://127.0.0.1:{open_port}/healthz")
         stack.start_worker(threads=4)
         stack.url, stack.open_url = f"http://127.0.0.1:{keys_port}", f"http://127.0.0.1:{open_port}"
-        stack.clients = ClientStore(mongo_client[DATABASE])
+        stack.clients = ClientStore(mongo_client[DATABASE], payload_cipher(stack.env["ENCRYPTION_KEY"]))
         yield stack
     finally:
         stack.stop()

@@ -130,7 +130,7 @@ def callbacks_received(receiver):
 
 def test_a_retried_jobs_client_hears_of_its_new_outcome_under_a_webhook_id_of_its_own(keeping_store, receiver):
     fail_job_with_callback(keeping_store, receiver.url)
-    send = partial(deliver, keeping_store, LOOPBACK_ALLOWED, ClientStore(keeping_store.collection.database), CALLBACK_SECRET, "cb")
+    send = partial(deliver, keeping_store, LOOPBACK_ALLOWED, ClientStore(keeping_store.collection.database, keeping_store.cipher), CALLBACK_SECRET, "cb")
     send()
     assert keeping_store.retry("cb", "retried by an operator")
     complete_retried_job(keeping_store)
@@ -144,7 +144,7 @@ def test_a_callback_queued_just_before_a_retry_tells_the_client_only_of_the_new_
     assert keeping_store.retry("cb", "retried by an operator")
     keeping_store.mark_callback_queued("cb")  # the callback sweep, acting on what it read before the retry
     assert keeping_store.collection.find_one({"_id": "cb"})["callback_pending"]
-    send = partial(deliver, keeping_store, LOOPBACK_ALLOWED, ClientStore(keeping_store.collection.database), CALLBACK_SECRET, "cb")
+    send = partial(deliver, keeping_store, LOOPBACK_ALLOWED, ClientStore(keeping_store.collection.database, keeping_store.cipher), CALLBACK_SECRET, "cb")
     send()  # the callback that sweep queued: nothing final to tell
     complete_retried_job(keeping_store)
     send()

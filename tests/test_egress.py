@@ -90,7 +90,7 @@ def finished_job(store, callback_url):
 @pytest.mark.parametrize("url", ["http://localhost:9/hook", "http://127.0.0.2:9/hook"])
 def test_a_callback_that_resolves_outside_the_allow_list_is_refused_at_delivery_recorded_and_not_retried(store, url):
     request_id = finished_job(store, url)
-    deliver(store, ONLY_127_0_0_1 if "127.0.0.2" in url else EgressPolicy(), ClientStore(store.collection.database), SECRET, request_id)
+    deliver(store, ONLY_127_0_0_1 if "127.0.0.2" in url else EgressPolicy(), ClientStore(store.collection.database, store.cipher), SECRET, request_id)
     job = store.get(request_id)
     assert "callback_delivered_at" not in job
     assert "client callback refused" in job["history"][-1]["event"] and "is not a public address" in job["history"][-1]["event"]

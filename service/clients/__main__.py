@@ -5,7 +5,8 @@
     python -m service.clients revoke KEY_PREFIX
     python -m service.clients rotate NAME [--callback-secret]
 
-A new key (and a new callback secret) is printed once and never stored: keep it now.
+A new key is printed once and stored only as its digest; a new callback secret is printed once and stored
+encrypted with ENCRYPTION_KEY, to sign that client's callbacks. Keep both now.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 from service.clients.store import DEFAULT_RATE_PER_S, ClientError, ClientStore
 from service.config import Config
-from service.store import connect, jobs_collection
+from service.store import open_store
 
 
 def request_rate(text: str) -> int | None:
@@ -78,7 +79,8 @@ def run(clients: ClientStore, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     config = Config.from_env()
-    clients = ClientStore(jobs_collection(connect(config.mongodb_uri, config.store_timeout_ms)).database)
+    store = open_store(config)
+    clients = ClientStore(store.collection.database, store.cipher)
     try:
         run(clients, args)
     except ClientError as error:

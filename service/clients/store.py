@@ -3,6 +3,7 @@
 A key is `vf_` and a random secret. Only its SHA-256 digest is stored (as the key record's
 `_id`, so a lookup is a read by id), with its first characters kept to tell keys apart on
 screen; the key itself is shown once, when it is made. A client's name is its id: jobs carry it.
+A client's callback signing secret is stored encrypted with the payloads' cipher (ENCRYPTION_KEY).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import pymongo
 import pymongo.database
 import pymongo.errors
+from cryptography.fernet import MultiFernet
 from pymongo.collection import Collection
 
 from service.store import PUBLIC_CLIENT, utcnow
@@ -43,10 +45,11 @@ class Client:
     callback_secret: str | None = field(default=None, repr=False)  # None: the service's CALLBACK_SECRET signs
 
     @classmethod
-    def from_document(cls, document: dict[str, Any]) -> Client:
+    def from_document(cls, document: dict[str, Any], cipher: MultiFernet) -> Client:
+        secret = document.get("callback_secret")
         return cls(
             document["_id"], document.get("weight", 1), document.get("rate_per_s", DEFAULT_RATE_PER_S),
-            dict(document.get("backlog_caps") or {}), document.get("callback_secret"),
+            dict(document.get("backlog_caps") or {}), None if secret is None else cipher.decrypt(secret.encode()).decode(),
         )
 
     def backlog_cap(self, vendor_name: str) -> int | None:
@@ -79,9 +82,10 @@ def check_settings(name: str, weight: int, rate_per_s: int | None, backlog_caps:
 class ClientStore:
     """Read and change clients and their keys."""
 
-    def __init__(self, database: pymongo.database.Database) -> None:
+    def __init__(self, database: pymongo.database.Database, cipher: MultiFernet) -> None:
         self.clients: Collection = database["clients"]
         self.keys: Collection = database["api_keys"]
+        self.cipher = cipher
 
     def migrate(self) -> None:
         """Create the key index and the `public` client (idempotent).
@@ -109,15 +113,16 @@ class ClientStore:
         document = self.clients.find_one({"_id": name})
         if document is None:
             raise ClientError(f"no client is called {name!r}")
-        return Client.from_document(document)
+        return Client.from_document(document, self.cipher)
 
     def callback_secret(self, name: str | None) -> str | None:
         """Return the client's own callback signing secret, or None where it has none (the service's then signs)."""
         document = self.clients.find_one({"_id": name or PUBLIC_CLIENT}, {"callback_secret": True})
-        return (document or {}).get("callback_secret")
+        secret = (document or {}).get("callback_secret")
+        return None if secret is None else self.cipher.decrypt(secret.encode()).decode()
 
     def all(self) -> list[Client]:
-        return [Client.from_document(document) for document in self.clients.find().sort("_id", 1)]
+        return [Client.from_document(document, self.cipher) for document in self.clients.find().sort("_id", 1)]
 
     def by_key(self, key: str) -> Client | None:
         """Return the client a key that is not revoked belongs to, or None."""
@@ -125,7 +130,7 @@ class ClientStore:
         if record is None or record.get("revoked_at") is not None:
             return None
         document = self.clients.find_one({"_id": record["client"]})
-        return None if document is None else Client.from_document(document)
+        return None if document is None else Client.from_document(document, self.cipher)
 
     def keys_of(self, name: str) -> list[dict[str, Any]]:
         """Return a client's keys, newest first: their shown prefix, creation and revocation, never a digest."""
@@ -156,13 +161,16 @@ class ClientStore:
     def rotate_callback_secret(self, name: str) -> str:
         """Give the client a new callback signing secret and return it."""
         secret = new_callback_secret()
-        if self.clients.update_one({"_id": name}, {"$set": {"callback_secret": secret}}).matched_count != 1:
+        if self.clients.update_one({"_id": name}, {"$set": {"callback_secret": self._sealed(secret)}}).matched_count != 1:
             raise ClientError(f"no client is called {name!r}")
         return secret
 
-    @staticmethod
-    def _document(client: Client) -> dict[str, Any]:
+    def _document(self, client: Client) -> dict[str, Any]:
+        secret = None if client.callback_secret is None else self._sealed(client.callback_secret)
         return {
             "_id": client.name, "weight": client.weight, "rate_per_s": client.rate_per_s,
-            "backlog_caps": client.backlog_caps, "callback_secret": client.callback_secret, "created_at": utcnow(),
+            "backlog_caps": client.backlog_caps, "callback_secret": secret, "created_at": utcnow(),
         }
+
+    def _sealed(self, secret: str) -> str:
+        return self.cipher.encrypt(secret.encode()).decode()
