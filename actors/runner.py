@@ -93,7 +93,7 @@ class JobRunner:
             deadline = utcnow() + timedelta(seconds=vendor.webhook_timeout_s)
             detail = f"{vendor.name} accepted; webhook due by {deadline.isoformat()}"
             if not self.store.await_webhook(request_id, deadline, detail=detail, attempt=attempt):
-                self.store.record_attempt(request_id, attempt)  # its webhook came first and completed it
+                self.store.record_attempt(request_id, attempt)  # its webhook came first and completed it, or its client cancelled it
             return
         result, removed = self.cleaner.clean(reply.data)
         detail = f"{vendor.name} answered {reply.status_code}"

@@ -27,6 +27,8 @@ from vendors.registry import Registry, Vendor
 
 log = logging.getLogger(__name__)
 
+#: How often a cancel tries again when its job moved between its two conditional updates.
+CANCEL_TRIES = 3
 VISIBLE_FIELDS = ("vendor", "attempts", "error", "removed_keys", "created_at", "updated_at")
 
 
@@ -147,15 +149,22 @@ class Jobs:
         """
         job = self.owned(request_id, client)
         detail = "cancelled by its client"
-        if self.store.cancel_waiting(request_id, detail):
-            vendor = self.registry.get(job["vendor"])
-            if vendor is not None:
-                self.waiting.withdraw(vendor, request_id, client)
-        elif not self.store.cancel_started(request_id, detail):
-            status = self.store.get(request_id)["status"]
-            if status != JobStatus.CANCELLED.value:
-                raise JobFinished(f"job {request_id} is {status} already; only a job that has not finished can be cancelled")
-            return self.view(request_id, client)
+        # A job may move between the two tries (a webhook overdue is requested again): try while it has not finished.
+        for _ in range(CANCEL_TRIES):
+            if self.store.cancel_waiting(request_id, detail):
+                vendor = self.registry.get(job["vendor"])
+                if vendor is not None:
+                    self.waiting.withdraw(vendor, request_id, client)
+                break
+            if self.store.cancel_started(request_id, detail):
+                break
+            status = JobStatus(self.store.get(request_id)["status"])
+            if status is JobStatus.CANCELLED:
+                return self.view(request_id, client)
+            if status.is_terminal:
+                raise JobFinished(f"job {request_id} is {status.value} already; only a job that has not finished can be cancelled")
+        else:
+            raise JobFinished(f"job {request_id} kept changing state while being cancelled; try again")
         self.outcomes.finished(request_id, JobStatus.CANCELLED, detail=detail, job=job)
         return self.view(request_id, client)
 

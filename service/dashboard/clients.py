@@ -11,8 +11,8 @@ from service.dashboard.queries import stamp
 from service.states import JobStatus
 from service.store import JobStore, utcnow
 
-#: A job starts within its vendor's max_wait_s of its submission (an hour by default): the starts of
-#: the last hour are read from the jobs submitted in the last two, through the client's list index.
+#: A job starts within its vendor's max_wait_s of its submission: the starts of the last hour are
+#: read from the jobs submitted in the last two, through the client's list index.
 STARTS_LOOKBACK = timedelta(hours=2)
 
 
