@@ -5,8 +5,9 @@ Keys of a vendor ``v``, all with the hash tag ``{vendor:v}`` (one cluster slot),
 1. ``pause``     ms timestamp before which nothing may start (a 429, an exhausted quota, an open
                  circuit breaker).
 2. ``quota``     hash {remaining, reset}: what the vendor's own headers allow until reset.
-3. ``state``     hash {offset, last, jitter, jitter_at}: how far pauses have pushed the waiting
-                 jobs back, the latest planned start, and the start-to-call delay seen lately.
+3. ``state``     hash {offset, last, jitter, jitter_at, late, late_at}: how far pauses have pushed
+                 the waiting jobs back, the latest planned start, the start-to-call delay and
+                 the lateness of starts seen lately.
 4. ``waiting``   sorted set, request_id -> planned start: the jobs waiting for their time (the
                  backlog), and for a while those whose time came but were not let start yet.
 5. ``inflight``  sorted set, request_id -> lease expiry: calls in progress (with max_in_flight).
@@ -21,7 +22,9 @@ little high, never low; a window never holds more than about a thousand entries,
 limit, and a call touches only its ends.  The span of a limit is its period plus the margin:
 starts a span apart reach the vendor a period apart even if the first one's call left up to a
 margin later than the second's, and the margin is the worst start-to-call delay the workers
-reported lately (``jitter``, halving every 30 s), at least the configured floor.
+reported lately (``jitter``, halving every 30 s), at least the configured floor.  Planned starts
+are further apart by the worst lateness of starts seen lately (``late``, halving alike): a job
+that comes that much later than its plan still finds room.
 
 Admission plans each job's start in submission order: the earliest time every planned window
 has room, behind the latest planned start by the slowest limit's share of its span (waiting jobs
@@ -44,7 +47,7 @@ end
 # Shared by the scripts below.  ARGV: number of limits n, then count and period ms of each,
 # burst, margin floor ms; the script's own arguments follow (from ARGV[arg]).
 PRELUDE = NOW_MS + """
-local BUCKETS, JITTER_HALF_LIFE_MS, IN_FLIGHT_RETRY_MS, STALE_MS = 1000, 30000, 100, 600000
+local BUCKETS, HALF_LIFE_MS, IN_FLIGHT_RETRY_MS, STALE_MS, LATE_CAP_MS, LATE_WEIGHT = 1000, 30000, 100, 600000, 250, 0.1
 local pause, quota, state, waiting, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local n = tonumber(ARGV[1])
 local limits = {}
@@ -55,16 +58,26 @@ end
 local burst, floor, burst_key = tonumber(ARGV[2 * n + 2]), tonumber(ARGV[2 * n + 3]), KEYS[6 + 2 * n]
 local arg = 2 * n + 4
 local now = now_ms()
-local s = redis.call('HMGET', state, 'offset', 'last', 'jitter', 'jitter_at')
+local s = redis.call('HMGET', state, 'offset', 'last', 'jitter', 'jitter_at', 'late')
 local offset, last = tonumber(s[1] or 0), tonumber(s[2] or 0)
 local jitter, jitter_at = tonumber(s[3] or 0), tonumber(s[4] or now)
+local late = tonumber(s[5] or 0)
 
-local function jitter_now()
-  return jitter * 0.5 ^ ((now - jitter_at) / JITTER_HALF_LIFE_MS)
+-- A peak seen at `at`, halving every HALF_LIFE_MS since.
+local function decayed(peak, at)
+  return peak * 0.5 ^ ((now - at) / HALF_LIFE_MS)
 end
 
+-- The margin of the started windows: the start-to-call delays workers report.
 local function margin_now()
-  return math.max(floor, math.ceil(jitter_now()))
+  return math.max(floor, math.ceil(decayed(jitter, jitter_at)))
+end
+
+-- The planned windows' margin adds twice how late jobs come for their start on average: waiting
+-- jobs are planned that much further apart, so that one coming late seldom finds the started
+-- window full.
+local function plan_margin()
+  return margin_now() + math.ceil(late)
 end
 
 local function paused_until()
@@ -78,16 +91,16 @@ end
 
 -- Drop the buckets whose starts are all at or before `cutoff`; return the starts left.
 local function count_after(key, cutoff)
-  local count = tonumber(redis.call('LINDEX', key, 0) or 0)
-  local dropped = false
-  while count > 0 do
-    local oldest = redis.call('LINDEX', key, 1)
-    if not oldest then count = 0 break end
+  local head = redis.call('LRANGE', key, 0, 1)  -- the count and the oldest bucket
+  local count, oldest, dropped = tonumber(head[1] or 0), head[2], false
+  while count > 0 and oldest do
     local _, c, latest = entry(oldest)
     if latest > cutoff then break end
     redis.call('LREM', key, 1, oldest)
     count, dropped = count - c, true
+    oldest = redis.call('LINDEX', key, 1)
   end
+  if not oldest then count = 0 end
   if dropped then redis.call('LSET', key, 0, count) end
   return count
 end
@@ -107,7 +120,8 @@ local function free_at(key, span, limit, count)
   end
 end
 
--- Count one more start at `at` in a window holding `count`, in buckets `width` wide; keep it `ttl` ms.
+-- Count one more start at `at` in a window holding `count`, in buckets `width` wide; keep it
+-- `ttl` ms after the bucket's first start (its last comes at most a bucket's width later).
 local function add_start(key, at, width, count, ttl)
   local bucket, latest = math.floor(at / width), math.ceil(at)
   if count == 0 then
@@ -115,12 +129,12 @@ local function add_start(key, at, width, count, ttl)
     redis.call('RPUSH', key, 1, bucket .. ' 1 ' .. latest)
   else
     local b, c, l = entry(redis.call('LINDEX', key, -1))
+    redis.call('LSET', key, 0, count + 1)
     if b == bucket then
       redis.call('LSET', key, -1, bucket .. ' ' .. (c + 1) .. ' ' .. math.max(l, latest))
-    else
-      redis.call('RPUSH', key, bucket .. ' 1 ' .. latest)
+      return
     end
-    redis.call('LSET', key, 0, count + 1)
+    redis.call('RPUSH', key, bucket .. ' 1 ' .. latest)
   end
   redis.call('PEXPIRE', key, math.ceil(ttl))
 end
@@ -170,7 +184,7 @@ end
 
 -- When a job that holds no planned start would start if it joined the line now (read only).
 local function estimate_new()
-  local _, share = planned_windows(margin_now())
+  local _, share = planned_windows(plan_margin())
   local at = math.max(now, paused_until())
   if last + offset > now then at = math.max(at, last + offset + share) end
   return math.ceil(at)
@@ -199,7 +213,7 @@ end
 ACQUIRE = PRELUDE + """
 local observed, max_in_flight = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])
 local lease, member = tonumber(ARGV[arg + 2]), ARGV[arg + 3]
-if observed > jitter_now() then
+if observed > decayed(jitter, jitter_at) then
   jitter, jitter_at = observed, now
   redis.call('HSET', state, 'jitter', jitter, 'jitter_at', now)
 end
@@ -209,8 +223,13 @@ local own = redis.call('ZSCORE', waiting, member)
 if own then
   own = tonumber(own) + offset
   if own > now then return math.ceil(own - now) end  -- early: it keeps its place
+  -- Later than this, it waited for something else (a pause, a lease, a full window).
+  if now - own <= LATE_CAP_MS then
+    late = late + LATE_WEIGHT * (now - own - late)
+    redis.call('HSET', state, 'late', late)
+  end
 else
-  local at, windows, counts = plan(margin)
+  local at, windows, counts = plan(plan_margin())
   commit(member, at, windows, counts)
   if at + offset > now then return math.ceil(at + offset - now) end
 end
@@ -280,7 +299,7 @@ if redis.call('ZCOUNT', waiting, '(' .. now_v, '+inf') >= max_backlog then
   local first = redis.call('ZRANGEBYSCORE', waiting, '(' .. now_v, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   return {0, now, math.ceil(tonumber(first[2] or now_v) + offset)}
 end
-local at, windows, counts = plan(margin_now())
+local at, windows, counts = plan(plan_margin())
 if at - now_v > max_wait then return {-1, now, math.ceil(at + offset - max_wait)} end
 commit(member, at, windows, counts)
 return {1, now, math.ceil(at + offset)}
