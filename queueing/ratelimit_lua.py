@@ -5,9 +5,9 @@ Keys of a vendor ``v``, all with the hash tag ``{vendor:v}`` (one cluster slot),
 1. ``pause``     ms timestamp before which nothing may start (a 429, an exhausted quota, an open
                  circuit breaker).
 2. ``quota``     hash {remaining, reset}: what the vendor's own headers allow until reset.
-3. ``state``     hash {offset, last, jitter, jitter_at, late, late_at}: how far pauses have pushed
-                 the waiting jobs back, the latest planned start, the start-to-call delay and
-                 the lateness of starts seen lately.
+3. ``state``     hash {offset, last, jitter, jitter_at, late}: how far pauses have pushed the
+                 waiting jobs back, the latest planned start, the worst start-to-call delay seen
+                 lately, and how late jobs come for their start on average.
 4. ``waiting``   sorted set, request_id -> planned start: the jobs waiting for their time (the
                  backlog), and for a while those whose time came but were not let start yet.
 5. ``inflight``  sorted set, request_id -> lease expiry: calls in progress (with max_in_flight).
@@ -23,8 +23,8 @@ limit, and a call touches only its ends.  The span of a limit is its period plus
 starts a span apart reach the vendor a period apart even if the first one's call left up to a
 margin later than the second's, and the margin is the worst start-to-call delay the workers
 reported lately (``jitter``, halving every 30 s), at least the configured floor.  Planned starts
-are further apart by the worst lateness of starts seen lately (``late``, halving alike): a job
-that comes that much later than its plan still finds room.
+are further apart by how late jobs come for their start on average (``late``): one that comes
+that late still finds room.
 
 Admission plans each job's start in submission order: the earliest time every planned window
 has room, behind the latest planned start by the slowest limit's share of its span (waiting jobs
