@@ -143,13 +143,13 @@ def run_scenario(scenario: Scenario, mock_url: str, api_url: str, client: redis.
 
 
 def limiter_alone_us(client: redis.Redis, scenario: Scenario, count: int) -> float:
-    """Replay `count` jobs through the limiter alone, each admitted and started when due; return its Redis µs per job."""
+    """Replay `count` jobs through the limiter alone, each admitted, then started when due; return its Redis µs per job."""
     vendor = Vendor(f"replay-{scenario.name}", "sync", "", scenario.rate_limit, max_in_flight=scenario.max_in_flight)
     limiter = RateLimiter(client, Config.rate_limit_margin_ms)
     limiter.admit(vendor, "warm-up")  # loads the scripts before the count starts
     client.config_resetstat()
     for n in range(count):
-        limiter.admit(vendor, f"job-{n}")
+        time.sleep(limiter.admit(vendor, f"job-{n}").delay_ms / 1000)  # as its message would wait
         while wait_ms := limiter.acquire(vendor, f"job-{n}"):
             time.sleep(wait_ms / 1000)
         if vendor.max_in_flight:
