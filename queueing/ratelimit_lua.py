@@ -23,8 +23,8 @@ limit, and a call touches only its ends.  The span of a limit is its period plus
 starts a span apart reach the vendor a period apart even if the first one's call left up to a
 margin later than the second's, and the margin is the worst start-to-call delay the workers
 reported lately (``jitter``, halving every 30 s), at least the configured floor.  Planned starts
-are further apart by how late jobs come for their start on average (``late``): one that comes
-that late still finds room.
+are further apart by twice how late jobs come for their start on average (``late``): one that
+comes that late seldom finds its window full.
 
 Admission plans each job's start in submission order: the earliest time every planned window
 has room, behind the latest planned start by the slowest limit's share of its span (waiting jobs
@@ -47,7 +47,7 @@ end
 # Shared by the scripts below.  ARGV: number of limits n, then count and period ms of each,
 # burst, margin floor ms; the script's own arguments follow (from ARGV[arg]).
 PRELUDE = NOW_MS + """
-local BUCKETS, HALF_LIFE_MS, IN_FLIGHT_RETRY_MS, STALE_MS, LATE_CAP_MS, LATE_WEIGHT = 1000, 30000, 100, 600000, 250, 0.1
+local BUCKETS, HALF_LIFE_MS, IN_FLIGHT_RETRY_MS, STALE_MS, LATE_CAP_MS, LATE_WEIGHT = 1000, 30000, 100, 600000, 250, 0.2
 local pause, quota, state, waiting, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local n = tonumber(ARGV[1])
 local limits = {}
@@ -77,7 +77,7 @@ end
 -- jobs are planned that much further apart, so that one coming late seldom finds the started
 -- window full.
 local function plan_margin()
-  return margin_now() + math.ceil(late)
+  return margin_now() + math.ceil(2 * late)
 end
 
 local function paused_until()
