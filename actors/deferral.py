@@ -3,8 +3,9 @@
 Before a fetch runs, `VendorGate` asks the rate limiter for a start and the circuit breaker for
 a go. Without both, the message goes back to the broker's delay set for exactly the wait and is
 skipped (acknowledged) here: no thread sleeps, no retry is spent, the job is never claimed, so
-the wait is not an attempt. A start of a vendor with max_in_flight holds a lease, given back
-when the message is done with, whatever the outcome. A job that would wait past its vendor's `max_wait_s` fails instead.
+the wait is not an attempt. A job that would wait past its vendor's `max_wait_s` fails instead.
+A start for a vendor with max_in_flight holds a lease, given back when the message is done with,
+whatever the outcome.
 A vendor's 429, and the backoff after a failed attempt, reach the actor as `Deferred`, which
 re-enqueues the same way: Dramatiq's Retries middleware is left only the unexpected errors.
 """
@@ -85,8 +86,8 @@ class VendorGate(Middleware):
             if vendor is None:
                 return  # an unknown job or vendor: the runner finds nothing to do and says so
             with about_job(message.args[0], vendor.name):
-                # The limiter first: a job that gets a slot keeps its place in line even if the
-                # breaker then holds it back (an open breaker also pauses the limiter).
+                # The limiter first: a start it allows counts even if the breaker then holds the
+                # job back (an open breaker also pauses the limiter, so this is rare).
                 wait_ms, reason = self.limiter.acquire(vendor, message.args[0]), "rate_limit"
                 if not wait_ms and vendor.max_in_flight:
                     self.leases[message.message_id] = (vendor, message.args[0])
