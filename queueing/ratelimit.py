@@ -34,7 +34,7 @@ def vendor_key(vendor_name: str, part: str) -> str:
 
 @dataclass(frozen=True)
 class Admission:
-    """Whether a new job got a slot; how long until it starts (or, if refused, until trying again helps)."""
+    """Whether a new job got a planned start; how long until it starts (or, if refused, until trying again helps)."""
 
     accepted: bool
     wait_s: float
@@ -49,7 +49,7 @@ class Usage:
     started: int  # jobs started in the last period of the vendor's slowest limit
     backlog: int  # jobs waiting for a later start
     paused_s: float  # how long the vendor stays paused (a 429, an exhausted quota, an open breaker)
-    new_job_wait_s: float  # how long a job submitted now would wait for its slot
+    new_job_wait_s: float  # how long a job submitted now would wait for its start
 
 
 class RateLimiter:
