@@ -4,6 +4,8 @@ Before a fetch runs, `VendorGate` asks the rate limiter for a start and the circ
 a go. Without both, the message goes back to the broker's delay set for exactly the wait and is
 skipped (acknowledged) here: no thread sleeps, no retry is spent, the job is never claimed, so
 the wait is not an attempt. A job that would wait past its vendor's `max_wait_s` fails instead.
+A start for a vendor with max_in_flight holds a lease, given back when the message is done with,
+whatever the outcome.
 A vendor's 429, and the backoff after a failed attempt, reach the actor as `Deferred`, which
 re-enqueues the same way: Dramatiq's Retries middleware is left only the unexpected errors.
 """
@@ -15,6 +17,7 @@ from datetime import timedelta
 
 import dramatiq
 import pymongo.errors
+import redis
 from dramatiq.common import current_millis
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 
@@ -70,6 +73,7 @@ class VendorGate(Middleware):
         self.breaker = breaker
         self.store = store
         self.outcomes = outcomes
+        self.leases: dict[str, tuple[Vendor, str]] = {}  # message_id -> (vendor, request_id) of a lease held
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         logging.getLogger("dramatiq.worker.WorkerThread").addFilter(SkippedDeferrals())
@@ -82,9 +86,11 @@ class VendorGate(Middleware):
             if vendor is None:
                 return  # an unknown job or vendor: the runner finds nothing to do and says so
             with about_job(message.args[0], vendor.name):
-                # The limiter first: a job that gets a slot keeps its place in line even if the
-                # breaker then holds it back (an open breaker also pauses the limiter).
+                # The limiter first: a start it allows counts even if the breaker then holds the
+                # job back (an open breaker also pauses the limiter, so this is rare).
                 wait_ms, reason = self.limiter.acquire(vendor, message.args[0]), "rate_limit"
+                if not wait_ms and vendor.max_in_flight:
+                    self.leases[message.message_id] = (vendor, message.args[0])
                 if not wait_ms:
                     wait_ms, reason = self.breaker.check(vendor), "breaker_open"
                 if wait_ms:
@@ -94,6 +100,23 @@ class VendorGate(Middleware):
         except Exception as error:
             # Dramatiq logs and ignores any other error here, which would let the call through unchecked.
             raise GateUnavailable(f"cannot check the vendor's limits: {type(error).__name__}: {error}") from error
+
+    def after_process_message(
+        self, broker: dramatiq.Broker, message: dramatiq.Message, *, result: object = None, exception: BaseException | None = None,
+    ) -> None:
+        self.release(message)
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        self.release(message)
+
+    def release(self, message: dramatiq.Message) -> None:
+        """Give back the lease the message's start took, if any; one Redis cannot take back expires."""
+        lease = self.leases.pop(message.message_id, None)
+        if lease is not None:
+            try:
+                self.limiter.release(*lease)
+            except redis.RedisError as error:
+                log.warning("job %s: lease not given back, it expires: %s", lease[1], type(error).__name__)
 
     def wait_or_give_up(
         self, broker: dramatiq.Broker, message: dramatiq.Message, vendor: Vendor, wait_ms: int, reason: str,

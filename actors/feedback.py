@@ -19,6 +19,10 @@ class VendorFeedback:
         self.limiter = limiter
         self.breaker = breaker
 
+    def calling(self, vendor: Vendor) -> None:
+        """Note the moment the job this thread started calls its vendor."""
+        self.limiter.calling(vendor)
+
     def answered(self, vendor: Vendor, quota: Quota | None) -> None:
         """Close the breaker, and follow the vendor's quota headers where they are stricter."""
         self.breaker.succeeded(vendor)

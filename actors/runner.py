@@ -115,6 +115,7 @@ class JobRunner:
         started, outcome = time.perf_counter(), "accepted" if vendor.is_async else "ok"
         try:
             callback_url = self.webhook_auth.callback_url(self.public_url, vendor.name, request_id)
+            self.feedback.calling(vendor)
             return call_vendor(self.session, vendor, request_id, payload, callback_url)
         except VendorError as error:
             outcome = OUTCOMES[type(error)]

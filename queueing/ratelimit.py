@@ -1,14 +1,19 @@
-"""The per-vendor rate limiter shared by every process through Redis: reserve slots, start jobs.
+"""The per-vendor rate limiter shared by every process through Redis: plan starts, start jobs.
 
-A new job gets its vendor's next free slot when it is submitted, in submission order, and its
-message waits for that slot in the broker's delay set. A worker starts a job whose slot has come
-(see actors/deferral.py); vendor pushback (a 429, quota headers, an open circuit breaker) pauses
-or restricts the vendor for every worker. The jobs holding a slot in the future are the vendor's
-backlog, which bounds how much work the API accepts and tells how long each job will wait.
+A new job gets its planned start when it is submitted, in submission order, and its message
+waits for that time in the broker's delay set. A worker asks `acquire` whether the job may start
+now, else in how many ms (see actors/deferral.py): its time must have come, and every one of its
+vendor's limits, its pause and its max_in_flight must allow it. Vendor pushback (a 429, quota
+headers, an open circuit breaker) pauses or restricts the vendor for every worker. The jobs
+waiting for a later start are the vendor's backlog, which bounds how much work the API accepts
+and tells how long each job will wait. The state kept per vendor does not grow with its limits
+(see ratelimit_lua).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 
 import redis
@@ -19,8 +24,8 @@ from vendors.registry import Vendor
 
 #: Two quota reports whose reset times differ by less than this describe the same window.
 SAME_WINDOW_MS = 1_000
-#: The margin is at least this fraction (1/n) of the period: long windows get more slack for jitter.
-MARGIN_SHARE_OF_PERIOD = 100
+#: A lease outlives its call's timeout by this much: the job's claim and clean-up come before and after.
+LEASE_SLACK_MS = 2_000
 
 
 def vendor_key(vendor_name: str, part: str) -> str:
@@ -30,7 +35,7 @@ def vendor_key(vendor_name: str, part: str) -> str:
 
 @dataclass(frozen=True)
 class Admission:
-    """Whether a new job got a slot; how long until it starts (or, if refused, until trying again helps)."""
+    """Whether a new job got a planned start; how long until it starts (or, if refused, until trying again helps)."""
 
     accepted: bool
     wait_s: float
@@ -42,34 +47,36 @@ class Admission:
 class Usage:
     """A vendor's limiter state now, for operators."""
 
-    started: int  # jobs started in the last period
-    backlog: int  # jobs holding a slot in the future
+    started: int  # jobs started in the last period of the vendor's slowest limit
+    backlog: int  # jobs waiting for a later start
     paused_s: float  # how long the vendor stays paused (a 429, an exhausted quota, an open breaker)
-    new_job_wait_s: float  # how long a job submitted now would wait for its slot
+    new_job_wait_s: float  # how long a job submitted now would wait for its start
 
 
 class RateLimiter:
-    """Start jobs within each vendor's limit, pause vendors that push back, and bound backlogs."""
+    """Start jobs within each vendor's limits, pause vendors that push back, and bound backlogs."""
 
     def __init__(self, client: redis.Redis, margin_ms: int) -> None:
         self.client = client
-        # Slack for early or late starts and uneven network delays; see ratelimit_lua.
+        # The least slack for uneven delays between a start and its call; see ratelimit_lua.
         self.margin_ms = margin_ms
         # register_script only hashes the source; nothing touches the server until first use.
         self.scripts = {
             name: client.register_script(getattr(ratelimit_lua, name))
             for name in ("ACQUIRE", "RESTRICT", "ADMIT", "OUTLOOK", "USAGE")
         }
+        self.started = threading.local()  # this thread's latest start: (vendor name, monotonic s)
+        self.delays_ms: dict[str, float] = {}  # worst start-to-call delay per vendor, not reported yet
+        self.delays_lock = threading.Lock()
 
     def admit(self, vendor: Vendor, request_id: str) -> Admission:
-        """Reserve the next free slot for a new job, unless max_backlog jobs wait or it would wait past max_wait_s."""
+        """Plan a new job's start, unless max_backlog jobs wait or it would wait past max_wait_s."""
         return self.admit_many([(vendor, request_id)])[0]
 
     def admit_many(self, jobs: list[tuple[Vendor, str]]) -> list[Admission]:
         """Admit several new jobs, each as `admit` would, in submission order and one round trip."""
         calls = [
-            (self.keys(vendor, "slots", "pause"),
-             [*self.limit_args(vendor), vendor.max_backlog, round(vendor.max_wait_s * 1000), request_id])
+            (self.keys(vendor), [*self.limit_args(vendor), vendor.max_backlog, round(vendor.max_wait_s * 1000), request_id])
             for vendor, request_id in jobs
         ]
         replies = self.run_many("ADMIT", calls)
@@ -83,22 +90,44 @@ class RateLimiter:
         """Read the ADMIT script's reply."""
         refusal = {1: "", 0: f"{vendor.max_backlog} jobs are waiting already",
                    -1: f"it is paused: a new job would wait longer than {vendor.max_wait_s:g} s"}[outcome]
-        return Admission(outcome == 1, (at_ms - now_ms) / 1000, self.delay_ms(vendor, at_ms - now_ms), refusal)
+        return Admission(outcome == 1, (at_ms - now_ms) / 1000, self.delay_ms(at_ms - now_ms), refusal)
 
     def acquire(self, vendor: Vendor, request_id: str) -> int:
-        """Start the job now and return 0, or return how many ms its message should wait for its slot."""
-        keys = self.keys(vendor, "slots", "pause", "quota")
-        wait_ms = int(self.scripts["ACQUIRE"](keys=keys, args=[*self.limit_args(vendor), request_id]))
-        return self.delay_ms(vendor, wait_ms)
+        """Start the job now and return 0, or return how many ms its message should wait before asking again.
+
+        A started job of a vendor with max_in_flight holds a lease until `release`.
+        """
+        with self.delays_lock:
+            delay_ms = self.delays_ms.pop(vendor.name, -1)
+        lease_ms = round(vendor.timeout_s * 1000) + LEASE_SLACK_MS
+        args = [*self.limit_args(vendor), round(delay_ms), vendor.max_in_flight or 0, lease_ms, request_id]
+        wait_ms = int(self.scripts["ACQUIRE"](keys=self.keys(vendor), args=args))
+        if not wait_ms:
+            self.started.at = (vendor.name, time.monotonic())
+        return self.delay_ms(wait_ms)
+
+    def calling(self, vendor: Vendor) -> None:
+        """Note that the job this thread started is calling its vendor now: the delay sets the margin."""
+        name, at = getattr(self.started, "at", (None, 0.0))
+        if name != vendor.name:
+            return
+        self.started.at = (None, 0.0)
+        delay_ms = (time.monotonic() - at) * 1000
+        with self.delays_lock:  # reported with the next acquire for this vendor
+            self.delays_ms[vendor.name] = max(delay_ms, self.delays_ms.get(vendor.name, 0.0))
+
+    def release(self, vendor: Vendor, request_id: str) -> None:
+        """Give back the lease of a job whose call ended (or never came)."""
+        self.client.zrem(vendor_key(vendor.name, "inflight"), request_id)
 
     def restrict(self, vendor: Vendor, remaining: int, reset_in_s: float) -> None:
         """Allow at most `remaining` more starts in the next `reset_in_s`; 0 pauses the vendor."""
-        keys = self.keys(vendor, "slots", "pause", "quota")
-        self.scripts["RESTRICT"](keys=keys, args=[remaining, round(reset_in_s * 1000), SAME_WINDOW_MS])
+        args = [*self.limit_args(vendor), remaining, round(reset_in_s * 1000), SAME_WINDOW_MS]
+        self.scripts["RESTRICT"](keys=self.keys(vendor), args=args)
 
     def forget(self, vendor: Vendor, request_id: str) -> None:
-        """Give up the slot of a job that will not start."""
-        self.client.zrem(vendor_key(vendor.name, "slots"), request_id)
+        """Take a job that will not start out of the backlog."""
+        self.client.zrem(vendor_key(vendor.name, "waiting"), request_id)
 
     def expected_wait_s(self, vendor: Vendor, request_id: str) -> float:
         """Return how long until the job is expected to start (0 once it is due)."""
@@ -106,28 +135,29 @@ class RateLimiter:
 
     def expected_waits_s(self, jobs: list[tuple[Vendor, str]]) -> list[float]:
         """Return `expected_wait_s` of several jobs in one round trip."""
-        calls = [(self.keys(vendor, "slots", "pause"), [*self.limit_args(vendor), request_id]) for vendor, request_id in jobs]
+        calls = [(self.keys(vendor), [*self.limit_args(vendor), request_id]) for vendor, request_id in jobs]
         return [(at_ms - now_ms) / 1000 for now_ms, at_ms in self.run_many("OUTLOOK", calls)]
 
     def usage(self, vendor: Vendor) -> Usage:
-        """Report how much of its limit the vendor used in the last period, its backlog and its pause."""
-        started, backlog, paused_ms, wait_ms = self.scripts["USAGE"](keys=self.keys(vendor, "slots", "pause"), args=self.limit_args(vendor))
+        """Report how much of its slowest limit the vendor used in its last period, its backlog and its pause."""
+        args = [*self.limit_args(vendor), vendor.limits.index(vendor.limit) + 1]
+        started, backlog, paused_ms, wait_ms = self.scripts["USAGE"](keys=self.keys(vendor), args=args)
         return Usage(started, backlog, paused_ms / 1000, wait_ms / 1000)
 
-    def delay_ms(self, vendor: Vendor, wait_ms: int) -> int:
-        """Return how long a message should wait for a slot `wait_ms` away (0: start now).
-
-        It comes back half a margin before the slot: delayed messages arrive late rather than
-        early, and a start within half a margin of its slot keeps the limit.
-        """
-        return max(wait_ms - self.limit_args(vendor)[2] // 2, 1) if wait_ms > 0 else 0
+    @staticmethod
+    def delay_ms(wait_ms: int) -> int:
+        """Return how long a message should wait for a start `wait_ms` away (0: start now)."""
+        return max(wait_ms, 1) if wait_ms > 0 else 0
 
     def limit_args(self, vendor: Vendor) -> list[int]:
-        """Return the script arguments limit, period ms, margin ms and burst of a vendor."""
-        count, period_s = vendor.limit
-        period_ms = round(period_s * 1000)
-        return [count, period_ms, max(self.margin_ms, period_ms // MARGIN_SHARE_OF_PERIOD), vendor.burst]
+        """Return the scripts' leading arguments: the number of limits, each one's count and period ms, burst, margin."""
+        counts_and_periods = [part for count, period_s in vendor.limits for part in (count, round(period_s * 1000))]
+        return [len(vendor.limits), *counts_and_periods, vendor.burst, self.margin_ms]
 
     @staticmethod
-    def keys(vendor: Vendor, *parts: str) -> list[str]:
+    def keys(vendor: Vendor) -> list[str]:
+        """Return every key of the vendor's limiter state, in the order the scripts expect."""
+        periods = [round(period_s * 1000) for _, period_s in vendor.limits]
+        parts = ["pause", "quota", "state", "waiting", "inflight",
+                 *(f"started:{period}" for period in periods), *(f"planned:{period}" for period in periods), "planned:burst"]
         return [vendor_key(vendor.name, part) for part in parts]

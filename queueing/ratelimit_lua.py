@@ -1,25 +1,39 @@
 """Lua scripts of the vendor rate limiter; every key a script touches comes in KEYS.
 
-Keys of a vendor ``v`` (the hash tag puts them in one cluster slot):
+Keys of a vendor ``v``, all with the hash tag ``{vendor:v}`` (one cluster slot), in KEYS order:
 
-- ``{vendor:v}:slots``  sorted set, request_id -> start time in ms: the starts of the last window
-                        and the slots reserved for waiting jobs (its backlog).
-- ``{vendor:v}:pause``  ms timestamp before which nothing may start (a 429, an exhausted quota,
-                        an open circuit breaker).
-- ``{vendor:v}:quota``  hash {remaining, reset}: what the vendor's own headers allow until reset.
+1. ``pause``     ms timestamp before which nothing may start (a 429, an exhausted quota, an open
+                 circuit breaker).
+2. ``quota``     hash {remaining, reset}: what the vendor's own headers allow until reset.
+3. ``state``     hash {offset, last, jitter, jitter_at, late}: how far pauses have pushed the
+                 waiting jobs back, the latest planned start, the worst start-to-call delay seen
+                 lately, and how late jobs come for their start on average.
+4. ``waiting``   sorted set, request_id -> planned start: the jobs waiting for their time (the
+                 backlog), and for a while those whose time came but were not let start yet.
+5. ``inflight``  sorted set, request_id -> lease expiry: calls in progress (with max_in_flight).
+6. ``started:P`` one *window* per limit of period P ms: the starts of the last period.
+7. ``planned:P`` one window per limit: the planned starts of the period before the latest.
+8. ``planned:burst``  the window that keeps bursts to ``burst`` at once.
 
-The invariant: any limit + 1 consecutive entries of ``slots`` span at least period + margin / 2,
-so no window of the period ever holds more than ``limit`` starts, even when a start is up to
-margin / 2 early or late, or the vendor sees it up to margin / 2 later than another.  A job gets
-its slot when it is submitted, appended (submission order) at period + margin from the entry
-``limit`` places back, and behind other reservations at least (period + margin) / limit after
-the last one.  A vendor's ``burst`` (at most ``limit``) caps the slots given at once the same
-way: a slot is also burst / limit of period + margin after the entry ``burst`` places back, so
-after a burst the slots keep an even pace.  The limit is the guarantee; the burst only spreads
-the calls.  When a job comes back for its slot it starts whenever its neighbours allow, a little
-early or late; one that comes too late for that is appended again.  The jobs waiting for a
-vendor are those holding a slot in the future: the backlog needs no counter that could drift.
-Times come from the Redis server, so worker clocks need not agree.
+A window is a list whose first element is how many starts it holds, then one entry
+``"bucket count latest"`` per bucket of starts (a thousandth of the period), oldest first.  A
+bucket leaves the window once its latest start is a whole span ago, so the count is exact or a
+little high, never low; a window never holds more than about a thousand entries, whatever the
+limit, and a call touches only its ends.  The span of a limit is its period plus the margin:
+starts a span apart reach the vendor a period apart even if the first one's call left up to a
+margin later than the second's, and the margin is the worst start-to-call delay the workers
+reported lately (``jitter``, halving every 30 s), at least the configured floor.  Planned starts
+are further apart by twice how late jobs come for their start on average (``late``): one that
+comes that late seldom finds its window full.
+
+Admission plans each job's start in submission order: the earliest time every planned window
+has room, behind the latest planned start by the slowest limit's share of its span (waiting jobs
+come due one by one), and then at most ``burst`` at once.  The job's message waits in the
+broker's delay set until then.  A worker starts a job only when its time has come, the vendor is
+not paused, a lease is free (max_in_flight) and every started window has room: the started
+windows are the guarantee, the planned ones only keep jobs from waking up to be refused.  Planned
+times are kept ``offset`` ms early: a pause pushes every waiting job back at once by raising the
+offset.  Times come from the Redis server, so worker clocks need not agree.
 """
 
 # The Redis server's clock in ms, shared by every script (the circuit breaker's too).
@@ -30,106 +44,222 @@ local function now_ms()
 end
 """
 
-# Shared by the scripts below: the clock, pausing, and the expected start of a job.
+# Shared by the scripts below.  ARGV: number of limits n, then count and period ms of each,
+# burst, margin floor ms; the script's own arguments follow (from ARGV[arg]).
 PRELUDE = NOW_MS + """
+local BUCKETS, HALF_LIFE_MS, IN_FLIGHT_RETRY_MS, STALE_MS, LATE_CAP_MS, LATE_WEIGHT = 1000, 30000, 100, 600000, 250, 0.2
+local pause, quota, state, waiting, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local n = tonumber(ARGV[1])
+local limits = {}
+for i = 1, n do
+  limits[i] = {count = tonumber(ARGV[2 * i]), period = tonumber(ARGV[2 * i + 1]),
+               started = KEYS[5 + i], planned = KEYS[5 + n + i]}
+end
+local burst, floor, burst_key = tonumber(ARGV[2 * n + 2]), tonumber(ARGV[2 * n + 3]), KEYS[6 + 2 * n]
+local arg = 2 * n + 4
+local now = now_ms()
+local s = redis.call('HMGET', state, 'offset', 'last', 'jitter', 'jitter_at', 'late')
+local offset, last = tonumber(s[1] or 0), tonumber(s[2] or 0)
+local jitter, jitter_at = tonumber(s[3] or 0), tonumber(s[4] or now)
+local late = tonumber(s[5] or 0)
 
-local function score(reply)
-  if reply[2] then return tonumber(reply[2]) end
-  return nil
+-- A peak seen at `at`, halving every HALF_LIFE_MS since.
+local function decayed(peak, at)
+  return peak * 0.5 ^ ((now - at) / HALF_LIFE_MS)
 end
 
--- Pause until until_ms, and move the reserved slots so that the earliest is no sooner
--- (one uniform shift keeps their order and their spacing).
-local function pause_until(slots, pause, now, until_ms)
+-- The margin of the started windows: the start-to-call delays workers report.
+local function margin_now()
+  return math.max(floor, math.ceil(decayed(jitter, jitter_at)))
+end
+
+-- The planned windows' margin adds twice how late jobs come for their start on average: waiting
+-- jobs are planned that much further apart, so that one coming late seldom finds the started
+-- window full.
+local function plan_margin()
+  return margin_now() + math.ceil(2 * late)
+end
+
+local function paused_until()
+  return tonumber(redis.call('GET', pause) or 0)
+end
+
+local function entry(text)
+  local bucket, count, latest = string.match(text, '(%S+) (%S+) (%S+)')
+  return tonumber(bucket), tonumber(count), tonumber(latest)
+end
+
+-- Drop the buckets whose starts are all at or before `cutoff`; return the starts left.
+local function count_after(key, cutoff)
+  local head = redis.call('LRANGE', key, 0, 1)  -- the count and the oldest bucket
+  local count, oldest, dropped = tonumber(head[1] or 0), head[2], false
+  while count > 0 and oldest do
+    local _, c, latest = entry(oldest)
+    if latest > cutoff then break end
+    redis.call('LREM', key, 1, oldest)
+    count, dropped = count - c, true
+    oldest = redis.call('LINDEX', key, 1)
+  end
+  if not oldest then count = 0 end
+  if dropped then redis.call('LSET', key, 0, count) end
+  return count
+end
+
+-- The time from which a window of `span` holding `count` >= `limit` starts has room for one more.
+local function free_at(key, span, limit, count)
+  local excess, from = count - limit + 1, 1
+  while true do
+    local entries = redis.call('LRANGE', key, from, from + 31)
+    if #entries == 0 then return 0 end
+    for _, text in ipairs(entries) do
+      local _, c, latest = entry(text)
+      excess = excess - c
+      if excess <= 0 then return latest + span end
+    end
+    from = from + 32
+  end
+end
+
+-- Count one more start at `at` in a window holding `count`, in buckets `width` wide; keep it
+-- `ttl` ms after the bucket's first start (its last comes at most a bucket's width later).
+local function add_start(key, at, width, count, ttl)
+  local bucket, latest = math.floor(at / width), math.ceil(at)
+  if count == 0 then
+    redis.call('DEL', key)
+    redis.call('RPUSH', key, 1, bucket .. ' 1 ' .. latest)
+  else
+    local b, c, l = entry(redis.call('LINDEX', key, -1))
+    redis.call('LSET', key, 0, count + 1)
+    if b == bucket then
+      redis.call('LSET', key, -1, bucket .. ' ' .. (c + 1) .. ' ' .. math.max(l, latest))
+      return
+    end
+    redis.call('RPUSH', key, bucket .. ' 1 ' .. latest)
+  end
+  redis.call('PEXPIRE', key, math.ceil(ttl))
+end
+
+-- The planned windows, and the share: how far apart waiting jobs come due (the slowest limit's pace).
+local function planned_windows(margin)
+  local share, pace, windows = 0, limits[1].count, {}
+  for i, limit in ipairs(limits) do
+    local span = limit.period + margin
+    if span / limit.count > share then share, pace = span / limit.count, limit.count end
+    windows[i] = {key = limit.planned, span = span, count = limit.count, width = limit.period / BUCKETS}
+  end
+  if burst < pace then
+    windows[#windows + 1] = {key = burst_key, span = burst * share, count = burst, width = burst * share / BUCKETS}
+  end
+  return windows, share
+end
+
+-- The earliest planned start (kept offset ms early) for a job that joins the line now.
+local function plan(margin)
+  local windows, share = planned_windows(margin)
+  local now_v = now - offset
+  local at = math.max(now_v, paused_until() - offset)
+  if last > now_v then at = math.max(at, last + share) end
+  local counts, moved = {}, true
+  while moved do
+    moved = false
+    for i, w in ipairs(windows) do
+      counts[i] = count_after(w.key, at - w.span)
+      if counts[i] >= w.count then
+        local free = free_at(w.key, w.span, w.count, counts[i])
+        if free > at then at, moved = free, true end
+      end
+    end
+  end
+  return at, windows, counts
+end
+
+-- Take the planned start `at` for `member`.
+local function commit(member, at, windows, counts)
+  for i, w in ipairs(windows) do
+    add_start(w.key, at, w.width, counts[i], at - (now - offset) + w.span + w.width)
+  end
+  redis.call('HSET', state, 'last', at)
+  redis.call('ZADD', waiting, at, member)
+end
+
+-- When a job that holds no planned start would start if it joined the line now (read only).
+local function estimate_new()
+  local _, share = planned_windows(plan_margin())
+  local at = math.max(now, paused_until())
+  if last + offset > now then at = math.max(at, last + offset + share) end
+  return math.ceil(at)
+end
+
+-- Pause until until_ms, and push the waiting jobs back so that the first is due no sooner
+-- (one shift for all keeps their order and their spacing).
+local function pause_until(until_ms)
   if until_ms <= now then return end
-  local current = tonumber(redis.call('GET', pause) or 0)
-  if until_ms > current then
+  if until_ms > paused_until() then
     redis.call('SET', pause, until_ms, 'PX', until_ms - now)
   end
-  local first = score(redis.call('ZRANGEBYSCORE', slots, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1))
-  if not first or first >= until_ms then return end
-  local later = redis.call('ZRANGEBYSCORE', slots, '(' .. now, '+inf', 'WITHSCORES')
-  for i = 1, #later, 2 do
-    redis.call('ZADD', slots, tonumber(later[i + 1]) + until_ms - first, later[i])
+  local first = redis.call('ZRANGEBYSCORE', waiting, '(' .. (now - offset), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if first[2] and tonumber(first[2]) + offset < until_ms then
+    offset = until_ms - tonumber(first[2])
+    redis.call('HSET', state, 'offset', offset)
   end
-end
-
--- The earliest time a reservation appended now could start.  Behind other reservations it
--- also keeps an even pace (a window's share apart), so that waiting jobs come due one by one
--- rather than a window's worth at once, which would make the last of them start late.  At most
--- `burst` start at once: burst + 1 consecutive entries span at least burst shares.
-local function next_free(slots, pause, now, limit, spacing, burst)
-  local share = spacing / limit
-  local at = math.max(now, tonumber(redis.call('GET', pause) or 0))
-  local last = score(redis.call('ZRANGE', slots, -1, -1, 'WITHSCORES'))
-  if last and last > now then at = math.max(at, last + share) end
-  local nth = score(redis.call('ZRANGE', slots, -limit, -limit, 'WITHSCORES'))
-  if nth and nth + spacing > at then at = nth + spacing end
-  if burst < limit then
-    local bth = score(redis.call('ZRANGE', slots, -burst, -burst, 'WITHSCORES'))
-    if bth and bth + burst * share > at then at = bth + burst * share end
-  end
-  return at
 end
 
 """
 
-#: Start a job now or keep (or give) it a slot; return 0 (start now) or the ms until its slot.
-#: KEYS: slots, pause, quota.  ARGV: limit, period ms, margin ms, burst, request_id.
+#: May the job start now?  Return 0 (it started) or the ms until it should ask again.
+#: A job without a planned start (a retry, a job queued again) joins the line first.
+#: ARGV (own): start-to-call delay ms a worker saw (-1: none), max in flight (0: no cap),
+#: lease ms, request_id.
 ACQUIRE = PRELUDE + """
-local slots, pause, quota = KEYS[1], KEYS[2], KEYS[3]
-local limit, period, margin, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local member = ARGV[5]
-local now = now_ms()
-local spacing = period + margin
-local tolerated = period + margin / 2
+local observed, max_in_flight = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])
+local lease, member = tonumber(ARGV[arg + 2]), ARGV[arg + 3]
+if observed > decayed(jitter, jitter_at) then
+  jitter, jitter_at = observed, now
+  redis.call('HSET', state, 'jitter', jitter, 'jitter_at', now)
+end
+local margin = margin_now()
 
--- Does a start at `now` keep every limit + 1 consecutive entries `tolerated` apart?
-local function fits()
-  local before = redis.call('ZRANGEBYSCORE', slots, '(' .. (now - tolerated), now, 'WITHSCORES')
-  local after = redis.call('ZRANGEBYSCORE', slots, '(' .. now, '(' .. (now + tolerated), 'WITHSCORES')
-  local times = {}
-  for i = 2, #before, 2 do times[#times + 1] = tonumber(before[i]) end
-  local mine = #times + 1
-  times[mine] = now
-  for i = 2, #after, 2 do times[#times + 1] = tonumber(after[i]) end
-  for first = math.max(1, mine - limit), mine do
-    local last = first + limit
-    if last <= #times and times[last] - times[first] < tolerated then return false end
+local own = redis.call('ZSCORE', waiting, member)
+if own then
+  own = tonumber(own) + offset
+  if own > now then return math.ceil(own - now) end  -- early: it keeps its place
+  -- Later than this, it waited for something else (a pause, a lease, a full window).
+  if now - own <= LATE_CAP_MS then
+    late = late + LATE_WEIGHT * (now - own - late)
+    redis.call('HSET', state, 'late', late)
   end
-  return true
-end
-
-redis.call('ZREMRANGEBYSCORE', slots, '-inf', '(' .. (now - spacing))
--- A start is kept as member@started, and an earlier start of the same job (before a retry or a
--- redelivery) as member@<its time>: acquiring again must never erase a call already made.
-local started = member .. '@started'
-local previous = redis.call('ZSCORE', slots, started)
-if previous then
-  redis.call('ZADD', slots, previous, member .. '@' .. previous)
-  redis.call('ZREM', slots, started)
-end
-local own = tonumber(redis.call('ZSCORE', slots, member))
-if own then redis.call('ZREM', slots, member) end
-local paused = tonumber(redis.call('GET', pause) or 0) > now
-if own and not paused and fits() then
-  redis.call('ZADD', slots, now, started)  -- early or late, but within what its neighbours allow
-elseif own and own > now then
-  redis.call('ZADD', slots, own, member)  -- too early: it keeps its slot
-  return own - now
 else
-  local at = next_free(slots, pause, now, limit, spacing, burst)
-  if at > now then
-    redis.call('ZADD', slots, at, member)
-    return at - now
-  end
-  redis.call('ZADD', slots, now, started)
+  local at, windows, counts = plan(plan_margin())
+  commit(member, at, windows, counts)
+  if at + offset > now then return math.ceil(at + offset - now) end
 end
 
+-- Its time has come: the pause, the leases and every limit's window must let it start.
+local wait = paused_until() - now
+if max_in_flight > 0 then
+  redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)  -- leases of calls that ended without a word
+  if redis.call('ZCARD', inflight) >= max_in_flight then wait = math.max(wait, IN_FLIGHT_RETRY_MS) end
+end
+local counts = {}
+for i, limit in ipairs(limits) do
+  local span = limit.period + margin
+  counts[i] = count_after(limit.started, now - span)
+  if counts[i] >= limit.count then
+    wait = math.max(wait, free_at(limit.started, span, limit.count, counts[i]) - now)
+  end
+end
+if wait > 0 then return math.ceil(wait) end
+
+redis.call('ZREM', waiting, member)
+for i, limit in ipairs(limits) do
+  local width = limit.period / BUCKETS
+  add_start(limit.started, now, width, counts[i], limit.period + margin + width)
+end
+if max_in_flight > 0 then redis.call('ZADD', inflight, now + lease, member) end
 local quota_left = redis.call('HMGET', quota, 'remaining', 'reset')
 if quota_left[1] then
   if redis.call('HINCRBY', quota, 'remaining', -1) <= 0 then
-    pause_until(slots, pause, now, tonumber(quota_left[2]))
+    pause_until(tonumber(quota_left[2]))
   end
 end
 return 0
@@ -137,15 +267,13 @@ return 0
 
 #: Follow the vendor: allow at most `remaining` more starts until `reset_in` ms from now
 #: (remaining 0 pauses the vendor).  Two reports of about the same window keep the stricter.
-#: KEYS: slots, pause, quota.  ARGV: remaining, reset in ms, same-window tolerance ms.
+#: ARGV (own): remaining, reset in ms, same-window tolerance ms.
 RESTRICT = PRELUDE + """
-local slots, pause, quota = KEYS[1], KEYS[2], KEYS[3]
-local remaining, reset_in, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local now = now_ms()
+local remaining, reset_in, tolerance = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1]), tonumber(ARGV[arg + 2])
 local reset = now + reset_in
 if reset_in <= 0 then return 0 end
 if remaining <= 0 then
-  pause_until(slots, pause, now, reset)
+  pause_until(reset)
   return 1
 end
 local known = redis.call('HMGET', quota, 'remaining', 'reset')
@@ -158,46 +286,45 @@ redis.call('PEXPIRE', quota, reset - now)
 return 1
 """
 
-#: Reserve a slot for a new job, unless max_backlog jobs already hold one in the future or the
-#: job would wait longer than max_wait (the vendor is paused).
-#: Return {1, now ms, slot ms}, or {0 (backlog full) or -1 (wait too long), now ms, when to try again ms}.
-#: KEYS: slots, pause.  ARGV: limit, period ms, margin ms, burst, max backlog, max wait ms, request_id.
+#: Plan a new job's start, unless max_backlog jobs already wait or it would wait longer than
+#: max_wait (the vendor is paused).
+#: Return {1, now ms, start ms}, or {0 (backlog full) or -1 (wait too long), now ms, when to try again ms}.
+#: ARGV (own): max backlog, max wait ms, request_id.
 ADMIT = PRELUDE + """
-local slots, pause = KEYS[1], KEYS[2]
-local limit, period, margin, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local max_backlog, max_wait = tonumber(ARGV[5]), tonumber(ARGV[6])
-local now = now_ms()
-local spacing = period + margin
-if redis.call('ZCOUNT', slots, '(' .. now, '+inf') >= max_backlog then
+local max_backlog, max_wait, member = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1]), ARGV[arg + 2]
+local now_v = now - offset
+redis.call('ZREMRANGEBYSCORE', waiting, '-inf', '(' .. (now_v - STALE_MS))  -- jobs that never came
+if redis.call('ZCOUNT', waiting, '(' .. now_v, '+inf') >= max_backlog then
   -- a place frees up when the next waiting job starts
-  local first = score(redis.call('ZRANGEBYSCORE', slots, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1))
-  return {0, now, first or now}
+  local first = redis.call('ZRANGEBYSCORE', waiting, '(' .. now_v, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  return {0, now, math.ceil(tonumber(first[2] or now_v) + offset)}
 end
-local at = next_free(slots, pause, now, limit, spacing, burst)
-if at - now > max_wait then return {-1, now, at - max_wait} end
-redis.call('ZADD', slots, at, ARGV[7])
-return {1, now, at}
+local at, windows, counts = plan(plan_margin())
+if at - now_v > max_wait then return {-1, now, math.ceil(at + offset - max_wait)} end
+commit(member, at, windows, counts)
+return {1, now, math.ceil(at + offset)}
 """
 
-#: Return {now ms, expected start ms} of a job: its slot, now if it is due or running, or the
-#: next free slot if it holds none (it was queued again and no worker has seen it yet).
-#: KEYS: slots, pause.  ARGV: limit, period ms, margin ms, burst, request_id.
+#: Return {now ms, expected start ms} of a job: its planned start (now if that has passed), or
+#: where a new job would go if it holds none (it started, or it was queued again and no worker
+#: has seen it yet).  ARGV (own): request_id.
 OUTLOOK = PRELUDE + """
-local limit, period, margin, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local now = now_ms()
-local own = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[5]) or redis.call('ZSCORE', KEYS[1], ARGV[5] .. '@started'))
-if own then return {now, math.max(own, now)} end
-return {now, next_free(KEYS[1], KEYS[2], now, limit, period + margin, burst)}
+local own = redis.call('ZSCORE', waiting, ARGV[arg])
+if own then return {now, math.max(math.ceil(tonumber(own) + offset), now)} end
+return {now, estimate_new()}
 """
 
-#: Report a vendor's use of its limit, read-only: {starts in the last period, jobs holding a
-#: future slot (the backlog), ms the vendor stays paused, ms until a new job's slot}.
-#: KEYS: slots, pause.  ARGV: limit, period ms, margin ms, burst.
+#: Report a vendor's use of its limit, read-only: {starts in the last period of the limit
+#: numbered ARGV[arg], jobs waiting for a later start (the backlog), ms the vendor stays paused,
+#: ms until a new job would start}.
 USAGE = PRELUDE + """
-local limit, period, margin, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local now = now_ms()
-local started = redis.call('ZCOUNT', KEYS[1], '(' .. (now - period), now)
-local backlog = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
-local paused = math.max(tonumber(redis.call('GET', KEYS[2]) or 0) - now, 0)
-return {started, backlog, paused, next_free(KEYS[1], KEYS[2], now, limit, period + margin, burst) - now}
+local limit = limits[tonumber(ARGV[arg])]
+local started = 0
+for _, text in ipairs(redis.call('LRANGE', limit.started, 1, -1)) do
+  local _, c, latest = entry(text)
+  if latest > now - limit.period then started = started + c end
+end
+local backlog = redis.call('ZCOUNT', waiting, '(' .. (now - offset), '+inf')
+local paused = math.max(paused_until() - now, 0)
+return {started, backlog, paused, estimate_new() - now}
 """

@@ -55,8 +55,8 @@ class Config:
     orphan_after_s: float = 60.0
     sweep_interval_s: float = 15.0
     clock_lease_s: float = 15.0
-    # Added to every vendor's rate-limit period: slack for late starts and uneven network delays.
-    rate_limit_margin_ms: int = 100
+    # The least slack added to every rate-limit period; the delays workers measure raise it.
+    rate_limit_margin_ms: int = 10
     # The operator dashboard's token; None turns the dashboard off.
     admin_token: str | None = field(default=None, repr=False)
     # Keep the encrypted payload of failed and timed-out jobs until retention, so operators can retry them.

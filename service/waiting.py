@@ -97,6 +97,8 @@ class Waiting:
         for i, job in enumerate(jobs):
             if job["status"] == JobStatus.AWAITING_WEBHOOK.value:
                 estimates[i] = job.get("webhook_deadline")  # the vendor calls back by then at the latest
+            elif job["status"] == JobStatus.PROCESSING.value:
+                estimates[i] = completion_after(0.0)  # started: the limiter no longer plans it
             elif (vendor := self.registry.get(job["vendor"])) is not None:
                 asked.append((i, vendor))
         if asked:

@@ -67,8 +67,8 @@ def test_the_overview_counts_jobs_per_state_and_the_chart_counts_this_minute(par
 def test_a_vendor_row_shows_its_window_backlog_breaker_and_last_error(parts, keeping_store):
     registry, _, limiter, queries, _ = parts
     sync = registry.get("sync")
-    for n in range(12):  # 10 start in this window, 2 wait for a slot
-        limiter.admit(sync, f"job-{n}")
+    for n in range(12):  # 10 start in this window, 2 wait for their time
+        limiter.acquire(sync, f"job-{n}")
     CircuitBreaker(limiter.client).failed(sync)
     CircuitBreaker(limiter.client).failed(sync)
     failed_job(keeping_store, "x", reason="sync answered 503")

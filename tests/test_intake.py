@@ -90,7 +90,7 @@ def test_concurrent_submissions_are_each_stored_once_and_enqueued_for_their_own_
     assert set(messages) == set(request_ids)
     assert sum(due is None for _, due in messages.values()) == 10  # the first window's ten start at once
     # Each waiting job's message comes due in the order of its slot.
-    slots = {i: redis_client.zscore("{vendor:paced}:slots", i) for i in request_ids if messages[i][1] is not None}
+    slots = {i: redis_client.zscore("{vendor:paced}:waiting", i) for i in request_ids if messages[i][1] is not None}
     assert sorted(slots, key=slots.get) == sorted(slots, key=lambda i: messages[i][1])
 
 
@@ -119,7 +119,7 @@ def test_a_job_that_cannot_be_stored_fails_alone_and_gives_its_slot_back(intake,
     duplicate, fresh = submission(store, taken), submission(store)
     refused, stored = intake._take_in([duplicate, fresh])  # one batch
     assert "duplicate key" in str(refused).lower() and stored is fresh
-    assert redis_client.zscore("{vendor:paced}:slots", taken) is None
-    assert redis_client.zscore("{vendor:paced}:slots", fresh.request_id) is not None
+    assert redis_client.zscore("{vendor:paced}:waiting", taken) is None
+    assert redis_client.zscore("{vendor:paced}:waiting", fresh.request_id) is not None
     assert set(queued_messages(redis_client)) == {fresh.request_id}
     assert store.get(taken)["status"] == "queued"

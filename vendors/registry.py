@@ -9,7 +9,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 3600}
+PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 WEBHOOK_AUTH_MODES = ("signature", "token", "none")
 
 # The development registry: the two mock vendors on their default ports.
@@ -35,7 +35,7 @@ webhook_timeout_s = 300
 # Optional per-vendor settings (rate limiter, retries, circuit breaker, answer size), with their types.
 LIMIT_SETTINGS = {
     "burst": int, "max_wait_s": float, "max_backlog": int, "breaker_failures": int, "breaker_cooldown_s": float,
-    "retry_backoff_s": float, "retry_backoff_max_s": float, "max_body_bytes": int,
+    "retry_backoff_s": float, "retry_backoff_max_s": float, "max_body_bytes": int, "max_in_flight": int,
 }
 
 
@@ -44,11 +44,19 @@ class RegistryError(Exception):
 
 
 def parse_rate_limit(text: str) -> tuple[int, float]:
-    """Parse `N/second|minute|hour` into (count, period in seconds)."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(second|minute|hour)s?\s*", text)
+    """Parse `N/second|minute|hour|day` into (count, period in seconds)."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(second|minute|hour|day)s?\s*", text)
     if not match or int(match.group(1)) < 1:
-        raise RegistryError(f"rate_limit must look like '60/minute' (N/second|minute|hour), got {text!r}")
+        raise RegistryError(f"rate_limit must look like '60/minute' (N/second|minute|hour|day), got {text!r}")
     return int(match.group(1)), float(PERIOD_SECONDS[match.group(2)])
+
+
+def parse_rate_limits(text: str) -> tuple[tuple[int, float], ...]:
+    """Parse one limit or several separated by commas (`10/second, 5000/hour`), one per period."""
+    limits = tuple(parse_rate_limit(part) for part in text.split(","))
+    if len({period for _, period in limits}) < len(limits):
+        raise RegistryError(f"rate_limit names a period twice: {text!r}")
+    return limits
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,7 @@ class Vendor:
     name: str
     mode: str
     url: str
-    rate_limit: str = "60/minute"
+    rate_limit: str = "60/minute"  # one limit or several: "10/second, 5000/hour, 20000/day"
     timeout_s: float = 5.0
     max_retries: int = 5
     enabled: bool = True
@@ -72,21 +80,27 @@ class Vendor:
     breaker_cooldown_s: float = 30.0
     retry_backoff_s: float = 1.0  # the first retry waits up to this; each further one up to twice as long
     retry_backoff_max_s: float = 300.0
-    # Calls that may start at once; after them calls keep an even pace. Default: the whole limit.
+    # Calls that may start at once; after them calls keep an even pace. Default: the smallest limit.
     burst: int | None = None
     max_body_bytes: int = 1024 * 1024  # the most of an answer read; a larger one fails the call
-    limit: tuple[int, float] = field(init=False)
+    max_in_flight: int | None = None  # calls in progress at once across all workers; default: no cap
+    limits: tuple[tuple[int, float], ...] = field(init=False)  # (count, period in seconds) of each limit
+    limit: tuple[int, float] = field(init=False)  # the one with the lowest rate: it sets the sustained pace
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "limit", parse_rate_limit(self.rate_limit))
+        object.__setattr__(self, "limits", parse_rate_limits(self.rate_limit))
+        object.__setattr__(self, "limit", min(self.limits, key=lambda limit: limit[0] / limit[1]))
         for name in LIMIT_SETTINGS:
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        count, period_s = self.limit
+        if self.max_in_flight == 0:
+            raise ValueError("max_in_flight must be at least 1")
+        smallest = min(count for count, _ in self.limits)
         if self.burst is None:
-            object.__setattr__(self, "burst", count)
-        elif not 1 <= self.burst <= count:
-            raise ValueError(f"burst must be between 1 and the rate limit's {count}")
+            object.__setattr__(self, "burst", smallest)
+        elif not 1 <= self.burst <= smallest:
+            raise ValueError(f"burst must be between 1 and the smallest rate limit's {smallest}")
+        count, period_s = self.limit
         if self.max_backlog is None:
             object.__setattr__(self, "max_backlog", max(1, int(self.max_wait_s * count / period_s)))
 
