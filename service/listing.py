@@ -13,6 +13,7 @@ from service.states import JobStatus
 
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LAST_CURSOR_TIME = datetime(9999, 1, 1, tzinfo=timezone.utc)
 PARAMETERS = ("status", "vendor", "created_after", "created_before", "limit", "starting_after")
 
 
@@ -77,6 +78,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         created_ms, request_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if not isinstance(created_ms, int) or not isinstance(request_id, str):
             raise ValueError(cursor)
-        return EPOCH + timedelta(milliseconds=created_ms), request_id
+        created_at = EPOCH + timedelta(milliseconds=created_ms)
+        if created_at >= LAST_CURSOR_TIME:  # no job is that new, and the page after it could not be dated
+            raise ValueError(cursor)
+        return created_at, request_id
     except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
         raise bad("starting_after", "starting_after must be the next_cursor of an earlier page, unchanged") from None

@@ -262,7 +262,8 @@ class JobStore:
         floor = created_after or LIST_FLOOR
         width, found, last, scanned = FIRST_LIST_WINDOW, [], None, 0
         while True:
-            lower = max((upper or utcnow()) - width, floor)
+            newest = upper or utcnow()
+            lower = floor if newest - floor <= width else newest - width
             created: dict[str, Any] = {"$gte": lower} if lower > floor else {"$gt": floor}
             if upper is not None:
                 created["$lt"] = upper

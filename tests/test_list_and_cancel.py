@@ -149,11 +149,24 @@ def test_a_page_reads_the_jobs_since_the_last_page_not_all_of_the_clients(store,
     pytest.param({"created_before": "2026-13-01"}, "created_before", id="bad-date"),
     pytest.param({"starting_after": "not-a-cursor"}, "starting_after", id="bad-cursor"),
     pytest.param({"starting_after": "WzEsMl0"}, "starting_after", id="cursor-of-wrong-types"),
+    pytest.param({"starting_after": "WzI1MzQwMjMwMDc5OTAwMCwieCJd"}, "starting_after", id="cursor-at-the-calendars-end"),
     pytest.param({"sort": "asc"}, "sort", id="unknown-parameter"),
 ])
 def test_bad_list_parameters_are_400_naming_the_parameter(api, key, params, name):
     response = api.simulate_get("/jobs", headers=key, params=params)
     assert response.status_code == 400 and response.json["title"] == f"Invalid {name}"
+
+
+@pytest.mark.parametrize("params", [
+    pytest.param({"created_before": "0001-01-02T00:00:00Z"}, id="created-before-year-1"),
+    pytest.param({"created_after": "9999-12-30T00:00:00Z"}, id="created-after-year-9999"),
+    pytest.param({"created_before": "9999-12-31T23:59:59Z"}, id="created-before-the-calendars-end"),
+])
+def test_times_at_the_edges_of_the_calendar_list_what_they_hold(api, key, params):
+    submit(api, key)
+    response = api.simulate_get("/jobs", headers=key, params=params)
+    assert response.status_code == 200
+    assert len(response.json["data"]) == (1 if params.get("created_before", "").startswith("9999") else 0)
 
 
 def job_in(api, key, store, status, vendor="sync"):
