@@ -21,10 +21,8 @@ Guarantees:
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -86,10 +84,6 @@ class StreamsBroker(Broker):
         self.wait_replicas = wait_replicas
         self.outage_retry_s = outage_retry_s
         self.queues: set[str] = set()
-        # Per queue: when the delayed messages this process added come due, so that its consumer
-        # moves them then rather than at its next periodic look (a heap each).
-        self.own_etas: dict[str, list[int]] = {}
-        self.own_etas_lock = threading.Lock()
         # Per queue: the acks of this process's worker threads share their round trips.
         self.acks: dict[str, Batch] = {}
         # register_script only hashes the source; nothing touches the server until first use.
@@ -140,21 +134,9 @@ class StreamsBroker(Broker):
             for reply in self.write(stream_key(queue_name), partial(self._add, entries)):
                 if isinstance(reply, Exception):
                     raise reply
-        with self.own_etas_lock:
-            for message, _, delay in enqueued:
-                if delay:
-                    heapq.heappush(self.own_etas.setdefault(message.queue_name, []), message.options["eta"])
         for message, _, delay in enqueued:
             self.emit_after("enqueue", message, delay)
         return [message for message, _, _ in enqueued]
-
-    def next_own_eta(self, queue_name: str, moved_until_ms: int) -> int | None:
-        """Return when the next delayed message this process added to the queue comes due, after those moved by now."""
-        with self.own_etas_lock:
-            etas = self.own_etas.get(queue_name, [])
-            while etas and etas[0] <= moved_until_ms:
-                heapq.heappop(etas)
-            return etas[0] if etas else None
 
     @staticmethod
     def _add(entries: list[tuple[dramatiq.Message, bytes, int | None]], pipe: redis.client.Pipeline) -> None:

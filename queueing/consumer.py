@@ -32,7 +32,7 @@ PRUNE_INTERVAL_MS = 60_000
 #: The longest XREADGROUP BLOCK, kept well under redis-py's default 5 s socket timeout.
 MAX_BLOCK_MS = 1_000
 #: How often a consumer looks for due delayed messages that others added (retries, deferrals):
-#: the lateness of a delayed message another process added is at most this (its own come due on time).
+#: the lateness of a delayed message is at most this.
 DELAY_CHECK_INTERVAL_MS = 100
 
 
@@ -78,7 +78,6 @@ class StreamsConsumer(Consumer):
         self.claim_interval_ms = max(broker.visibility_timeout_ms // 4, 10)
         self.next_claim_ms = 0
         self.next_delay_check_ms = 0
-        self.delays_moved_until_ms = 0
         self.next_prune_ms = current_millis() + min(PRUNE_INTERVAL_MS, broker.dead_consumer_idle_ms)
 
     def __next__(self) -> StreamMessageProxy | None:
@@ -108,12 +107,7 @@ class StreamsConsumer(Consumer):
 
     def wake_up_ms(self, deadline_ms: int) -> int:
         """Return when the next fetch must return: at the deadline, the next chore, or MAX_BLOCK_MS."""
-        return min(deadline_ms, self.next_claim_ms, self.delay_check_ms(), current_millis() + MAX_BLOCK_MS)
-
-    def delay_check_ms(self) -> int:
-        """Return when to look for due delayed messages next: periodically, or when one this process added comes due."""
-        own = self.broker.next_own_eta(self.queue_name, self.delays_moved_until_ms)
-        return self.next_delay_check_ms if own is None else min(self.next_delay_check_ms, own)
+        return min(deadline_ms, self.next_claim_ms, self.next_delay_check_ms, current_millis() + MAX_BLOCK_MS)
 
     def wait_for_room(self, until_ms: int) -> int:
         """Wait until half the prefetch is free; return the free room, or 0 if it never was."""
@@ -176,7 +170,7 @@ class StreamsConsumer(Consumer):
             self.group_ready = True
         now_ms = current_millis()
         try:
-            if now_ms >= self.delay_check_ms():
+            if now_ms >= self.next_delay_check_ms:
                 self.move_due_delays(now_ms)
             if now_ms >= self.next_claim_ms:
                 self.next_claim_ms = now_ms + self.claim_interval_ms
@@ -194,7 +188,6 @@ class StreamsConsumer(Consumer):
         moved, next_eta = DELAY_BATCH_SIZE, None
         while moved == DELAY_BATCH_SIZE:
             moved, next_eta = self.broker.run_script("MOVE_DUE", keys, [now_ms, DELAY_BATCH_SIZE])
-        self.delays_moved_until_ms = now_ms
         # Others may add earlier delays at any time, so look again soon.
         self.next_delay_check_ms = now_ms + min(self.timeout_ms, DELAY_CHECK_INTERVAL_MS)
         if next_eta is not None:

@@ -18,7 +18,6 @@ from devtools.stack import wait_until
 from devtools.stores import free_port
 from queueing import deadletters
 from queueing.broker import StreamsBroker
-from queueing import consumer as consumer_module
 from queueing.consumer import StreamsConsumer
 from queueing.keys import dead_key, delay_key
 
@@ -200,21 +199,6 @@ def test_delayed_message_is_not_run_before_its_time_and_is_run_after(broker, sta
 
     assert len(ran_at) == 1 and ran_at[0] >= message.options["eta"] / 1000
     assert "eta" not in recorder.processed_options[0]
-
-
-def test_a_consumer_moves_a_delayed_message_of_its_own_process_when_due_not_at_its_next_periodic_look(
-    make_broker, monkeypatch,
-):
-    monkeypatch.setattr(consumer_module, "DELAY_CHECK_INTERVAL_MS", 600_000)
-    broker, other_process = make_broker(), make_broker()
-    broker.declare_queue(QUEUE)
-    consumer = broker.consume(QUEUE, prefetch=2, timeout=60_000)
-    consumer.maintain()  # its first look finds nothing delayed: the next periodic one is a minute away
-    started = time.monotonic()
-    other_process.enqueue(new_message("theirs"), delay=200)
-    broker.enqueue(new_message("mine"), delay=300)
-    assert {next_message(consumer).args[0] for _ in range(2)} == {"mine", "theirs"}  # both due by then
-    assert time.monotonic() - started < 30
 
 
 def test_delays_are_kept_in_redis_not_in_worker_memory(broker):
