@@ -3,7 +3,7 @@
 A submission needs a slot in its vendor's backlog (Redis), its document stored (MongoDB), then
 its message in the queue (Redis), in that order: a worker must find the job when the message
 comes. Every submission waiting when a batch starts goes through the three steps together, one
-round trip each (service/batching.py), so under load the cost per job falls as batches grow.
+round trip each (queueing/batching.py), so under load the cost per job falls as batches grow.
 """
 
 from __future__ import annotations

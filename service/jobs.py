@@ -144,7 +144,7 @@ class Jobs:
     def cancel(self, request_id: str, client: str) -> dict[str, Any]:
         """Cancel the client's job unless it already finished otherwise (JobFinished); return what the client sees of it.
 
-        A job whose vendor was not called gives its slot back; the call of a started one finishes
+        A job whose vendor was not called leaves its vendor's backlog; the call of a started one finishes
         and what it brings is discarded. Cancelling a cancelled job answers the same again.
         """
         job = self.owned(request_id, client)
