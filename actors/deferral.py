@@ -89,6 +89,8 @@ class VendorGate(Middleware):
                 # The limiter first: a start it allows counts even if the breaker then holds the
                 # job back (an open breaker also pauses the limiter, so this is rare).
                 wait_ms, reason = self.limiter.acquire(vendor, message.args[0]), "rate_limit"
+                if wait_ms is None:  # its job was cancelled while it waited: nothing is left to do
+                    raise SkipMessage("withdrawn")
                 if not wait_ms and vendor.max_in_flight:
                     self.leases[message.message_id] = (vendor, message.args[0])
                 if not wait_ms:

@@ -63,7 +63,7 @@ class RateLimiter:
         # register_script only hashes the source; nothing touches the server until first use.
         self.scripts = {
             name: client.register_script(getattr(ratelimit_lua, name))
-            for name in ("ACQUIRE", "RESTRICT", "ADMIT", "OUTLOOK", "USAGE")
+            for name in ("ACQUIRE", "RESTRICT", "ADMIT", "OUTLOOK", "USAGE", "WITHDRAW")
         }
         self.started = threading.local()  # this thread's latest start: (vendor name, monotonic s)
         self.delays_ms: dict[str, float] = {}  # worst start-to-call delay per vendor, not reported yet
@@ -92,16 +92,19 @@ class RateLimiter:
                    -1: f"it is paused: a new job would wait longer than {vendor.max_wait_s:g} s"}[outcome]
         return Admission(outcome == 1, (at_ms - now_ms) / 1000, self.delay_ms(at_ms - now_ms), refusal)
 
-    def acquire(self, vendor: Vendor, request_id: str) -> int:
+    def acquire(self, vendor: Vendor, request_id: str) -> int | None:
         """Start the job now and return 0, or return how many ms its message should wait before asking again.
 
-        A started job of a vendor with max_in_flight holds a lease until `release`.
+        None: the job was withdrawn (`withdraw`) and must not start. A started job of a vendor with
+        max_in_flight holds a lease until `release`.
         """
         with self.delays_lock:
             delay_ms = self.delays_ms.pop(vendor.name, -1)
         lease_ms = round(vendor.timeout_s * 1000) + LEASE_SLACK_MS
         args = [*self.limit_args(vendor), round(delay_ms), vendor.max_in_flight or 0, lease_ms, request_id]
         wait_ms = int(self.scripts["ACQUIRE"](keys=self.keys(vendor), args=args))
+        if wait_ms < 0:
+            return None
         if not wait_ms:
             self.started.at = (vendor.name, time.monotonic())
         return self.delay_ms(wait_ms)
@@ -128,6 +131,10 @@ class RateLimiter:
     def forget(self, vendor: Vendor, request_id: str) -> None:
         """Take a job that will not start out of the backlog."""
         self.client.zrem(vendor_key(vendor.name, "waiting"), request_id)
+
+    def withdraw(self, vendor: Vendor, request_id: str) -> None:
+        """Take a job that must not start (cancelled) out of the backlog; its message, if it comes, takes no start."""
+        self.scripts["WITHDRAW"](keys=self.keys(vendor), args=[*self.limit_args(vendor), request_id])
 
     def expected_wait_s(self, vendor: Vendor, request_id: str) -> float:
         """Return how long until the job is expected to start (0 once it is due)."""

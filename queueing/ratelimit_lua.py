@@ -9,7 +9,9 @@ Keys of a vendor ``v``, all with the hash tag ``{vendor:v}`` (one cluster slot),
                  waiting jobs back, the latest planned start, the worst start-to-call delay seen
                  lately, and how late jobs come for their start on average.
 4. ``waiting``   sorted set, request_id -> planned start: the jobs waiting for their time (the
-                 backlog), and for a while those whose time came but were not let start yet.
+                 backlog), and for a while those whose time came but were not let start yet;
+                 ``request_id@withdrawn`` marks a job that will not start (cancelled) until
+                 its message comes, scored in the past so that it counts in no backlog.
 5. ``inflight``  sorted set, request_id -> lease expiry: calls in progress (with max_in_flight).
 6. ``started:P`` one *window* per limit of period P ms: the starts of the last period.
 7. ``planned:P`` one window per limit: the planned starts of the period before the latest.
@@ -206,8 +208,9 @@ end
 
 """
 
-#: May the job start now?  Return 0 (it started) or the ms until it should ask again.
-#: A job without a planned start (a retry, a job queued again) joins the line first.
+#: May the job start now?  Return 0 (it started), the ms until it should ask again, or -1 (it was
+#: withdrawn: its message has nothing left to do).  A job without a planned start (a retry, a job
+#: queued again) joins the line first.
 #: ARGV (own): start-to-call delay ms a worker saw (-1: none), max in flight (0: no cap),
 #: lease ms, request_id.
 ACQUIRE = PRELUDE + """
@@ -220,6 +223,7 @@ end
 local margin = margin_now()
 
 local own = redis.call('ZSCORE', waiting, member)
+if not own and redis.call('ZREM', waiting, member .. '@withdrawn') == 1 then return -1 end
 if own then
   own = tonumber(own) + offset
   if own > now then return math.ceil(own - now) end  -- early: it keeps its place
@@ -262,6 +266,15 @@ if quota_left[1] then
     pause_until(tonumber(quota_left[2]))
   end
 end
+return 0
+"""
+
+#: Take a job that will not start out of the backlog, and mark it withdrawn so that its message,
+#: when it comes, takes no start.  ARGV (own): request_id.
+WITHDRAW = PRELUDE + """
+local member = ARGV[arg]
+redis.call('ZREM', waiting, member)
+redis.call('ZADD', waiting, now - offset - 1, member .. '@withdrawn')
 return 0
 """
 

@@ -85,7 +85,7 @@ class Waiting:
     def withdraw(self, vendor: Vendor, request_id: str, client_name: str) -> None:
         """Give up the slot of a job that will not start (not stored, or cancelled), if Redis allows."""
         try:
-            self.limiter.forget(vendor, request_id)
+            self.limiter.withdraw(vendor, request_id)
             self.backlogs.release(client_name, vendor.name, request_id)
         except redis.RedisError:
             pass  # the slot passes unused

@@ -180,6 +180,17 @@ def test_a_job_that_gives_up_its_start_frees_its_place(limiter):
     assert limiter.admit(acme, "c").accepted
 
 
+def test_a_withdrawn_job_frees_its_place_and_its_message_takes_no_start_when_it_comes(limiter):
+    acme = vendor("1/minute", max_backlog=1)
+    assert [limiter.admit(acme, name).accepted for name in ("a", "b", "c")] == [True, True, False]
+    assert limiter.acquire(acme, "a") == 0
+    limiter.withdraw(acme, "b")  # cancelled while it waited
+    assert limiter.admit(acme, "c").accepted and limiter.usage(acme).backlog == 1
+    assert limiter.acquire(acme, "b") is None  # its message came: it is dropped, not planned again
+    assert limiter.acquire(acme, "b") > 0  # the mark is used up: a later message of it waits like any other
+    assert limiter.usage(acme).started == 1
+
+
 def test_scripts_a_restarted_server_lost_are_loaded_again(limiter, redis_client):
     acme = vendor("2/second")
     assert limiter.admit(acme, "before").accepted
