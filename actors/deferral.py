@@ -91,9 +91,9 @@ class VendorGate(Middleware):
                 wait_ms, reason = self.limiter.acquire(vendor, message.args[0]), "rate_limit"
                 if wait_ms is None:  # its job was cancelled while it waited: nothing is left to do
                     raise SkipMessage("withdrawn")
-                if not wait_ms and vendor.max_in_flight:
-                    self.leases[message.message_id] = (vendor, message.args[0])
                 if not wait_ms:
+                    if vendor.max_in_flight:
+                        self.leases[message.message_id] = (vendor, message.args[0])
                     wait_ms, reason = self.breaker.check(vendor), "breaker_open"
                 if wait_ms:
                     self.wait_or_give_up(broker, message, vendor, wait_ms, reason)

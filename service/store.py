@@ -55,6 +55,17 @@ def push_history(entry: dict[str, Any]) -> dict[str, Any]:
     return {"history": {"$each": [entry], "$slice": -HISTORY_LIMIT}}
 
 
+def write_errors(error: pymongo.errors.BulkWriteError) -> dict[int, pymongo.errors.WriteError]:
+    """Return, by its index in the bulk, the error of each write a bulk write refused."""
+    return {failure["index"]: pymongo.errors.WriteError(failure["errmsg"], failure["code"], failure)
+            for failure in error.details["writeErrors"]}
+
+
+def log_entered(state: JobStatus, request_id: str, detail: str | None) -> None:
+    """Log a job's move into a state that is not final (a final state is logged by service/outcomes.py)."""
+    log.info("job %s", state.value, extra={"request_id": request_id, "state": state.value, "detail": detail})
+
+
 def payload_cipher(encryption_key: str) -> MultiFernet:
     """Build the payload cipher; ENCRYPTION_KEY may list several keys, newest first, for rotation."""
     return MultiFernet([Fernet(key.strip()) for key in encryption_key.split(",") if key.strip()])
@@ -221,11 +232,8 @@ class JobStore:
         try:
             self.collection.insert_many(jobs, ordered=False)
         except pymongo.errors.BulkWriteError as error:
-            refused = {failure["index"]: failure for failure in error.details["writeErrors"]}
-            return [
-                pymongo.errors.WriteError(refused[i]["errmsg"], refused[i]["code"], refused[i]) if i in refused else None
-                for i in range(len(jobs))
-            ]
+            refused = write_errors(error)
+            return [refused.get(i) for i in range(len(jobs))]
         return [None] * len(jobs)
 
     def get(self, request_id: str) -> dict[str, Any]:
@@ -289,13 +297,13 @@ class JobStore:
     ) -> bool:
         """Apply `event` to the job as one conditional update; tell whether the job moved.
 
-        This is the only writer of `status` (with `_claim_many`, which writes the same updates in
-        bulk); see `_transition` for what every event writes.
+        This is the only writer of `status` (with `_claim_many` and `_complete_many`, which write
+        the same updates in bulk); see `_transition` for what every event writes.
         """
         query, update = self._transition(event, request_id, detail, guarded_by, fields, inc, attempt)
         moved = self.collection.update_one(query, update).modified_count == 1
-        if moved and not event.enters.is_terminal:  # a final state is logged by whoever finished the job (service/outcomes.py)
-            log.info("job %s", event.enters.value, extra={"request_id": request_id, "state": event.enters.value, "detail": detail})
+        if moved and not event.enters.is_terminal:
+            log_entered(event.enters, request_id, detail)
         return moved
 
     def _transition(
@@ -424,7 +432,7 @@ class JobStore:
         if job is None:
             return None
         # Logged here, not on the flushing thread, so that the line carries the job's context (service/logs.py).
-        log.info("job %s", JobStatus.PROCESSING.value, extra={"request_id": request_id, "state": JobStatus.PROCESSING.value})
+        log_entered(JobStatus.PROCESSING, request_id, None)
         if "payload" in job:
             job["payload"] = orjson.loads(self.cipher.decrypt(job["payload"].encode()))
         return job
@@ -506,8 +514,7 @@ class JobStore:
                 return [self._complete_many([completion])[0] for completion in completions]
             return [UnstorableResult(f"the vendor's data cannot be stored: {type(error).__name__}")]
         except pymongo.errors.BulkWriteError as error:
-            refused = {failure["index"]: pymongo.errors.WriteError(failure["errmsg"], failure["code"], failure)
-                       for failure in error.details["writeErrors"]}
+            refused = write_errors(error)
         request_ids = list({request_id for request_id, *_ in completions})
         marked = {job["_id"]: job.get("completed_by") for job in self.collection.find({"_id": {"$in": request_ids}}, {"completed_by": True})}
         return [refused.get(i, marked.get(request_id) == token) for i, ((request_id, *_), token) in enumerate(zip(completions, tokens))]

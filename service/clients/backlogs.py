@@ -89,9 +89,3 @@ class ClientBacklogs:
     def release(self, client_name: str, vendor_name: str, request_id: str) -> None:
         """Give up a job's place: it was cancelled or never stored."""
         self.redis.zrem(waiting_key(client_name, vendor_name), request_id)
-
-    def waiting(self, client_name: str, vendor_name: str) -> int:
-        """Return how many of the client's jobs wait for the vendor (counted only where the client has a cap)."""
-        return self.redis.eval(
-            NOW_MS + "return redis.call('ZCOUNT', KEYS[1], '(' .. now_ms(), '+inf')", 1, waiting_key(client_name, vendor_name),
-        )

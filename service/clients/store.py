@@ -46,15 +46,19 @@ class Client:
 
     @classmethod
     def from_document(cls, document: dict[str, Any], cipher: MultiFernet) -> Client:
-        secret = document.get("callback_secret")
         return cls(
             document["_id"], document.get("weight", 1), document.get("rate_per_s", DEFAULT_RATE_PER_S),
-            dict(document.get("backlog_caps") or {}), None if secret is None else cipher.decrypt(secret.encode()).decode(),
+            dict(document.get("backlog_caps") or {}), unsealed(cipher, document.get("callback_secret")),
         )
 
     def backlog_cap(self, vendor_name: str) -> int | None:
         """Return how many of this client's jobs may wait for the vendor, or None for no cap of its own."""
         return self.backlog_caps.get(vendor_name)
+
+
+def unsealed(cipher: MultiFernet, secret: str | None) -> str | None:
+    """Return a callback secret as stored, decrypted (None stays None)."""
+    return None if secret is None else cipher.decrypt(secret.encode()).decode()
 
 
 def digest(key: str) -> str:
@@ -118,8 +122,7 @@ class ClientStore:
     def callback_secret(self, name: str | None) -> str | None:
         """Return the client's own callback signing secret, or None where it has none (the service's then signs)."""
         document = self.clients.find_one({"_id": name or PUBLIC_CLIENT}, {"callback_secret": True})
-        secret = (document or {}).get("callback_secret")
-        return None if secret is None else self.cipher.decrypt(secret.encode()).decode()
+        return unsealed(self.cipher, (document or {}).get("callback_secret"))
 
     def all(self) -> list[Client]:
         return [Client.from_document(document, self.cipher) for document in self.clients.find().sort("_id", 1)]
