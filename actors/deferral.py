@@ -1,7 +1,7 @@
 """Defer fetch messages instead of blocking a thread or spending a retry.
 
 Before a fetch runs, `VendorGate` asks the rate limiter for a start and the circuit breaker for
-a go. Without both, the message goes back to the broker's delay set for exactly the wait and is
+a go, and enqueues the messages of the jobs the limiter dispatched meanwhile (their turn came). Without both, the message goes back to the broker's delay set for exactly the wait and is
 skipped (acknowledged) here: no thread sleeps, no retry is spent, the job is never claimed, so
 the wait is not an attempt. A job that would wait past its vendor's `max_wait_s` fails instead.
 A start for a vendor with max_in_flight holds a lease, given back when the message is done with,
@@ -22,7 +22,7 @@ from dramatiq.common import current_millis
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 
 from queueing.breaker import CircuitBreaker
-from queueing.messages import FETCH_ACTOR
+from queueing.messages import FETCH_ACTOR, enqueue_dispatched
 from queueing.ratelimit import RateLimiter
 from service.errors import JobNotFound
 from service.logs import about_job
@@ -88,7 +88,9 @@ class VendorGate(Middleware):
             with about_job(message.args[0], vendor.name):
                 # The limiter first: a start it allows counts even if the breaker then holds the
                 # job back (an open breaker also pauses the limiter, so this is rare).
-                wait_ms, reason = self.limiter.acquire(vendor, message.args[0]), "rate_limit"
+                grant = self.limiter.acquire(vendor, message.args[0])
+                enqueue_dispatched(broker, vendor.name, grant.dispatched)
+                wait_ms, reason = grant.wait_ms, "rate_limit"
                 if wait_ms is None:  # its job was cancelled while it waited: nothing is left to do
                     raise SkipMessage("withdrawn")
                 if not wait_ms:

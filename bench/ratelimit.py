@@ -34,7 +34,7 @@ import requests
 
 from devtools import stores
 from devtools.stack import Stack, free_ports, service_env, wait_until
-from queueing.ratelimit import RateLimiter
+from queueing.ratelimit import NewJob, RateLimiter
 from service.config import Config
 from service.states import JobStatus
 from service.store import connect, jobs_collection
@@ -146,11 +146,11 @@ def limiter_alone_us(client: redis.Redis, scenario: Scenario, count: int) -> flo
     """Replay `count` jobs through the limiter alone, each admitted, then started when due; return its Redis µs per job."""
     vendor = Vendor(f"replay-{scenario.name}", "sync", "", scenario.rate_limit, max_in_flight=scenario.max_in_flight)
     limiter = RateLimiter(client, Config.rate_limit_margin_ms)
-    limiter.admit(vendor, "warm-up")  # loads the scripts before the count starts
+    limiter.admit(NewJob(vendor, "warm-up"))  # loads the scripts before the count starts
     client.config_resetstat()
     for n in range(count):
-        time.sleep(limiter.admit(vendor, f"job-{n}").delay_ms / 1000)  # as its message would wait
-        while wait_ms := limiter.acquire(vendor, f"job-{n}"):
+        time.sleep(limiter.admit(NewJob(vendor, f"job-{n}")).delay_ms / 1000)  # as its message would wait
+        while wait_ms := limiter.acquire(vendor, f"job-{n}").wait_ms:
             time.sleep(wait_ms / 1000)
         if vendor.max_in_flight:
             limiter.release(vendor, f"job-{n}")

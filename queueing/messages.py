@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dramatiq
 
+from queueing.ratelimit import Dispatched
+
 QUEUE_NAME = "job-queue"
 FETCH_ACTOR = "fetch_job"
 CALLBACK_QUEUE = "client-callbacks"
@@ -33,6 +35,12 @@ def enqueue_fetch(
 ) -> None:
     """Queue the job for a worker, due in `delay_ms` (its rate-limit slot); see fetch_message."""
     broker.enqueue(fetch_message(request_id, message_id, vendor=vendor, client=client), delay=delay_ms)
+
+
+def enqueue_dispatched(broker: dramatiq.Broker, vendor: str, dispatched: list[Dispatched]) -> None:
+    """Queue the messages of a vendor's jobs whose turn came, each due at its planned start, in one round trip."""
+    if dispatched:
+        broker.enqueue_many([(fetch_message(job.request_id, vendor=vendor, client=job.client), job.delay_ms) for job in dispatched])
 
 
 def request_id_of(message: dramatiq.Message | None, actor_name: str = FETCH_ACTOR) -> str | None:

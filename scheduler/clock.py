@@ -12,13 +12,17 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 from queueing.connection import build_broker, connect_redis
 from queueing.lease import LeaderLease
+from queueing.ratelimit import RateLimiter
 from scheduler.runs import run_if_leader
-from scheduler.sweeps import purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
+from scheduler.sweeps import dispatch_waiting, purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
 from service.config import Config
 from service.logs import configure_logging
 from service.outcomes import Outcomes
 from service.store import open_store
 from vendors.registry import load_registry
+
+#: How often the clock dispatches jobs whose turn came where no worker did (a seldom gap: see dispatch_waiting).
+DISPATCH_INTERVAL_S = 1
 
 
 def main() -> None:
@@ -37,17 +41,20 @@ def main() -> None:
     )
     outcomes = Outcomes(store, broker if config.callback_secret else None)
     lease = LeaderLease(redis_client, config.clock_lease_s)
+    limiter = RateLimiter(redis_client, config.rate_limit_margin_ms)
     sweeps = {
         "webhook_timeouts": partial(time_out_webhooks, store, outcomes, registry, broker),
-        "orphans": partial(requeue_orphans, store, registry, broker, timedelta(seconds=config.orphan_after_s)),
+        "orphans": partial(requeue_orphans, store, registry, broker, limiter, timedelta(seconds=config.orphan_after_s)),
         "retention": partial(purge_expired_jobs, store),
     }
     if config.callback_secret:
         sweeps["missed_callbacks"] = partial(queue_missed_callbacks, store, broker, timedelta(seconds=config.orphan_after_s))
     scheduler = BlockingScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
+    intervals = {name: config.sweep_interval_s for name in sweeps}
+    sweeps["dispatch"], intervals["dispatch"] = partial(dispatch_waiting, limiter, registry, broker), DISPATCH_INTERVAL_S
     for name, sweep in sweeps.items():
         scheduler.add_job(
-            run_if_leader, "interval", seconds=config.sweep_interval_s, id=name, args=(lease, redis_client, name, sweep),
+            run_if_leader, "interval", seconds=intervals[name], id=name, args=(lease, redis_client, name, sweep),
         )
     lease.start()
     try:

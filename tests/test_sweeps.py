@@ -124,11 +124,11 @@ def test_old_pending_and_queued_jobs_without_a_message_are_enqueued_again(store,
     pending, queued = new_job(store), new_job(store)
     store.leave_pending(pending, "enqueue failed")
     age(store, pending), age(store, queued)
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1)) == {"pending": 1, "queued": 1, "processing": 0}
+    assert requeue_orphans(store, REGISTRY, broker, RateLimiter(broker.client, 20), timedelta(minutes=1)) == {"pending": 1, "queued": 1, "processing": 0}
     assert sorted(i for i, _ in queued_messages(redis_client)) == sorted([pending, queued])
     assert store.get(pending)["status"] == "queued"
     assert store.get(queued)["history"][-1]["event"] == "message lost; enqueued again by the orphan sweep"
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(0)) == {"pending": 0, "queued": 0, "processing": 0}
+    assert requeue_orphans(store, REGISTRY, broker, RateLimiter(broker.client, 20), timedelta(0)) == {"pending": 0, "queued": 0, "processing": 0}
 
 
 def test_jobs_whose_message_waits_in_the_stream_the_group_or_the_delay_set_are_left_alone(store, broker, redis_client):
@@ -142,13 +142,13 @@ def test_jobs_whose_message_waits_in_the_stream_the_group_or_the_delay_set_are_l
     assert redis_client.zcard(delay_key(QUEUE_NAME)) == 1
     for request_id in (waiting, delivered, delayed):
         age(store, request_id)
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 0}
+    assert requeue_orphans(store, REGISTRY, broker, RateLimiter(broker.client, 20), timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 0}
     assert redis_client.xlen(QUEUE_NAME) == 2
 
 
 def test_recent_queued_jobs_are_not_orphans_yet(store, broker, redis_client):
     new_job(store)
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1))["queued"] == 0
+    assert requeue_orphans(store, REGISTRY, broker, RateLimiter(broker.client, 20), timedelta(minutes=1))["queued"] == 0
     assert queued_messages(redis_client) == []
 
 
@@ -156,9 +156,9 @@ def test_a_queued_job_is_not_an_orphan_before_its_slot_has_come(store, broker, r
     """Behind a long backlog a job's message waits in the delay set for hours: its age alone says nothing."""
     request_id = new_job(store)
     wait_for_slot(store, request_id, timedelta(minutes=10))
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1))["queued"] == 0
+    assert requeue_orphans(store, REGISTRY, broker, RateLimiter(broker.client, 20), timedelta(minutes=1))["queued"] == 0
     age(store, request_id)  # its slot came an hour ago and no message was there for it
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1))["queued"] == 1
+    assert requeue_orphans(store, REGISTRY, broker, RateLimiter(broker.client, 20), timedelta(minutes=1))["queued"] == 1
     assert [i for i, _ in queued_messages(redis_client)] == [request_id]
 
 
@@ -209,10 +209,10 @@ def test_jobs_an_earlier_version_stored_are_dated_for_the_sweeps_by_each_migrati
     store.collection.update_many({}, {"$unset": {"due_at": ""}, "$set": {"updated_at": an_hour_ago}})
     store.collection.drop_index("status_due_at")
     store.collection.create_index([("status", 1), ("updated_at", 1)], name="status_updated_at")
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(0)) == {"pending": 0, "queued": 0, "processing": 0}
+    assert requeue_orphans(store, REGISTRY, broker, RateLimiter(broker.client, 20), timedelta(0)) == {"pending": 0, "queued": 0, "processing": 0}
     store.migrate()
     assert abs(store.collection.find_one({"_id": processing})["due_at"] - an_hour_ago) < timedelta(milliseconds=1)
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(0)) == {"pending": 0, "queued": 1, "processing": 1}
+    assert requeue_orphans(store, REGISTRY, broker, RateLimiter(broker.client, 20), timedelta(0)) == {"pending": 0, "queued": 1, "processing": 1}
     # An old process still running after the first migration stores a job without one; the next migration dates it.
     late, waiting = new_job(store), new_job(store)
     store.collection.update_one({"_id": late}, {"$unset": {"due_at": ""}})
@@ -228,7 +228,7 @@ def test_a_processing_job_whose_message_was_lost_is_redelivered_under_the_same_m
     store.claim(recent, "m-recent")
     age(store, lost)
     age(store, recent, timedelta(milliseconds=broker.visibility_timeout_ms))  # within visibility + vendor timeout
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 1}
+    assert requeue_orphans(store, REGISTRY, broker, RateLimiter(broker.client, 20), timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 1}
     assert queued_messages(redis_client) == [(lost, "m-lost")]
     assert store.claim(lost, "m-lost")["message_id"] == "m-lost"  # the redelivery may re-claim it
 
@@ -245,7 +245,7 @@ def test_a_job_a_worker_takes_while_the_orphan_sweep_looks_is_not_enqueued_again
         return iter(ids)
 
     monkeypatch.setattr(store, "stale_ids", found_then_taken)
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 0}
+    assert requeue_orphans(store, REGISTRY, broker, RateLimiter(broker.client, 20), timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 0}
     assert queued_messages(redis_client) == []
     assert [entry.get("state") for entry in store.get(request_id)["history"]] == ["queued", "processing"]
 
@@ -253,8 +253,8 @@ def test_a_job_a_worker_takes_while_the_orphan_sweep_looks_is_not_enqueued_again
 def test_the_orphan_sweep_works_in_bounded_batches_and_old_jobs_with_messages_do_not_hide_the_rest(store, broker, redis_client):
     for _ in range(3):
         age(store, new_job(store))
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1), limit=2)["queued"] == 2
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1), limit=2)["queued"] == 1
+    assert requeue_orphans(store, REGISTRY, broker, RateLimiter(broker.client, 20), timedelta(minutes=1), limit=2)["queued"] == 2
+    assert requeue_orphans(store, REGISTRY, broker, RateLimiter(broker.client, 20), timedelta(minutes=1), limit=2)["queued"] == 1
     assert len(queued_messages(redis_client)) == 3
 
 
