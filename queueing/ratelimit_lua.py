@@ -109,7 +109,7 @@ local function entry(text)
 end
 
 -- Drop the buckets whose starts are all at or before `cutoff`; return the starts left.
-local function count_after(key, cutoff)
+local function prune(key, cutoff)
   local head = redis.call('LRANGE', key, 0, 1)  -- the count and the oldest bucket
   local count, oldest, dropped = tonumber(head[1] or 0), head[2], false
   while count > 0 and oldest do
@@ -124,19 +124,40 @@ local function count_after(key, cutoff)
   return count
 end
 
--- The time from which a window of `span` holding `count` >= `limit` starts has room for one more.
-local function free_at(key, span, limit, count)
-  local excess, from = count - limit + 1, 1
+-- Call `visit(count, latest)` for each bucket after `cutoff`, oldest first, until it returns true.
+local function each_bucket_after(key, cutoff, visit)
+  local from = 1
   while true do
     local entries = redis.call('LRANGE', key, from, from + 31)
-    if #entries == 0 then return 0 end
+    if #entries == 0 then return end
     for _, text in ipairs(entries) do
       local _, c, latest = entry(text)
-      excess = excess - c
-      if excess <= 0 then return latest + span end
+      if latest > cutoff and visit(c, latest) then return end
     end
     from = from + 32
   end
+end
+
+-- The starts after `cutoff` in a window holding `count` in all (read only: a plan may look ahead
+-- and not be taken).
+local function count_after(key, cutoff, count)
+  local before = 0
+  each_bucket_after(key, -math.huge, function(c, latest)
+    if latest > cutoff then return true end
+    before = before + c
+  end)
+  return count - before
+end
+
+-- The time from which a window of `span` holding `count` >= `limit` starts after `cutoff` has
+-- room for one more.
+local function free_at(key, span, limit, count, cutoff)
+  local excess, free = count - limit + 1, 0
+  each_bucket_after(key, cutoff, function(c, latest)
+    excess = excess - c
+    if excess <= 0 then free = latest + span return true end
+  end)
+  return free
 end
 
 -- Count one more start at `at` in a window holding `count`, in buckets `width` wide; keep it
@@ -178,13 +199,15 @@ local function plan(margin)
   local now_v = now - offset
   local at = math.max(now_v, paused_until() - offset)
   if last > now_v then at = math.max(at, last + share) end
+  -- Buckets a span before now matter to no plan any more; `counts` are the starts left in each window.
   local counts, moved = {}, true
+  for i, w in ipairs(windows) do counts[i] = prune(w.key, now_v - w.span) end
   while moved do
     moved = false
     for i, w in ipairs(windows) do
-      counts[i] = count_after(w.key, at - w.span)
-      if counts[i] >= w.count then
-        local free = free_at(w.key, w.span, w.count, counts[i])
+      local inside = count_after(w.key, at - w.span, counts[i])
+      if inside >= w.count then
+        local free = free_at(w.key, w.span, w.count, inside, at - w.span)
         if free > at then at, moved = free, true end
       end
     end
@@ -312,9 +335,9 @@ local function acquire()
   local counts = {}
   for i, limit in ipairs(limits) do
     local span = limit.period + margin
-    counts[i] = count_after(limit.started, now - span)
+    counts[i] = prune(limit.started, now - span)
     if counts[i] >= limit.count then
-      wait = math.max(wait, free_at(limit.started, span, limit.count, counts[i]) - now)
+      wait = math.max(wait, free_at(limit.started, span, limit.count, counts[i], now - span) - now)
     end
   end
   if wait > 0 then return math.ceil(wait) end
