@@ -32,19 +32,20 @@ reported lately (``jitter``, halving every 30 s), at least the configured floor.
 are further apart by twice how late jobs come for their start on average (``late``): one that
 comes that late seldom finds its window full.
 
-Clients share a vendor's starts by start-time fair queuing.  A new job waits in ``fair`` with the
-start tag max(the vendor's virtual time ``vtime``, its client's finish tag); its client's finish
-tag becomes that plus 1 / the client's weight.  Jobs are *dispatched* lowest tag first, and the
-vendor's virtual time becomes the tag of the job dispatched last: a client that arrives later
-starts level with the others instead of behind their backlog, and clients with waiting work get
-starts in proportion to their weights.  A job is dispatched while it would start within the
-dispatch horizon (or no dispatched job is left to pass the turn on), by whichever script finds room: admission for
-the job at the head, a worker's ACQUIRE after every start, and the clock's DISPATCH now and then
-in case no planned job is left to pass the turn on.
+Clients share a vendor's starts by start-time fair queuing.  A new job waits in line (``fair``)
+with the start tag max(the vendor's virtual time ``vtime``, its client's finish tag); its
+client's finish tag becomes that plus 1 / the client's weight.  Jobs are *dispatched* lowest tag
+first, and the vendor's virtual time becomes the tag of the job dispatched last: a client that
+arrives later starts level with the others instead of behind their backlog, and clients with
+jobs in line get starts in proportion to their weights.  A job is dispatched once it would start
+within the dispatch horizon, or when no dispatched job is left whose ACQUIRE would pass the turn
+on.  Whichever script finds room dispatches: admission for a job first in line, a worker's
+ACQUIRE after each start, and the clock's DISPATCH every second, for a turn nobody passed on.
 
 Dispatch plans the job's start: the earliest time every planned window has room, behind the
-latest planned start by the slowest limit's share of its span (waiting jobs come due one by one),
-and then at most ``burst`` at once.  The job's message waits in the broker's delay set until then.  A worker starts a job only when its time has come, the vendor is
+latest planned start by the slowest limit's share of its span (waiting jobs come due one by
+one), and then at most ``burst`` at once.  The job's message waits in the broker's delay set
+until then.  A worker starts a job only when its time has come, the vendor is
 not paused, a lease is free (max_in_flight) and every started window has room: the started
 windows are the guarantee, the planned ones only keep jobs from waking up to be refused.  Planned
 times are kept ``offset`` ms early: a pause pushes every waiting job back at once by raising the

@@ -50,17 +50,20 @@ def test_the_limiter_admits_jobs_of_vendors_on_different_primaries_in_one_round_
 
     accepted = {each.name: [a.accepted for (v, _), a in zip([(v, n) for n in range(4) for v in vendors], admissions) if v is each]
                 for each in vendors}
-    # The first starts at once, two wait for their slots, the fourth finds the backlog full.
+    # The first starts at once, two wait in line, the fourth finds the backlog full.
     assert accepted == {name: [True, True, True, False] for name in VENDORS}
-    limiter.forget(vendors[0], "sync-1")
+    limiter.withdraw(vendors[0], "sync-1")
     assert limiter.admit(NewJob(vendors[0], "sync-again")).accepted
 
 
-def test_acquire_starts_one_job_per_slot_on_every_primary(cluster_client):
+def test_acquire_starts_one_job_per_slot_and_dispatches_the_next_in_line_on_every_primary(cluster_client):
     limiter = RateLimiter(cluster_client, 100)
     for each in (vendor(name, rate_limit="1/second") for name in VENDORS):
-        assert limiter.acquire(each, f"{each.name}-first").wait_ms == 0
-        assert limiter.acquire(each, f"{each.name}-second").wait_ms > 0
+        admissions = limiter.admit_many([NewJob(each, f"{each.name}-{n}") for n in range(2)])
+        assert [a.dispatched for a in admissions] == [True, False]
+        grant = limiter.acquire(each, f"{each.name}-0")
+        assert grant.wait_ms == 0 and [job.request_id for job in grant.dispatched] == [f"{each.name}-1"]
+        assert limiter.acquire(each, f"{each.name}-1").wait_ms > 0
 
 
 def test_the_breaker_opens_on_the_node_that_holds_it(cluster_client):
