@@ -31,6 +31,7 @@ from pathlib import Path
 
 import redis
 import requests
+from pymongo.collection import Collection
 
 from devtools import stores
 from devtools.stack import Stack, free_ports, service_env, wait_until
@@ -166,29 +167,47 @@ def cpu_speed() -> float:
     return 3 / (time.perf_counter() - started)
 
 
-def run(scenarios: list[Scenario]) -> dict[str, dict]:
-    """Run every scenario against one stack, then the limiter alone; return the figures by scenario."""
-    figures: dict[str, dict] = {}
+@dataclass(frozen=True)
+class Service:
+    """The running service of a benchmark: its stack, API, mock vendors (by scenario) and data stores."""
+
+    stack: Stack
+    api_url: str
+    mock_urls: dict[str, str]
+    redis: redis.Redis
+    jobs: Collection
+
+
+@contextlib.contextmanager
+def running_service(scenarios: list[Scenario], **env: str) -> Iterator[Service]:
+    """Start the data stores, one mock vendor per scenario, the API and the workers (settings `env` added); stop them after."""
     with tempfile.TemporaryDirectory() as folder_name, data_stores(Path(folder_name)) as (redis_url, mongodb_uri):
         folder = Path(folder_name)
         api_port, *mock_ports = free_ports(1 + len(scenarios))
         (folder / "vendors.toml").write_text("\n".join(s.toml(port) for s, port in zip(scenarios, mock_ports)))
-        stack = Stack({**service_env(redis_url, mongodb_uri, folder / "vendors.toml", api_port), "LOG_LEVEL": "WARNING"}, folder)
-        client = redis.Redis.from_url(redis_url)
-        jobs = jobs_collection(connect(mongodb_uri))
+        stack = Stack({**service_env(redis_url, mongodb_uri, folder / "vendors.toml", api_port), "LOG_LEVEL": "WARNING", **env}, folder)
         try:
             for scenario, port in zip(scenarios, mock_ports):
                 flags = ["--rate-limit", scenario.rate_limit, "--latency-ms", scenario.latency_ms, "--threads", "32"]
                 stack.start_mock("sync", port, *flags, name=f"vendor-{scenario.name}")
             stack.start_api(api_port)
             stack.start_worker(processes=PROCESSES, threads=THREADS)
-            for scenario, port in zip(scenarios, mock_ports):
-                figures[scenario.name] = run_scenario(scenario, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{api_port}", client, jobs)
+            yield Service(stack, f"http://127.0.0.1:{api_port}", {s.name: f"http://127.0.0.1:{port}" for s, port in zip(scenarios, mock_ports)},
+                          redis.Redis.from_url(redis_url), jobs_collection(connect(mongodb_uri)))
         finally:
             stack.stop()
+
+
+def run(scenarios: list[Scenario]) -> dict[str, dict]:
+    """Run every scenario against one stack, then the limiter alone; return the figures by scenario."""
+    figures: dict[str, dict] = {}
+    with running_service(scenarios) as service:
+        for scenario in scenarios:
+            figures[scenario.name] = run_scenario(scenario, service.mock_urls[scenario.name], service.api_url, service.redis, service.jobs)
+        service.stack.stop()
         for scenario in scenarios:  # as many jobs as the limits take in a few seconds
             replayed = max(10, min(figures[scenario.name]["jobs"], scenario.allowed(REPLAY_S)))
-            figures[scenario.name]["limiter_us"] = limiter_alone_us(client, scenario, replayed)
+            figures[scenario.name]["limiter_us"] = limiter_alone_us(service.redis, scenario, replayed)
     return figures
 
 
