@@ -140,6 +140,7 @@ def test_cancels_racing_the_worker_never_let_a_queued_job_reach_the_vendor(stack
     _, key = stack.clients.add("racer")
     headers = {"Authorization": f"Bearer {key}"}
     paced = vendors["paced"]
+    paced.calls = []
     paced.answer = lambda _: (time.sleep(0.3), (200, {}))[1]  # long enough for some cancels to find the call in flight
     ids = []
     for _ in range(24):  # four a second: slots spread over six seconds
