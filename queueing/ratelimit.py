@@ -68,7 +68,6 @@ class Dispatched:
     """A job whose turn came: its message is to be enqueued now, due in `delay_ms`."""
 
     request_id: str
-    client: str
     delay_ms: int
 
 
@@ -161,9 +160,8 @@ class RateLimiter:
 
     @staticmethod
     def dispatched(reply: list) -> list[Dispatched]:
-        """Read the jobs a script dispatched: request_id, client, ms until its start, for each."""
-        return [Dispatched(reply[i].decode(), reply[i + 1].decode(), RateLimiter.delay_ms(int(reply[i + 2])))
-                for i in range(0, len(reply), 3)]
+        """Read the jobs a script dispatched: request_id and ms until its start, for each."""
+        return [Dispatched(reply[i].decode(), RateLimiter.delay_ms(int(reply[i + 1]))) for i in range(0, len(reply), 2)]
 
     def calling(self, vendor: Vendor) -> None:
         """Note that the job this thread started is calling its vendor now: the delay sets the margin."""

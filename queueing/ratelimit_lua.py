@@ -247,7 +247,7 @@ local function leave_line(member)
 end
 
 -- Dispatch the jobs in line, lowest tag first, while they find a planned start; return
--- {request_id, client, ms until its start, ...}.
+-- {request_id, ms until its start, ...}.
 local function dispatch()
   local out, margin = {}, plan_margin()
   for _ = 1, DISPATCH_MOST do
@@ -255,11 +255,11 @@ local function dispatch()
     if not head[1] then break end
     local at, windows, counts = dispatchable(margin)
     if not at then break end
-    local client = leave_line(head[1])
+    leave_line(head[1])
     vtime = tonumber(head[2])
     redis.call('HSET', state, 'vtime', vtime)
     commit(head[1], at, windows, counts)
-    out[#out + 1], out[#out + 2], out[#out + 3] = head[1], client, math.max(math.ceil(at + offset - now), 0)
+    out[#out + 1], out[#out + 2] = head[1], math.max(math.ceil(at + offset - now), 0)
   end
   return out
 end
@@ -296,7 +296,7 @@ end
 
 #: May the job start now?  Reply {0 (it started), the ms until it should ask again, or -1 (it was
 #: withdrawn: its message has nothing left to do), then the jobs dispatched meanwhile as
-#: request_id, client, ms until its start, ...}.  A job without a planned start (a retry, a job
+#: request_id, ms until its start, ...}.  A job without a planned start (a retry, a job
 #: queued again) is planned at once: it had its turn.
 #: ARGV (own): start-to-call delay ms a worker saw (-1: none), max in flight (0: no cap),
 #: lease ms, request_id.

@@ -48,7 +48,7 @@ def time_out_webhooks(
                 detail = f"no webhook from {job['vendor']} by the deadline; asking again ({rerequests + 1} of {allowed})"
                 # Queued first, then enqueued: a worker must find the job claimable when the message arrives.
                 if store.rerequest(request_id, detail):
-                    enqueue_fetch(broker, request_id, vendor=job["vendor"], client=job.get("client"))
+                    enqueue_fetch(broker, request_id, vendor=job["vendor"])
                     counts["re_requested"] += 1
                 continue
             asked = f" after {rerequests + 1} requests" if rerequests else ""

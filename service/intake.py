@@ -112,7 +112,7 @@ class Intake:
         dispatched = [s for s in submissions if s.admission.dispatched]
         try:
             self.broker.enqueue_many([
-                (fetch_message(s.request_id, vendor=s.vendor.name, client=s.client.name), s.admission.delay_ms)
+                (fetch_message(s.request_id, vendor=s.vendor.name), s.admission.delay_ms)
                 for s in dispatched
             ])
         except (ConnectionClosed, redis.RedisError) as error:  # Redis is down, say: the clock's orphan sweep takes over

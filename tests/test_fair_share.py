@@ -29,7 +29,7 @@ def turns(redis_client, acme) -> list[str]:
     """Dispatch every job in line, in turn order (a limiter that plans a day ahead takes them all now); return their clients."""
     planner, order = RateLimiter(redis_client, MARGIN_MS, horizon_ms=DAY_MS), []
     while dispatched := planner.dispatch(acme):
-        order += [job.client for job in dispatched]
+        order += [job.request_id.rsplit("-", 1)[0] for job in dispatched]  # admitted as CLIENT-N
     return order
 
 
