@@ -1,6 +1,6 @@
 """Saturate rate-limited mock vendors through the whole service: quota used, 429s, fullest windows, Redis time per job.
 
-    .venv/bin/python -m bench.ratelimit [--only NAME ...] [--scale 1.0]
+    .venv/bin/python -m bench.ratelimit [--only NAME ...]
 
 Starts the API, two worker processes of eight threads, one mock sync vendor per scenario (it
 enforces its limits itself, answering 429 beyond them, and reports its fullest window of each

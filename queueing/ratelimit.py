@@ -132,7 +132,7 @@ class RateLimiter:
             return Admission(True, wait_s, delay_ms, dispatched=outcome == 1)
         vendor = job.vendor
         refusal = {0: f"{vendor.max_backlog} jobs are waiting already",
-                   -1: f"it is paused: a new job would wait longer than {vendor.max_wait_s:g} s",
+                   -1: f"a new job would wait longer than {vendor.max_wait_s:g} s (max_wait_s)",
                    -2: f"client {job.client!r} has {job.cap} jobs waiting for it already"}[outcome]
         return Admission(False, max(wait_s, 0.0), 0, refusal, dispatched=False, by_client=outcome == -2)
 

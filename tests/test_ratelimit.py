@@ -172,7 +172,7 @@ def test_a_paused_vendor_refuses_new_jobs_that_would_wait_past_max_wait(limiter)
     acme = vendor("10/second", max_wait_s=2)
     limiter.restrict(acme, 0, 5.0)
     refused = limiter.admit(NewJob(acme, "job"))
-    assert not refused.accepted and "paused" in refused.refusal
+    assert not refused.accepted and "would wait longer than 2 s" in refused.refusal
     assert refused.wait_s == pytest.approx(3.0, abs=0.05)  # then the wait is down to max_wait_s
 
 
