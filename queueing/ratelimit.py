@@ -69,6 +69,7 @@ class Dispatched:
 
     request_id: str
     delay_ms: int
+    joined_ms: int  # when it joined the line (Redis server time): its wait counts from then
 
 
 @dataclass(frozen=True)
@@ -160,8 +161,9 @@ class RateLimiter:
 
     @staticmethod
     def dispatched(reply: list) -> list[Dispatched]:
-        """Read the jobs a script dispatched: request_id and ms until its start, for each."""
-        return [Dispatched(reply[i].decode(), RateLimiter.delay_ms(int(reply[i + 1]))) for i in range(0, len(reply), 2)]
+        """Read the jobs a script dispatched: request_id, ms until its start and when it joined the line, for each."""
+        return [Dispatched(reply[i].decode(), RateLimiter.delay_ms(int(reply[i + 1])), int(reply[i + 2]))
+                for i in range(0, len(reply), 3)]
 
     def calling(self, vendor: Vendor) -> None:
         """Note that the job this thread started is calling its vendor now: the delay sets the margin."""

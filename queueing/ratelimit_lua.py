@@ -5,9 +5,10 @@ Keys of a vendor ``v``, all with the hash tag ``{vendor:v}`` (one cluster slot),
 1. ``pause``     ms timestamp before which nothing may start (a 429, an exhausted quota, an open
                  circuit breaker).
 2. ``quota``     hash {remaining, reset}: what the vendor's own headers allow until reset.
-3. ``state``     hash {offset, last, jitter, jitter_at, late}: how far pauses have pushed the
-                 waiting jobs back, the latest planned start, the worst start-to-call delay seen
-                 lately, and how late jobs come for their start on average.
+3. ``state``     hash {offset, last, jitter, jitter_at, late, vtime}: how far pauses have pushed
+                 the waiting jobs back, the latest planned start, the worst start-to-call delay
+                 seen lately and when, how late jobs come for their start on average, and the
+                 vendor's virtual time (below).
 4. ``waiting``   sorted set, request_id -> planned start: the jobs waiting for their time (the
                  backlog), and for a while those whose time came but were not let start yet;
                  ``request_id@withdrawn`` marks a job that will not start (cancelled) until
@@ -17,7 +18,8 @@ Keys of a vendor ``v``, all with the hash tag ``{vendor:v}`` (one cluster slot),
 7. ``planned:P`` one window per limit: the planned starts of the period before the latest.
 8. ``planned:burst``  the window that keeps bursts to ``burst`` at once.
 9. ``fair``      sorted set, request_id -> start tag: the jobs waiting for their turn (below).
-10. ``fair:jobs``    hash, request_id -> its client.
+10. ``fair:jobs``    hash, request_id -> "client weight ms": its client, the client's weight and
+                    when it joined the line (the gate counts max_wait_s from then).
 11. ``fair:clients`` hash, client -> how many of its jobs wait for their turn.
 12. ``fair:finish``  hash, client -> the finish tag of its latest job.
 
@@ -236,18 +238,18 @@ local function dispatchable(margin)
   return at, windows, counts
 end
 
--- Take a job out of the line for its turn; return its client, or nil if it was not in line.
+-- Take a job out of the line; return its client, the client's weight and when it joined the
+-- line, or nil if it was not in line.
 local function leave_line(member)
-  local client = redis.call('HGET', fair_jobs, member)
-  if not client then return nil end
-  redis.call('ZREM', fair, member)
+  if redis.call('ZREM', fair, member) == 0 then return nil end
+  local client, weight, joined = string.match(redis.call('HGET', fair_jobs, member) or '', '(%S+) (%S+) (%S+)')
   redis.call('HDEL', fair_jobs, member)
-  if redis.call('HINCRBY', fair_clients, client, -1) <= 0 then redis.call('HDEL', fair_clients, client) end
-  return client
+  if client and redis.call('HINCRBY', fair_clients, client, -1) <= 0 then redis.call('HDEL', fair_clients, client) end
+  return client, tonumber(weight), tonumber(joined)
 end
 
 -- Dispatch the jobs in line, lowest tag first, while they find a planned start; return
--- {request_id, ms until its start, ...}.
+-- {request_id, ms until its start, when it joined the line, ...}.
 local function dispatch()
   local out, margin = {}, plan_margin()
   for _ = 1, DISPATCH_MOST do
@@ -255,11 +257,11 @@ local function dispatch()
     if not head[1] then break end
     local at, windows, counts = dispatchable(margin)
     if not at then break end
-    leave_line(head[1])
+    local _, _, joined = leave_line(head[1])
     vtime = tonumber(head[2])
     redis.call('HSET', state, 'vtime', vtime)
     commit(head[1], at, windows, counts)
-    out[#out + 1], out[#out + 2] = head[1], math.max(math.ceil(at + offset - now), 0)
+    out[#out + 1], out[#out + 2], out[#out + 3] = head[1], math.max(math.ceil(at + offset - now), 0), joined or now
   end
   return out
 end
@@ -296,8 +298,8 @@ end
 
 #: May the job start now?  Reply {0 (it started), the ms until it should ask again, or -1 (it was
 #: withdrawn: its message has nothing left to do), then the jobs dispatched meanwhile as
-#: request_id, ms until its start, ...}.  A job without a planned start (a retry, a job
-#: queued again) is planned at once: it had its turn.
+#: request_id, ms until its start, when it joined the line (ms), ...}.  A job without a planned
+#: start (a retry, a job queued again) is planned at once: it had its turn.
 #: ARGV (own): start-to-call delay ms a worker saw (-1: none), max in flight (0: no cap),
 #: lease ms, request_id.
 ACQUIRE = PRELUDE + """
@@ -374,10 +376,14 @@ return dispatch()
 #: withdrawn so that its message, when it comes, takes no start.  ARGV (own): request_id.
 WITHDRAW = PRELUDE + """
 local member = ARGV[arg]
-local client = leave_line(member)
+local client, weight = leave_line(member)
 if client then  -- no message of it was sent
-  -- A client whose line empties this way starts level with the others next time.
-  if redis.call('HEXISTS', fair_clients, client) == 0 then redis.call('HSET', fair_finish, client, vtime) end
+  -- A client whose line empties this way is not set back for the turns it gave up, and keeps
+  -- no place ahead of a turn from now either.
+  if redis.call('HEXISTS', fair_clients, client) == 0 then
+    local finish = tonumber(redis.call('HGET', fair_finish, client) or 0)
+    redis.call('HSET', fair_finish, client, math.min(finish, vtime + 1 / weight))
+  end
   return 0
 end
 redis.call('ZREM', waiting, member)
@@ -446,7 +452,7 @@ end
 local at = expected_start(ahead + 1)
 if at - now > max_wait then return {-1, now, at - max_wait} end
 redis.call('ZADD', fair, tag, member)
-redis.call('HSET', fair_jobs, member, client)
+redis.call('HSET', fair_jobs, member, client .. ' ' .. weight .. ' ' .. now)
 redis.call('HINCRBY', fair_clients, client, 1)
 redis.call('HSET', fair_finish, client, tag + 1 / weight)
 return {2, now, at}

@@ -42,20 +42,18 @@ def main() -> None:
     outcomes = Outcomes(store, broker if config.callback_secret else None)
     lease = LeaderLease(redis_client, config.clock_lease_s)
     limiter = RateLimiter(redis_client, config.rate_limit_margin_ms)
-    sweeps = {
-        "webhook_timeouts": partial(time_out_webhooks, store, outcomes, registry, broker),
-        "orphans": partial(requeue_orphans, store, registry, broker, limiter, timedelta(seconds=config.orphan_after_s)),
-        "retention": partial(purge_expired_jobs, store),
+    orphan_after, every = timedelta(seconds=config.orphan_after_s), config.sweep_interval_s
+    sweeps = {  # name: (sweep, seconds between runs)
+        "webhook_timeouts": (partial(time_out_webhooks, store, outcomes, registry, broker), every),
+        "orphans": (partial(requeue_orphans, store, registry, broker, limiter, orphan_after), every),
+        "retention": (partial(purge_expired_jobs, store), every),
+        "dispatch": (partial(dispatch_waiting, limiter, registry, broker), DISPATCH_INTERVAL_S),
     }
     if config.callback_secret:
-        sweeps["missed_callbacks"] = partial(queue_missed_callbacks, store, broker, timedelta(seconds=config.orphan_after_s))
+        sweeps["missed_callbacks"] = (partial(queue_missed_callbacks, store, broker, orphan_after), every)
     scheduler = BlockingScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
-    intervals = {name: config.sweep_interval_s for name in sweeps}
-    sweeps["dispatch"], intervals["dispatch"] = partial(dispatch_waiting, limiter, registry, broker), DISPATCH_INTERVAL_S
-    for name, sweep in sweeps.items():
-        scheduler.add_job(
-            run_if_leader, "interval", seconds=intervals[name], id=name, args=(lease, redis_client, name, sweep),
-        )
+    for name, (sweep, interval_s) in sweeps.items():
+        scheduler.add_job(run_if_leader, "interval", seconds=interval_s, id=name, args=(lease, redis_client, name, sweep))
     lease.start()
     try:
         scheduler.start()

@@ -81,10 +81,9 @@ def requeue_orphans(
     """Enqueue again the jobs whose message is gone from the queue; return the counts by state.
 
     A pending job is a candidate once unchanged for `orphan_after`, a queued one once its start
-    (`due_at`: its slot, or its expected turn) is `orphan_after` past and it is not in its vendor's
-    line, and a processing job once unchanged for the
-    broker's visibility timeout plus the longest vendor timeout, since until then a live worker may
-    still hold its message. Every candidate is looked at, most overdue first, so a long queue
+    (`due_at`: its slot, or its expected turn) is `orphan_after` past and it is not in its
+    vendor's line, and a processing job once unchanged for the broker's visibility timeout plus
+    the longest vendor timeout, since until then a live worker may still hold its message. Every candidate is looked at, most overdue first, so a long queue
     cannot hide a younger orphan; at most `limit` orphans of each state are handled.
     """
     longest_call_s = max(vendor.timeout_s for vendor in registry.vendors.values())
@@ -94,7 +93,8 @@ def requeue_orphans(
         JobStatus.PROCESSING: timedelta(milliseconds=broker.visibility_timeout_ms, seconds=longest_call_s),
     }
     # Read the queue only once some job is old enough to be a candidate: most runs find none.
-    # The lines first: a job leaving its line has its message in the queue by the time the queue is read.
+    # The lines first: a job dispatched between the two reads is then found in the queue, unless its
+    # message is still on its way (it gets a second one, whose claim is refused).
     in_queue = functools.cache(lambda: waiting_for_a_turn(limiter, registry) | request_ids_in_queue(broker))
     orphans = {
         status: list(itertools.islice((i for i in store.stale_ids(status, age, limit) if i not in in_queue()), limit))

@@ -2,8 +2,9 @@
 
 A submission needs a place in its vendor's line (Redis), its document stored (MongoDB), then,
 if its turn came at once, its message in the queue (Redis), in that order: a worker must find
-the job when the message comes. Every submission waiting when a batch starts goes through the three steps together, one
-round trip each (queueing/batching.py), so under load the cost per job falls as batches grow.
+the job when the message comes. Every submission waiting when a batch starts goes through the
+three steps together, one round trip each (queueing/batching.py), so under load the cost per job
+falls as batches grow.
 """
 
 from __future__ import annotations
@@ -101,9 +102,10 @@ class Intake:
                 self.waiting.withdraw(submission.vendor, submission.request_id)
 
     def _enqueue(self, submissions: list[Submission]) -> None:
-        """Queue the stored jobs dispatched at once, each due at its slot; if the queue is down, leave them pending for the clock.
+        """Queue the stored jobs whose turn came at once, each due at its slot; if the queue is down, leave them pending.
 
-        A job left in its vendor's line gets its message when its turn comes (queueing/ratelimit.py).
+        The clock's orphan sweep enqueues a pending job later. A job left in its vendor's line gets
+        its message when its turn comes (queueing/ratelimit.py).
         """
         if not submissions:
             return

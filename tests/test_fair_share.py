@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from queueing.ratelimit import NewJob, RateLimiter
+from queueing.ratelimit import NewJob, RateLimiter, vendor_key
 from vendors.registry import Vendor
 
 MARGIN_MS = 20
@@ -29,7 +29,7 @@ def turns(redis_client, acme) -> list[str]:
     """Dispatch every job in line, in turn order (a limiter that plans a day ahead takes them all now); return their clients."""
     planner, order = RateLimiter(redis_client, MARGIN_MS, horizon_ms=DAY_MS), []
     while dispatched := planner.dispatch(acme):
-        order += [job.request_id.rsplit("-", 1)[0] for job in dispatched]  # admitted as CLIENT-N
+        order += [job.request_id.split("-", 1)[0] for job in dispatched]  # admitted as CLIENT-N
     return order
 
 
@@ -112,6 +112,26 @@ def test_a_client_that_withdrew_all_its_jobs_in_line_is_not_set_back_for_them(li
     admit(limiter, acme, "b", 5)
     limiter.admit(NewJob(acme, "a-again", "a"))
     assert "a" in turns(redis_client, acme)[:2]
+
+
+def test_a_client_that_withdraws_and_resubmits_its_job_in_line_keeps_no_place_ahead(limiter, redis_client):
+    acme, line = vendor("1/minute"), vendor_key("acme", "fair")
+    admit(limiter, acme, "b", 3)  # b-0 starts; b-1 and b-2 wait in line, a turn apart
+    limiter.admit(NewJob(acme, "a-0", "a"))  # level with the vendor's virtual time, ahead of b-1
+    first_tag = redis_client.zscore(line, "a-0")
+    limiter.withdraw(acme, "a-0")
+    limiter.admit(NewJob(acme, "a-1", "a"))
+    # A turn later, level with b-1: withdrawing and sending again cannot keep a client at the front.
+    assert redis_client.zscore(line, "a-1") == first_tag + 1 == redis_client.zscore(line, "b-1")
+
+
+def test_a_dispatched_job_keeps_when_it_joined_the_line(limiter):
+    acme = vendor("1/minute")
+    before_ms = int(time.time() * 1000)
+    admit(limiter, acme, "a", 2)
+    limiter.forget(acme, "a-0")
+    [turn] = limiter.dispatch(acme)
+    assert turn.request_id == "a-1" and before_ms - 1000 <= turn.joined_ms <= before_ms + 1000
 
 
 def test_a_job_in_line_is_expected_to_start_after_those_ahead_of_it(limiter):

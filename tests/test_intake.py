@@ -4,7 +4,7 @@ import threading
 import tomllib
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import dramatiq
 import pytest

@@ -1,3 +1,4 @@
+import time
 import uuid
 from datetime import timedelta
 
@@ -229,6 +230,21 @@ def test_a_queued_job_whose_message_the_gate_defers_is_due_when_the_message_is(s
         gate.before_process_message(broker, fetch_message(second, vendor="slow"))
     assert store.get(second)["due_at"] > utcnow() + timedelta(seconds=50)
     assert abs(store.get(first)["due_at"] - utcnow()) < timedelta(seconds=5)
+
+
+def test_a_job_whose_turn_in_line_comes_after_max_wait_fails_instead_of_starting(store, broker):
+    brisk = {"mode": "sync", "url": "http://127.0.0.1:9/fetch", "rate_limit": "1/second", "max_wait_s": 1.5}
+    registry = parse_registry({"vendors": {"brisk": brisk}}, "one call a second, a short wait")
+    limiter = RateLimiter(broker.client, 20)
+    gate = VendorGate(registry, limiter, CircuitBreaker(broker.client), store, Outcomes(store, None))
+    first, second = new_job(store, "brisk"), new_job(store, "brisk")
+    assert [limiter.admit(NewJob(registry.get("brisk"), i)).dispatched for i in (first, second)] == [True, False]
+    time.sleep(1.6)  # the second waits in line longer than max_wait_s
+    [turn] = RateLimiter(broker.client, 20, horizon_ms=86_400_000).dispatch(registry.get("brisk"))
+    with pytest.raises(SkipMessage):
+        gate.before_process_message(broker, fetch_message(second, vendor="brisk", since_ms=turn.joined_ms))
+    job = store.get(second)
+    assert job["status"] == "failed" and "its turn came after max_wait_s (1.5 s)" in job["error"]
 
 
 def test_jobs_an_earlier_version_stored_are_dated_for_the_sweeps_by_each_migration(store, broker, limiter):
