@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test chromium bench-broker bench-ratelimit bench-load bench-burst bench-timing clean
+.PHONY: run test chromium bench-broker bench-ratelimit bench-fairness bench-load bench-burst bench-timing clean
 
 run: $(INSTALLED)
 	$(PY) -m devtools.run
@@ -28,6 +28,10 @@ bench-broker: $(INSTALLED)
 
 bench-ratelimit: $(INSTALLED)
 	$(PY) -m bench.ratelimit
+
+# How clients share one vendor's quota: a heavy client and light ones, weights 3:1, 10,000 clients.
+bench-fairness: $(INSTALLED)
+	$(PY) -m bench.fairness $(ARGS)
 
 # The timing-sensitive tests, 20 runs beside two busy loops: they must hold on a loaded machine.
 bench-timing: $(INSTALLED)

@@ -1,7 +1,8 @@
 """Defer fetch messages instead of blocking a thread or spending a retry.
 
 Before a fetch runs, `VendorGate` asks the rate limiter for a start and the circuit breaker for
-a go. Without both, the message goes back to the broker's delay set for exactly the wait and is
+a go, and enqueues the messages of the jobs the limiter dispatched meanwhile (their turn came).
+Without both, the message goes back to the broker's delay set for exactly the wait and is
 skipped (acknowledged) here: no thread sleeps, no retry is spent, the job is never claimed, so
 the wait is not an attempt. A job that would wait past its vendor's `max_wait_s` fails instead.
 A start for a vendor with max_in_flight holds a lease, given back when the message is done with,
@@ -19,11 +20,12 @@ import dramatiq
 import pymongo.errors
 import redis
 from dramatiq.common import current_millis
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 
 from queueing.breaker import CircuitBreaker
-from queueing.messages import FETCH_ACTOR
-from queueing.ratelimit import RateLimiter
+from queueing.messages import FETCH_ACTOR, enqueue_dispatched
+from queueing.ratelimit import Dispatched, RateLimiter
 from service.errors import JobNotFound
 from service.logs import about_job
 from service.metrics import DEFERRALS
@@ -53,6 +55,11 @@ def defer(broker: dramatiq.Broker, message: dramatiq.Message, delay_ms: int, ven
     """Put the message back in its queue, due in `delay_ms`, and count why it waits."""
     broker.enqueue(message, delay=max(delay_ms, 1))
     DEFERRALS.labels(vendor, reason).inc()
+
+
+def waited_s(message: dramatiq.Message) -> float:
+    """Return how long the message's job has waited: a job's message is dated when it began to wait."""
+    return (current_millis() - message.message_timestamp) / 1000
 
 
 class SkippedDeferrals(logging.Filter):
@@ -86,9 +93,13 @@ class VendorGate(Middleware):
             if vendor is None:
                 return  # an unknown job or vendor: the runner finds nothing to do and says so
             with about_job(message.args[0], vendor.name):
+                if waited_s(message) > vendor.max_wait_s:  # its turn in the vendor's line came that late
+                    self.give_up(message, vendor, f"its turn came after max_wait_s ({vendor.max_wait_s:g} s)")
                 # The limiter first: a start it allows counts even if the breaker then holds the
                 # job back (an open breaker also pauses the limiter, so this is rare).
-                wait_ms, reason = self.limiter.acquire(vendor, message.args[0]), "rate_limit"
+                grant = self.limiter.acquire(vendor, message.args[0])
+                self.send(broker, vendor, grant.dispatched)
+                wait_ms, reason = grant.wait_ms, "rate_limit"
                 if wait_ms is None:  # its job was cancelled while it waited: nothing is left to do
                     raise SkipMessage("withdrawn")
                 if not wait_ms:
@@ -102,6 +113,14 @@ class VendorGate(Middleware):
         except Exception as error:
             # Dramatiq logs and ignores any other error here, which would let the call through unchecked.
             raise GateUnavailable(f"cannot check the vendor's limits: {type(error).__name__}: {error}") from error
+
+    @staticmethod
+    def send(broker: dramatiq.Broker, vendor: Vendor, dispatched: list[Dispatched]) -> None:
+        """Enqueue the messages of the jobs whose turn came; if Redis fails here, the orphan sweep finds them."""
+        try:
+            enqueue_dispatched(broker, vendor.name, dispatched)
+        except (ConnectionClosed, redis.RedisError) as error:
+            log.warning("%d jobs dispatched for %s not enqueued: %s", len(dispatched), vendor.name, type(error).__name__)
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: dramatiq.Message, *, result: object = None, exception: BaseException | None = None,
@@ -125,16 +144,19 @@ class VendorGate(Middleware):
     ) -> None:
         """Defer the message by `wait_ms`, or fail its job if it would wait past max_wait_s; skip it."""
         request_id = message.args[0]
-        waited_s = (current_millis() - message.message_timestamp) / 1000
-        if waited_s + wait_ms / 1000 <= vendor.max_wait_s:
+        if waited_s(message) + wait_ms / 1000 <= vendor.max_wait_s:
             log.debug("job %s waits %d ms for %s", request_id, wait_ms, vendor.name)
             message.options["vendor"] = vendor.name
             self.postpone(request_id, wait_ms)
             defer(broker, message, wait_ms, vendor.name, reason)
             raise SkipMessage("deferred")
         why = "its circuit breaker is open" if self.breaker.tripped(vendor) else "it is paused or at its rate limit"
-        reason = (f"gave up after waiting {waited_s:.0f} s for {vendor.name}: {why} for {wait_ms / 1000:.0f} s more,"
-                  f" beyond max_wait_s ({vendor.max_wait_s:g} s)")
+        self.give_up(message, vendor, f"{why} for {wait_ms / 1000:.0f} s more, beyond max_wait_s ({vendor.max_wait_s:g} s)")
+
+    def give_up(self, message: dramatiq.Message, vendor: Vendor, why: str) -> None:
+        """Fail the message's job, which waited or would wait past its vendor's max_wait_s; skip the message."""
+        request_id = message.args[0]
+        reason = f"gave up after waiting {waited_s(message):.0f} s for {vendor.name}: {why}"
         log.warning("job %s: %s", request_id, reason)
         if self.store.fail(request_id, message.message_id, reason):
             self.outcomes.finished(request_id, JobStatus.FAILED, detail=reason)

@@ -1,6 +1,6 @@
 """Saturate rate-limited mock vendors through the whole service: quota used, 429s, fullest windows, Redis time per job.
 
-    .venv/bin/python -m bench.ratelimit [--only NAME ...] [--scale 1.0]
+    .venv/bin/python -m bench.ratelimit [--only NAME ...]
 
 Starts the API, two worker processes of eight threads, one mock sync vendor per scenario (it
 enforces its limits itself, answering 429 beyond them, and reports its fullest window of each
@@ -31,10 +31,11 @@ from pathlib import Path
 
 import redis
 import requests
+from pymongo.collection import Collection
 
 from devtools import stores
 from devtools.stack import Stack, free_ports, service_env, wait_until
-from queueing.ratelimit import RateLimiter
+from queueing.ratelimit import NewJob, RateLimiter
 from service.config import Config
 from service.states import JobStatus
 from service.store import connect, jobs_collection
@@ -146,11 +147,11 @@ def limiter_alone_us(client: redis.Redis, scenario: Scenario, count: int) -> flo
     """Replay `count` jobs through the limiter alone, each admitted, then started when due; return its Redis µs per job."""
     vendor = Vendor(f"replay-{scenario.name}", "sync", "", scenario.rate_limit, max_in_flight=scenario.max_in_flight)
     limiter = RateLimiter(client, Config.rate_limit_margin_ms)
-    limiter.admit(vendor, "warm-up")  # loads the scripts before the count starts
+    limiter.admit(NewJob(vendor, "warm-up"))  # loads the scripts before the count starts
     client.config_resetstat()
     for n in range(count):
-        time.sleep(limiter.admit(vendor, f"job-{n}").delay_ms / 1000)  # as its message would wait
-        while wait_ms := limiter.acquire(vendor, f"job-{n}"):
+        time.sleep(limiter.admit(NewJob(vendor, f"job-{n}")).delay_ms / 1000)  # as its message would wait
+        while wait_ms := limiter.acquire(vendor, f"job-{n}").wait_ms:
             time.sleep(wait_ms / 1000)
         if vendor.max_in_flight:
             limiter.release(vendor, f"job-{n}")
@@ -166,29 +167,47 @@ def cpu_speed() -> float:
     return 3 / (time.perf_counter() - started)
 
 
-def run(scenarios: list[Scenario]) -> dict[str, dict]:
-    """Run every scenario against one stack, then the limiter alone; return the figures by scenario."""
-    figures: dict[str, dict] = {}
+@dataclass(frozen=True)
+class Service:
+    """The running service of a benchmark: its stack, API, mock vendors (by scenario) and data stores."""
+
+    stack: Stack
+    api_url: str
+    mock_urls: dict[str, str]
+    redis: redis.Redis
+    jobs: Collection
+
+
+@contextlib.contextmanager
+def running_service(scenarios: list[Scenario], **env: str) -> Iterator[Service]:
+    """Start the data stores, one mock vendor per scenario, the API and the workers (settings `env` added); stop them after."""
     with tempfile.TemporaryDirectory() as folder_name, data_stores(Path(folder_name)) as (redis_url, mongodb_uri):
         folder = Path(folder_name)
         api_port, *mock_ports = free_ports(1 + len(scenarios))
         (folder / "vendors.toml").write_text("\n".join(s.toml(port) for s, port in zip(scenarios, mock_ports)))
-        stack = Stack({**service_env(redis_url, mongodb_uri, folder / "vendors.toml", api_port), "LOG_LEVEL": "WARNING"}, folder)
-        client = redis.Redis.from_url(redis_url)
-        jobs = jobs_collection(connect(mongodb_uri))
+        stack = Stack({**service_env(redis_url, mongodb_uri, folder / "vendors.toml", api_port), "LOG_LEVEL": "WARNING", **env}, folder)
         try:
             for scenario, port in zip(scenarios, mock_ports):
                 flags = ["--rate-limit", scenario.rate_limit, "--latency-ms", scenario.latency_ms, "--threads", "32"]
                 stack.start_mock("sync", port, *flags, name=f"vendor-{scenario.name}")
             stack.start_api(api_port)
             stack.start_worker(processes=PROCESSES, threads=THREADS)
-            for scenario, port in zip(scenarios, mock_ports):
-                figures[scenario.name] = run_scenario(scenario, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{api_port}", client, jobs)
+            yield Service(stack, f"http://127.0.0.1:{api_port}", {s.name: f"http://127.0.0.1:{port}" for s, port in zip(scenarios, mock_ports)},
+                          redis.Redis.from_url(redis_url), jobs_collection(connect(mongodb_uri)))
         finally:
             stack.stop()
+
+
+def run(scenarios: list[Scenario]) -> dict[str, dict]:
+    """Run every scenario against one stack, then the limiter alone; return the figures by scenario."""
+    figures: dict[str, dict] = {}
+    with running_service(scenarios) as service:
+        for scenario in scenarios:
+            figures[scenario.name] = run_scenario(scenario, service.mock_urls[scenario.name], service.api_url, service.redis, service.jobs)
+        service.stack.stop()
         for scenario in scenarios:  # as many jobs as the limits take in a few seconds
             replayed = max(10, min(figures[scenario.name]["jobs"], scenario.allowed(REPLAY_S)))
-            figures[scenario.name]["limiter_us"] = limiter_alone_us(client, scenario, replayed)
+            figures[scenario.name]["limiter_us"] = limiter_alone_us(service.redis, scenario, replayed)
     return figures
 
 

@@ -1,9 +1,12 @@
-"""The per-vendor rate limiter shared by every process through Redis: plan starts, start jobs.
+"""The per-vendor rate limiter shared by every process through Redis: share turns, plan starts, start jobs.
 
-A new job gets its planned start when it is submitted, in submission order, and its message
-waits for that time in the broker's delay set. A worker asks `acquire` whether the job may start
-now, else in how many ms (see actors/deferral.py): its time must have come, and every one of its
-vendor's limits, its pause and its max_in_flight must allow it. Vendor pushback (a 429, quota
+A new job waits in its vendor's line until its turn: clients with jobs in line take turns in
+proportion to their weights (start-time fair queuing). A job whose turn comes is *dispatched*: it
+gets its planned start and its message waits for that time in the broker's delay set. Admission
+dispatches a job that is first in line at once; after that, every worker's `acquire` dispatches
+the next in line as starts free up, and hands their messages back to be enqueued. A worker asks
+`acquire` whether the job may start now, else in how many ms (see actors/deferral.py): its time
+must have come, and every one of its vendor's limits, its pause and its max_in_flight must allow it. Vendor pushback (a 429, quota
 headers, an open circuit breaker) pauses or restricts the vendor for every worker. The jobs
 waiting for a later start are the vendor's backlog, which bounds how much work the API accepts
 and tells how long each job will wait. The state kept per vendor does not grow with its limits
@@ -26,6 +29,10 @@ from vendors.registry import Vendor
 SAME_WINDOW_MS = 1_000
 #: A lease outlives its call's timeout by this much: the job's claim and clean-up come before and after.
 LEASE_SLACK_MS = 2_000
+#: Jobs are dispatched (given their planned start) at most this far ahead of it: long enough for the
+#: broker's delay set to bring their messages on time, short enough for a client arriving later
+#: to get its turn soon.
+DISPATCH_HORIZON_MS = 250
 
 
 def vendor_key(vendor_name: str, part: str) -> str:
@@ -34,13 +41,43 @@ def vendor_key(vendor_name: str, part: str) -> str:
 
 
 @dataclass(frozen=True)
+class NewJob:
+    """A job to admit, and what its client's share of the vendor's starts depends on."""
+
+    vendor: Vendor
+    request_id: str
+    client: str = "public"
+    weight: int = 1
+    cap: int | None = None  # how many of the client's jobs may wait in the vendor's line
+
+
+@dataclass(frozen=True)
 class Admission:
-    """Whether a new job got a planned start; how long until it starts (or, if refused, until trying again helps)."""
+    """Whether a new job was taken; how long until it starts (or, if refused, until trying again helps)."""
 
     accepted: bool
     wait_s: float
-    delay_ms: int  # how long its message should wait in the delay set
+    delay_ms: int  # how long its message should wait in the delay set, or its expected wait if in line
     refusal: str = ""  # why it was refused
+    dispatched: bool = True  # its message is to be enqueued now; else it waits in line for its turn
+    by_client: bool = False  # refused by its client's own cap, not by the vendor
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """A job whose turn came: its message is to be enqueued now, due in `delay_ms`."""
+
+    request_id: str
+    delay_ms: int
+    joined_ms: int  # when it joined the line (Redis server time): its wait counts from then
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What `acquire` decided: wait_ms 0 (started), the ms to wait, or None (withdrawn); and the jobs it dispatched."""
+
+    wait_ms: int | None
+    dispatched: list[Dispatched]
 
 
 @dataclass(frozen=True)
@@ -48,7 +85,7 @@ class Usage:
     """A vendor's limiter state now, for operators."""
 
     started: int  # jobs started in the last period of the vendor's slowest limit
-    backlog: int  # jobs waiting for a later start
+    backlog: int  # jobs in line or waiting for a later start
     paused_s: float  # how long the vendor stays paused (a 429, an exhausted quota, an open breaker)
     new_job_wait_s: float  # how long a job submitted now would wait for its start
 
@@ -56,58 +93,77 @@ class Usage:
 class RateLimiter:
     """Start jobs within each vendor's limits, pause vendors that push back, and bound backlogs."""
 
-    def __init__(self, client: redis.Redis, margin_ms: int) -> None:
+    def __init__(self, client: redis.Redis, margin_ms: int, horizon_ms: int = DISPATCH_HORIZON_MS) -> None:
         self.client = client
         # The least slack for uneven delays between a start and its call; see ratelimit_lua.
         self.margin_ms = margin_ms
+        self.horizon_ms = horizon_ms
         # register_script only hashes the source; nothing touches the server until first use.
         self.scripts = {
             name: client.register_script(getattr(ratelimit_lua, name))
-            for name in ("ACQUIRE", "RESTRICT", "ADMIT", "OUTLOOK", "USAGE", "WITHDRAW")
+            for name in ("ACQUIRE", "DISPATCH", "RESTRICT", "ADMIT", "OUTLOOK", "USAGE", "WITHDRAW")
         }
         self.started = threading.local()  # this thread's latest start: (vendor name, monotonic s)
         self.delays_ms: dict[str, float] = {}  # worst start-to-call delay per vendor, not reported yet
         self.delays_lock = threading.Lock()
 
-    def admit(self, vendor: Vendor, request_id: str) -> Admission:
-        """Plan a new job's start, unless max_backlog jobs wait or it would wait past max_wait_s."""
-        return self.admit_many([(vendor, request_id)])[0]
+    def admit(self, job: NewJob) -> Admission:
+        """Put a new job in line (dispatched at once if it is first), unless the vendor's or the client's backlog is full."""
+        return self.admit_many([job])[0]
 
-    def admit_many(self, jobs: list[tuple[Vendor, str]]) -> list[Admission]:
+    def admit_many(self, jobs: list[NewJob]) -> list[Admission]:
         """Admit several new jobs, each as `admit` would, in submission order and one round trip."""
         calls = [
-            (self.keys(vendor), [*self.limit_args(vendor), vendor.max_backlog, round(vendor.max_wait_s * 1000), request_id])
-            for vendor, request_id in jobs
+            (self.keys(job.vendor), [*self.limit_args(job.vendor), job.vendor.max_backlog, round(job.vendor.max_wait_s * 1000),
+                                     job.request_id, job.client, job.weight, job.cap or 0])
+            for job in jobs
         ]
         replies = self.run_many("ADMIT", calls)
-        return [self.admission(vendor, *reply) for (vendor, _), reply in zip(jobs, replies)]
+        return [self.admission(job, *reply) for job, reply in zip(jobs, replies)]
 
     def run_many(self, name: str, calls: list[tuple[list[str], list]]) -> list:
         """Run a script once per (keys, args), one round trip per node; load it where a restarted server lost it."""
         return run_script_calls(self.client, self.scripts[name], calls)
 
-    def admission(self, vendor: Vendor, outcome: int, now_ms: int, at_ms: int) -> Admission:
+    @staticmethod
+    def admission(job: NewJob, outcome: int, now_ms: int, at_ms: int) -> Admission:
         """Read the ADMIT script's reply."""
-        refusal = {1: "", 0: f"{vendor.max_backlog} jobs are waiting already",
-                   -1: f"it is paused: a new job would wait longer than {vendor.max_wait_s:g} s"}[outcome]
-        return Admission(outcome == 1, (at_ms - now_ms) / 1000, self.delay_ms(at_ms - now_ms), refusal)
+        wait_s, delay_ms = (at_ms - now_ms) / 1000, RateLimiter.delay_ms(at_ms - now_ms)
+        if outcome > 0:
+            return Admission(True, wait_s, delay_ms, dispatched=outcome == 1)
+        vendor = job.vendor
+        refusal = {0: f"{vendor.max_backlog} jobs are waiting already",
+                   -1: f"a new job would wait longer than {vendor.max_wait_s:g} s (max_wait_s)",
+                   -2: f"client {job.client!r} has {job.cap} jobs waiting for it already"}[outcome]
+        return Admission(False, max(wait_s, 0.0), 0, refusal, dispatched=False, by_client=outcome == -2)
 
-    def acquire(self, vendor: Vendor, request_id: str) -> int | None:
-        """Start the job now and return 0, or return how many ms its message should wait before asking again.
+    def acquire(self, vendor: Vendor, request_id: str) -> Grant:
+        """Start the job now (wait 0), or say how many ms its message should wait before asking again.
 
         None: the job was withdrawn (`withdraw`) and must not start. A started job of a vendor with
-        max_in_flight holds a lease until `release`.
+        max_in_flight holds a lease until `release`. Whatever the answer, the jobs whose turn came
+        meanwhile are dispatched: the caller enqueues their messages.
         """
         with self.delays_lock:
             delay_ms = self.delays_ms.pop(vendor.name, -1)
         lease_ms = round(vendor.timeout_s * 1000) + LEASE_SLACK_MS
         args = [*self.limit_args(vendor), round(delay_ms), vendor.max_in_flight or 0, lease_ms, request_id]
-        wait_ms = int(self.scripts["ACQUIRE"](keys=self.keys(vendor), args=args))
+        wait_ms, *dispatched = self.scripts["ACQUIRE"](keys=self.keys(vendor), args=args)
         if wait_ms < 0:
-            return None
+            return Grant(None, self.dispatched(dispatched))
         if not wait_ms:
             self.started.at = (vendor.name, time.monotonic())
-        return self.delay_ms(wait_ms)
+        return Grant(self.delay_ms(wait_ms), self.dispatched(dispatched))
+
+    def dispatch(self, vendor: Vendor) -> list[Dispatched]:
+        """Dispatch the jobs in line whose turn has come, in case no worker's `acquire` is left to do it."""
+        return self.dispatched(self.scripts["DISPATCH"](keys=self.keys(vendor), args=self.limit_args(vendor)))
+
+    @staticmethod
+    def dispatched(reply: list) -> list[Dispatched]:
+        """Read the jobs a script dispatched: request_id, ms until its start and when it joined the line, for each."""
+        return [Dispatched(reply[i].decode(), RateLimiter.delay_ms(int(reply[i + 1])), int(reply[i + 2]))
+                for i in range(0, len(reply), 3)]
 
     def calling(self, vendor: Vendor) -> None:
         """Note that the job this thread started is calling its vendor now: the delay sets the margin."""
@@ -133,7 +189,7 @@ class RateLimiter:
         self.client.zrem(vendor_key(vendor.name, "waiting"), request_id)
 
     def withdraw(self, vendor: Vendor, request_id: str) -> None:
-        """Take a job that must not start (cancelled) out of the backlog; its message, if it comes, takes no start."""
+        """Take a job that must not start (cancelled) out of the line or the backlog; its message, if any, takes no start."""
         self.scripts["WITHDRAW"](keys=self.keys(vendor), args=[*self.limit_args(vendor), request_id])
 
     def expected_wait_s(self, vendor: Vendor, request_id: str) -> float:
@@ -151,20 +207,30 @@ class RateLimiter:
         started, backlog, paused_ms, wait_ms = self.scripts["USAGE"](keys=self.keys(vendor), args=args)
         return Usage(started, backlog, paused_ms / 1000, wait_ms / 1000)
 
+    def in_line(self, vendor: Vendor) -> dict[str, int]:
+        """Return how many jobs each client has waiting in the vendor's line."""
+        counts = self.client.hgetall(vendor_key(vendor.name, "fair:clients"))
+        return {client.decode(): int(count) for client, count in counts.items()}
+
+    def line(self, vendor: Vendor) -> set[str]:
+        """Return the request_ids waiting in the vendor's line: they have no message until their turn."""
+        return {request_id.decode() for request_id in self.client.hkeys(vendor_key(vendor.name, "fair:jobs"))}
+
     @staticmethod
     def delay_ms(wait_ms: int) -> int:
         """Return how long a message should wait for a start `wait_ms` away (0: start now)."""
         return max(wait_ms, 1) if wait_ms > 0 else 0
 
     def limit_args(self, vendor: Vendor) -> list[int]:
-        """Return the scripts' leading arguments: the number of limits, each one's count and period ms, burst, margin."""
+        """Return the scripts' leading arguments: the number of limits, each one's count and period ms, burst, margin, horizon."""
         counts_and_periods = [part for count, period_s in vendor.limits for part in (count, round(period_s * 1000))]
-        return [len(vendor.limits), *counts_and_periods, vendor.burst, self.margin_ms]
+        return [len(vendor.limits), *counts_and_periods, vendor.burst, self.margin_ms, self.horizon_ms]
 
     @staticmethod
     def keys(vendor: Vendor) -> list[str]:
         """Return every key of the vendor's limiter state, in the order the scripts expect."""
         periods = [round(period_s * 1000) for _, period_s in vendor.limits]
         parts = ["pause", "quota", "state", "waiting", "inflight",
-                 *(f"started:{period}" for period in periods), *(f"planned:{period}" for period in periods), "planned:burst"]
+                 *(f"started:{period}" for period in periods), *(f"planned:{period}" for period in periods), "planned:burst",
+                 "fair", "fair:jobs", "fair:clients", "fair:finish"]
         return [vendor_key(vendor.name, part) for part in parts]

@@ -5,9 +5,10 @@ Keys of a vendor ``v``, all with the hash tag ``{vendor:v}`` (one cluster slot),
 1. ``pause``     ms timestamp before which nothing may start (a 429, an exhausted quota, an open
                  circuit breaker).
 2. ``quota``     hash {remaining, reset}: what the vendor's own headers allow until reset.
-3. ``state``     hash {offset, last, jitter, jitter_at, late}: how far pauses have pushed the
-                 waiting jobs back, the latest planned start, the worst start-to-call delay seen
-                 lately, and how late jobs come for their start on average.
+3. ``state``     hash {offset, last, jitter, jitter_at, late, vtime}: how far pauses have pushed
+                 the waiting jobs back, the latest planned start, the worst start-to-call delay
+                 seen lately and when, how late jobs come for their start on average, and the
+                 vendor's virtual time (below).
 4. ``waiting``   sorted set, request_id -> planned start: the jobs waiting for their time (the
                  backlog), and for a while those whose time came but were not let start yet;
                  ``request_id@withdrawn`` marks a job that will not start (cancelled) until
@@ -16,6 +17,11 @@ Keys of a vendor ``v``, all with the hash tag ``{vendor:v}`` (one cluster slot),
 6. ``started:P`` one *window* per limit of period P ms: the starts of the last period.
 7. ``planned:P`` one window per limit: the planned starts of the period before the latest.
 8. ``planned:burst``  the window that keeps bursts to ``burst`` at once.
+9. ``fair``      sorted set, request_id -> start tag: the jobs waiting for their turn (below).
+10. ``fair:jobs``    hash, request_id -> "client weight ms": its client, the client's weight and
+                    when it joined the line (the gate counts max_wait_s from then).
+11. ``fair:clients`` hash, client -> how many of its jobs wait for their turn.
+12. ``fair:finish``  hash, client -> the finish tag of its latest job.
 
 A window is a list whose first element is how many starts it holds, then one entry
 ``"bucket count latest"`` per bucket of starts (a thousandth of the period), oldest first.  A
@@ -28,10 +34,20 @@ reported lately (``jitter``, halving every 30 s), at least the configured floor.
 are further apart by twice how late jobs come for their start on average (``late``): one that
 comes that late seldom finds its window full.
 
-Admission plans each job's start in submission order: the earliest time every planned window
-has room, behind the latest planned start by the slowest limit's share of its span (waiting jobs
-come due one by one), and then at most ``burst`` at once.  The job's message waits in the
-broker's delay set until then.  A worker starts a job only when its time has come, the vendor is
+Clients share a vendor's starts by start-time fair queuing.  A new job waits in line (``fair``)
+with the start tag max(the vendor's virtual time ``vtime``, its client's finish tag); its
+client's finish tag becomes that plus 1 / the client's weight.  Jobs are *dispatched* lowest tag
+first, and the vendor's virtual time becomes the tag of the job dispatched last: a client that
+arrives later starts level with the others instead of behind their backlog, and clients with
+jobs in line get starts in proportion to their weights.  A job is dispatched once it would start
+within the dispatch horizon, or when no dispatched job is left whose ACQUIRE would pass the turn
+on.  Whichever script finds room dispatches: admission for a job first in line, a worker's
+ACQUIRE after each start, and the clock's DISPATCH every second, for a turn nobody passed on.
+
+Dispatch plans the job's start: the earliest time every planned window has room, behind the
+latest planned start by the slowest limit's share of its span (waiting jobs come due one by
+one), and then at most ``burst`` at once.  The job's message waits in the broker's delay set
+until then.  A worker starts a job only when its time has come, the vendor is
 not paused, a lease is free (max_in_flight) and every started window has room: the started
 windows are the guarantee, the planned ones only keep jobs from waking up to be refused.  Planned
 times are kept ``offset`` ms early: a pause pushes every waiting job back at once by raising the
@@ -47,9 +63,11 @@ end
 """
 
 # Shared by the scripts below.  ARGV: number of limits n, then count and period ms of each,
-# burst, margin floor ms; the script's own arguments follow (from ARGV[arg]).
+# burst, margin floor ms, dispatch horizon ms; the script's own arguments follow (from ARGV[arg]).
 PRELUDE = NOW_MS + """
 local BUCKETS, HALF_LIFE_MS, IN_FLIGHT_RETRY_MS, STALE_MS, LATE_CAP_MS, LATE_WEIGHT = 1000, 30000, 100, 600000, 250, 0.2
+-- Dispatch plans at most DISPATCH_MOST starts a call.
+local DISPATCH_MOST = 100
 local pause, quota, state, waiting, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local n = tonumber(ARGV[1])
 local limits = {}
@@ -58,12 +76,14 @@ for i = 1, n do
                started = KEYS[5 + i], planned = KEYS[5 + n + i]}
 end
 local burst, floor, burst_key = tonumber(ARGV[2 * n + 2]), tonumber(ARGV[2 * n + 3]), KEYS[6 + 2 * n]
-local arg = 2 * n + 4
+local horizon = tonumber(ARGV[2 * n + 4])
+local fair, fair_jobs, fair_clients, fair_finish = KEYS[7 + 2 * n], KEYS[8 + 2 * n], KEYS[9 + 2 * n], KEYS[10 + 2 * n]
+local arg = 2 * n + 5
 local now = now_ms()
-local s = redis.call('HMGET', state, 'offset', 'last', 'jitter', 'jitter_at', 'late')
+local s = redis.call('HMGET', state, 'offset', 'last', 'jitter', 'jitter_at', 'late', 'vtime')
 local offset, last = tonumber(s[1] or 0), tonumber(s[2] or 0)
 local jitter, jitter_at = tonumber(s[3] or 0), tonumber(s[4] or now)
-local late = tonumber(s[5] or 0)
+local late, vtime = tonumber(s[5] or 0), tonumber(s[6] or 0)
 
 -- A peak seen at `at`, halving every HALF_LIFE_MS since.
 local function decayed(peak, at)
@@ -92,7 +112,7 @@ local function entry(text)
 end
 
 -- Drop the buckets whose starts are all at or before `cutoff`; return the starts left.
-local function count_after(key, cutoff)
+local function prune(key, cutoff)
   local head = redis.call('LRANGE', key, 0, 1)  -- the count and the oldest bucket
   local count, oldest, dropped = tonumber(head[1] or 0), head[2], false
   while count > 0 and oldest do
@@ -107,19 +127,40 @@ local function count_after(key, cutoff)
   return count
 end
 
--- The time from which a window of `span` holding `count` >= `limit` starts has room for one more.
-local function free_at(key, span, limit, count)
-  local excess, from = count - limit + 1, 1
+-- Call `visit(count, latest)` for each bucket after `cutoff`, oldest first, until it returns true.
+local function each_bucket_after(key, cutoff, visit)
+  local from = 1
   while true do
     local entries = redis.call('LRANGE', key, from, from + 31)
-    if #entries == 0 then return 0 end
+    if #entries == 0 then return end
     for _, text in ipairs(entries) do
       local _, c, latest = entry(text)
-      excess = excess - c
-      if excess <= 0 then return latest + span end
+      if latest > cutoff and visit(c, latest) then return end
     end
     from = from + 32
   end
+end
+
+-- The starts after `cutoff` in a window holding `count` in all (read only: a plan may look ahead
+-- and not be taken).
+local function count_after(key, cutoff, count)
+  local before = 0
+  each_bucket_after(key, -math.huge, function(c, latest)
+    if latest > cutoff then return true end
+    before = before + c
+  end)
+  return count - before
+end
+
+-- The time from which a window of `span` holding `count` >= `limit` starts after `cutoff` has
+-- room for one more.
+local function free_at(key, span, limit, count, cutoff)
+  local excess, free = count - limit + 1, 0
+  each_bucket_after(key, cutoff, function(c, latest)
+    excess = excess - c
+    if excess <= 0 then free = latest + span return true end
+  end)
+  return free
 end
 
 -- Count one more start at `at` in a window holding `count`, in buckets `width` wide; keep it
@@ -161,13 +202,15 @@ local function plan(margin)
   local now_v = now - offset
   local at = math.max(now_v, paused_until() - offset)
   if last > now_v then at = math.max(at, last + share) end
+  -- Buckets a span before now matter to no plan any more; `counts` are the starts left in each window.
   local counts, moved = {}, true
+  for i, w in ipairs(windows) do counts[i] = prune(w.key, now_v - w.span) end
   while moved do
     moved = false
     for i, w in ipairs(windows) do
-      counts[i] = count_after(w.key, at - w.span)
-      if counts[i] >= w.count then
-        local free = free_at(w.key, w.span, w.count, counts[i])
+      local inside = count_after(w.key, at - w.span, counts[i])
+      if inside >= w.count then
+        local free = free_at(w.key, w.span, w.count, inside, at - w.span)
         if free > at then at, moved = free, true end
       end
     end
@@ -180,8 +223,53 @@ local function commit(member, at, windows, counts)
   for i, w in ipairs(windows) do
     add_start(w.key, at, w.width, counts[i], at - (now - offset) + w.span + w.width)
   end
+  last = at
   redis.call('HSET', state, 'last', at)
   redis.call('ZADD', waiting, at, member)
+end
+
+-- The planned start of a job dispatched now, if it would start within the horizon or no
+-- dispatched job is left whose message will pass the turn on (through its ACQUIRE); else nil.
+local function dispatchable(margin)
+  local now_v = now - offset
+  if last > now_v + horizon then return nil end
+  local at, windows, counts = plan(margin)
+  if at > now_v + horizon and redis.call('ZCARD', waiting) > 0 then return nil end
+  return at, windows, counts
+end
+
+-- Take a job out of the line; return its client, the client's weight and when it joined the
+-- line, or nil if it was not in line.
+local function leave_line(member)
+  if redis.call('ZREM', fair, member) == 0 then return nil end
+  local client, weight, joined = string.match(redis.call('HGET', fair_jobs, member) or '', '(%S+) (%S+) (%S+)')
+  redis.call('HDEL', fair_jobs, member)
+  if client and redis.call('HINCRBY', fair_clients, client, -1) <= 0 then redis.call('HDEL', fair_clients, client) end
+  return client, tonumber(weight), tonumber(joined)
+end
+
+-- Dispatch the jobs in line, lowest tag first, while they find a planned start; return
+-- {request_id, ms until its start, when it joined the line, ...}.
+local function dispatch()
+  local out, margin = {}, plan_margin()
+  for _ = 1, DISPATCH_MOST do
+    local head = redis.call('ZRANGE', fair, 0, 0, 'WITHSCORES')
+    if not head[1] then break end
+    local at, windows, counts = dispatchable(margin)
+    if not at then break end
+    local _, _, joined = leave_line(head[1])
+    vtime = tonumber(head[2])
+    redis.call('HSET', state, 'vtime', vtime)
+    commit(head[1], at, windows, counts)
+    out[#out + 1], out[#out + 2], out[#out + 3] = head[1], math.max(math.ceil(at + offset - now), 0), joined or now
+  end
+  return out
+end
+
+-- When a job with `ahead` jobs before it in line (itself included) is expected to start.
+local function expected_start(ahead)
+  local _, share = planned_windows(plan_margin())
+  return math.ceil(math.max(now, paused_until(), last + offset) + ahead * share)
 end
 
 -- When a job that holds no planned start would start if it joined the line now (read only).
@@ -208,9 +296,10 @@ end
 
 """
 
-#: May the job start now?  Return 0 (it started), the ms until it should ask again, or -1 (it was
-#: withdrawn: its message has nothing left to do).  A job without a planned start (a retry, a job
-#: queued again) joins the line first.
+#: May the job start now?  Reply {0 (it started), the ms until it should ask again, or -1 (it was
+#: withdrawn: its message has nothing left to do), then the jobs dispatched meanwhile as
+#: request_id, ms until its start, when it joined the line (ms), ...}.  A job without a planned
+#: start (a retry, a job queued again) is planned at once: it had its turn.
 #: ARGV (own): start-to-call delay ms a worker saw (-1: none), max in flight (0: no cap),
 #: lease ms, request_id.
 ACQUIRE = PRELUDE + """
@@ -222,57 +311,81 @@ if observed > decayed(jitter, jitter_at) then
 end
 local margin = margin_now()
 
-local own = redis.call('ZSCORE', waiting, member)
-if not own and redis.call('ZREM', waiting, member .. '@withdrawn') == 1 then return -1 end
-if own then
-  own = tonumber(own) + offset
-  if own > now then return math.ceil(own - now) end  -- early: it keeps its place
-  -- Later than this, it waited for something else (a pause, a lease, a full window).
-  if now - own <= LATE_CAP_MS then
-    late = late + LATE_WEIGHT * (now - own - late)
-    redis.call('HSET', state, 'late', late)
+local function acquire()
+  local own = redis.call('ZSCORE', waiting, member)
+  if not own and redis.call('ZREM', waiting, member .. '@withdrawn') == 1 then return -1 end
+  if own then
+    own = tonumber(own) + offset
+    if own > now then return math.ceil(own - now) end  -- early: it keeps its place
+    -- Later than this, it waited for something else (a pause, a lease, a full window).
+    if now - own <= LATE_CAP_MS then
+      late = late + LATE_WEIGHT * (now - own - late)
+      redis.call('HSET', state, 'late', late)
+    end
+  else
+    leave_line(member)  -- a message came for a job still in line (queued again by an operator)
+    local at, windows, counts = plan(plan_margin())
+    commit(member, at, windows, counts)
+    if at + offset > now then return math.ceil(at + offset - now) end
   end
-else
-  local at, windows, counts = plan(plan_margin())
-  commit(member, at, windows, counts)
-  if at + offset > now then return math.ceil(at + offset - now) end
+
+  -- Its time has come: the pause, the leases and every limit's window must let it start.
+  local wait = paused_until() - now
+  if max_in_flight > 0 then
+    redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)  -- leases of calls that ended without a word
+    if redis.call('ZCARD', inflight) >= max_in_flight then wait = math.max(wait, IN_FLIGHT_RETRY_MS) end
+  end
+  local counts = {}
+  for i, limit in ipairs(limits) do
+    local span = limit.period + margin
+    counts[i] = prune(limit.started, now - span)
+    if counts[i] >= limit.count then
+      wait = math.max(wait, free_at(limit.started, span, limit.count, counts[i], now - span) - now)
+    end
+  end
+  if wait > 0 then return math.ceil(wait) end
+
+  redis.call('ZREM', waiting, member)
+  for i, limit in ipairs(limits) do
+    local width = limit.period / BUCKETS
+    add_start(limit.started, now, width, counts[i], limit.period + margin + width)
+  end
+  if max_in_flight > 0 then redis.call('ZADD', inflight, now + lease, member) end
+  local quota_left = redis.call('HMGET', quota, 'remaining', 'reset')
+  if quota_left[1] then
+    if redis.call('HINCRBY', quota, 'remaining', -1) <= 0 then
+      pause_until(tonumber(quota_left[2]))
+    end
+  end
+  return 0
 end
 
--- Its time has come: the pause, the leases and every limit's window must let it start.
-local wait = paused_until() - now
-if max_in_flight > 0 then
-  redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)  -- leases of calls that ended without a word
-  if redis.call('ZCARD', inflight) >= max_in_flight then wait = math.max(wait, IN_FLIGHT_RETRY_MS) end
-end
-local counts = {}
-for i, limit in ipairs(limits) do
-  local span = limit.period + margin
-  counts[i] = count_after(limit.started, now - span)
-  if counts[i] >= limit.count then
-    wait = math.max(wait, free_at(limit.started, span, limit.count, counts[i]) - now)
-  end
-end
-if wait > 0 then return math.ceil(wait) end
-
-redis.call('ZREM', waiting, member)
-for i, limit in ipairs(limits) do
-  local width = limit.period / BUCKETS
-  add_start(limit.started, now, width, counts[i], limit.period + margin + width)
-end
-if max_in_flight > 0 then redis.call('ZADD', inflight, now + lease, member) end
-local quota_left = redis.call('HMGET', quota, 'remaining', 'reset')
-if quota_left[1] then
-  if redis.call('HINCRBY', quota, 'remaining', -1) <= 0 then
-    pause_until(tonumber(quota_left[2]))
-  end
-end
-return 0
+local wait = acquire()
+local reply = dispatch()
+table.insert(reply, 1, wait)
+return reply
 """
 
-#: Take a job that will not start out of the backlog, and mark it withdrawn so that its message,
-#: when it comes, takes no start.  ARGV (own): request_id.
+#: Dispatch the jobs in line that find a planned start: the clock's call, in case no worker's
+#: ACQUIRE is left to do it.  Reply as ACQUIRE's dispatched jobs.
+DISPATCH = PRELUDE + """
+return dispatch()
+"""
+
+#: Take a job that will not start out of the line or the backlog; once dispatched, mark it
+#: withdrawn so that its message, when it comes, takes no start.  ARGV (own): request_id.
 WITHDRAW = PRELUDE + """
 local member = ARGV[arg]
+local client, weight = leave_line(member)
+if client then  -- no message of it was sent
+  -- A client whose line empties this way is not set back for the turns it gave up, and keeps
+  -- no place ahead of a turn from now either.
+  if redis.call('HEXISTS', fair_clients, client) == 0 then
+    local finish = tonumber(redis.call('HGET', fair_finish, client) or 0)
+    redis.call('HSET', fair_finish, client, math.min(finish, vtime + 1 / weight))
+  end
+  return 0
+end
 redis.call('ZREM', waiting, member)
 redis.call('ZADD', waiting, now - offset - 1, member .. '@withdrawn')
 return 0
@@ -299,36 +412,65 @@ redis.call('PEXPIRE', quota, reset - now)
 return 1
 """
 
-#: Plan a new job's start, unless max_backlog jobs already wait or it would wait longer than
-#: max_wait (the vendor is paused).
-#: Return {1, now ms, start ms}, or {0 (backlog full) or -1 (wait too long), now ms, when to try again ms}.
-#: ARGV (own): max backlog, max wait ms, request_id.
+#: Put a new job in line, and dispatch it at once if it is first and finds a planned start;
+#: unless max_backlog jobs already wait, its client's cap of jobs in line is reached, or it would
+#: wait longer than max_wait (the vendor is paused).
+#: Return {1 (dispatched) or 2 (in line), now ms, expected start ms}, or {0 (backlog full), -1
+#: (wait too long) or -2 (client's cap), now ms, when to try again ms}.
+#: ARGV (own): max backlog, max wait ms, request_id, client, its weight, its cap (0: none).
 ADMIT = PRELUDE + """
 local max_backlog, max_wait, member = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1]), ARGV[arg + 2]
+local client, weight, cap = ARGV[arg + 3], tonumber(ARGV[arg + 4]), tonumber(ARGV[arg + 5])
 local now_v = now - offset
 redis.call('ZREMRANGEBYSCORE', waiting, '-inf', '(' .. (now_v - STALE_MS))  -- jobs that never came
-if redis.call('ZCOUNT', waiting, '(' .. now_v, '+inf') >= max_backlog then
-  -- a place frees up when the next waiting job starts
+local in_line = redis.call('ZCARD', fair)
+if redis.call('ZCOUNT', waiting, '(' .. now_v, '+inf') + in_line >= max_backlog then
+  -- a place frees up when the next planned job starts, or else when the first in line does
   local first = redis.call('ZRANGEBYSCORE', waiting, '(' .. now_v, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-  return {0, now, math.ceil(tonumber(first[2] or now_v) + offset)}
+  return {0, now, first[2] and math.ceil(tonumber(first[2]) + offset) or expected_start(1)}
 end
-local at, windows, counts = plan(plan_margin())
-if at - now_v > max_wait then return {-1, now, math.ceil(at + offset - max_wait)} end
-commit(member, at, windows, counts)
-return {1, now, math.ceil(at + offset)}
+local finish = tonumber(redis.call('HGET', fair_finish, client) or 0)
+if cap > 0 then
+  local queued = tonumber(redis.call('HGET', fair_clients, client) or 0)
+  if queued >= cap then  -- a place frees up when its first job in line is dispatched
+    return {-2, now, expected_start(redis.call('ZCOUNT', fair, '-inf', finish - queued / weight))}
+  end
+end
+local tag = math.max(vtime, finish)
+local ahead = redis.call('ZCOUNT', fair, '-inf', tag)
+if ahead == 0 then
+  local at, windows, counts = dispatchable(plan_margin())
+  if at then
+    if at - now_v > max_wait then return {-1, now, math.ceil(at + offset - max_wait)} end
+    vtime = tag
+    redis.call('HSET', state, 'vtime', tag)
+    redis.call('HSET', fair_finish, client, tag + 1 / weight)
+    commit(member, at, windows, counts)
+    return {1, now, math.ceil(at + offset)}
+  end
+end
+local at = expected_start(ahead + 1)
+if at - now > max_wait then return {-1, now, at - max_wait} end
+redis.call('ZADD', fair, tag, member)
+redis.call('HSET', fair_jobs, member, client .. ' ' .. weight .. ' ' .. now)
+redis.call('HINCRBY', fair_clients, client, 1)
+redis.call('HSET', fair_finish, client, tag + 1 / weight)
+return {2, now, at}
 """
 
-#: Return {now ms, expected start ms} of a job: its planned start (now if that has passed), or
-#: where a new job would go if it holds none (it started, or it was queued again and no worker
-#: has seen it yet).  ARGV (own): request_id.
+#: Return {now ms, expected start ms} of a job: its planned start (now if that has passed), when
+#: its turn is expected if it is in line, or where a new job would go if it holds neither (it
+#: started, or it was queued again and no worker has seen it yet).  ARGV (own): request_id.
 OUTLOOK = PRELUDE + """
 local own = redis.call('ZSCORE', waiting, ARGV[arg])
 if own then return {now, math.max(math.ceil(tonumber(own) + offset), now)} end
+local rank = redis.call('ZRANK', fair, ARGV[arg])
+if rank then return {now, expected_start(rank + 1)} end
 return {now, estimate_new()}
 """
 
 #: Report a vendor's use of its limit, read-only: {starts in the last period of the limit
-#: numbered ARGV[arg], jobs waiting for a later start (the backlog), ms the vendor stays paused,
+#: numbered ARGV[arg], jobs in line or waiting for a later start (the backlog), ms the vendor stays paused,
 #: ms until a new job would start}.
 USAGE = PRELUDE + """
 local limit = limits[tonumber(ARGV[arg])]
@@ -337,7 +479,7 @@ for _, text in ipairs(redis.call('LRANGE', limit.started, 1, -1)) do
   local _, c, latest = entry(text)
   if latest > now - limit.period then started = started + c end
 end
-local backlog = redis.call('ZCOUNT', waiting, '(' .. (now - offset), '+inf')
+local backlog = redis.call('ZCOUNT', waiting, '(' .. (now - offset), '+inf') + redis.call('ZCARD', fair)
 local paused = math.max(paused_until() - now, 0)
 return {started, backlog, paused, estimate_new() - now}
 """

@@ -12,13 +12,17 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 from queueing.connection import build_broker, connect_redis
 from queueing.lease import LeaderLease
+from queueing.ratelimit import RateLimiter
 from scheduler.runs import run_if_leader
-from scheduler.sweeps import purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
+from scheduler.sweeps import dispatch_waiting, purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
 from service.config import Config
 from service.logs import configure_logging
 from service.outcomes import Outcomes
 from service.store import open_store
 from vendors.registry import load_registry
+
+#: How often the clock dispatches jobs whose turn came where no worker did (a seldom gap: see dispatch_waiting).
+DISPATCH_INTERVAL_S = 1
 
 
 def main() -> None:
@@ -37,18 +41,19 @@ def main() -> None:
     )
     outcomes = Outcomes(store, broker if config.callback_secret else None)
     lease = LeaderLease(redis_client, config.clock_lease_s)
-    sweeps = {
-        "webhook_timeouts": partial(time_out_webhooks, store, outcomes, registry, broker),
-        "orphans": partial(requeue_orphans, store, registry, broker, timedelta(seconds=config.orphan_after_s)),
-        "retention": partial(purge_expired_jobs, store),
+    limiter = RateLimiter(redis_client, config.rate_limit_margin_ms)
+    orphan_after, every = timedelta(seconds=config.orphan_after_s), config.sweep_interval_s
+    sweeps = {  # name: (sweep, seconds between runs)
+        "webhook_timeouts": (partial(time_out_webhooks, store, outcomes, registry, broker), every),
+        "orphans": (partial(requeue_orphans, store, registry, broker, limiter, orphan_after), every),
+        "retention": (partial(purge_expired_jobs, store), every),
+        "dispatch": (partial(dispatch_waiting, limiter, registry, broker), DISPATCH_INTERVAL_S),
     }
     if config.callback_secret:
-        sweeps["missed_callbacks"] = partial(queue_missed_callbacks, store, broker, timedelta(seconds=config.orphan_after_s))
+        sweeps["missed_callbacks"] = (partial(queue_missed_callbacks, store, broker, orphan_after), every)
     scheduler = BlockingScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
-    for name, sweep in sweeps.items():
-        scheduler.add_job(
-            run_if_leader, "interval", seconds=config.sweep_interval_s, id=name, args=(lease, redis_client, name, sweep),
-        )
+    for name, (sweep, interval_s) in sweeps.items():
+        scheduler.add_job(run_if_leader, "interval", seconds=interval_s, id=name, args=(lease, redis_client, name, sweep))
     lease.start()
     try:
         scheduler.start()

@@ -32,7 +32,9 @@ def run_if_leader(lease: LeaderLease, client: redis.Redis, name: str, sweep: Swe
     record["finished_at"] = utcnow().isoformat()
     record["duration_ms"] = round((time.monotonic() - began) * 1000, 1)
     if "counts" in record:
-        log.info("sweep %s: %s", name, record["counts"], extra={"sweep": name, **record})
+        # A run that changed nothing is routine: the frequent ones would drown the log.
+        level = logging.INFO if any(record["counts"].values()) else logging.DEBUG
+        log.log(level, "sweep %s: %s", name, record["counts"], extra={"sweep": name, **record})
         for action, count in record["counts"].items():
             SWEEP_JOBS.labels(name, action).inc(count)
     try:

@@ -12,8 +12,10 @@ from datetime import timedelta
 
 from queueing.broker import StreamsBroker
 from queueing.messages import (
-    CALLBACK_ACTOR, CALLBACK_QUEUE, FETCH_ACTOR, QUEUE_NAME, enqueue_client_callback, enqueue_fetch, request_id_of,
+    CALLBACK_ACTOR, CALLBACK_QUEUE, FETCH_ACTOR, QUEUE_NAME, enqueue_client_callback, enqueue_dispatched, enqueue_fetch,
+    request_id_of,
 )
+from queueing.ratelimit import RateLimiter
 from service.logs import about_job
 from service.outcomes import Outcomes
 from service.states import JobStatus
@@ -46,7 +48,7 @@ def time_out_webhooks(
                 detail = f"no webhook from {job['vendor']} by the deadline; asking again ({rerequests + 1} of {allowed})"
                 # Queued first, then enqueued: a worker must find the job claimable when the message arrives.
                 if store.rerequest(request_id, detail):
-                    enqueue_fetch(broker, request_id, vendor=job["vendor"], client=job.get("client"))
+                    enqueue_fetch(broker, request_id, vendor=job["vendor"])
                     counts["re_requested"] += 1
                 continue
             asked = f" after {rerequests + 1} requests" if rerequests else ""
@@ -57,15 +59,31 @@ def time_out_webhooks(
     return counts
 
 
+def waiting_for_a_turn(limiter: RateLimiter, registry: Registry) -> set[str]:
+    """Return the request_ids in every vendor's line: they have no message until their turn comes."""
+    return set().union(*(limiter.line(vendor) for vendor in registry.vendors.values()))
+
+
+def dispatch_waiting(limiter: RateLimiter, registry: Registry, broker: StreamsBroker) -> dict[str, int]:
+    """Dispatch the jobs in line whose turn came where no worker did (none had a start to pass it on); return the count."""
+    count = 0
+    for vendor in registry.vendors.values():
+        dispatched = limiter.dispatch(vendor)
+        enqueue_dispatched(broker, vendor.name, dispatched)
+        count += len(dispatched)
+    return {"dispatched": count}
+
+
 def requeue_orphans(
-    store: JobStore, registry: Registry, broker: StreamsBroker, orphan_after: timedelta, limit: int = BATCH_SIZE,
+    store: JobStore, registry: Registry, broker: StreamsBroker, limiter: RateLimiter, orphan_after: timedelta,
+    limit: int = BATCH_SIZE,
 ) -> dict[str, int]:
     """Enqueue again the jobs whose message is gone from the queue; return the counts by state.
 
     A pending job is a candidate once unchanged for `orphan_after`, a queued one once its start
-    (`due_at`: its slot) is `orphan_after` past, and a processing job once unchanged for the
-    broker's visibility timeout plus the longest vendor timeout, since until then a live worker may
-    still hold its message. Every candidate is looked at, most overdue first, so a long queue
+    (`due_at`: its slot, or its expected turn) is `orphan_after` past and it is not in its
+    vendor's line, and a processing job once unchanged for the broker's visibility timeout plus
+    the longest vendor timeout, since until then a live worker may still hold its message. Every candidate is looked at, most overdue first, so a long queue
     cannot hide a younger orphan; at most `limit` orphans of each state are handled.
     """
     longest_call_s = max(vendor.timeout_s for vendor in registry.vendors.values())
@@ -75,7 +93,9 @@ def requeue_orphans(
         JobStatus.PROCESSING: timedelta(milliseconds=broker.visibility_timeout_ms, seconds=longest_call_s),
     }
     # Read the queue only once some job is old enough to be a candidate: most runs find none.
-    in_queue = functools.cache(lambda: request_ids_in_queue(broker))
+    # The lines first: a job dispatched between the two reads is then found in the queue, unless its
+    # message is still on its way (it gets a second one, whose claim is refused).
+    in_queue = functools.cache(lambda: waiting_for_a_turn(limiter, registry) | request_ids_in_queue(broker))
     orphans = {
         status: list(itertools.islice((i for i in store.stale_ids(status, age, limit) if i not in in_queue()), limit))
         for status, age in thresholds.items()

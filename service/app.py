@@ -18,7 +18,6 @@ from queueing.ratelimit import RateLimiter
 from service import errors
 from service.cleaning import Cleaner
 from service.clients.auth import ClientAuth
-from service.clients.backlogs import ClientBacklogs
 from service.clients.limits import RequestLimits
 from service.clients.store import ClientStore
 from service.config import Config
@@ -58,7 +57,7 @@ def create_app(config: Config | None = None) -> falcon.App:
     # No riding out an outage here: a client waits for its answer, and a job left pending is the clock's.
     broker = build_broker(redis_client, wait_replicas=config.redis_wait_replicas)
     outcomes = Outcomes(store, broker if config.callback_secret else None)
-    waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry, ClientBacklogs(redis_client))
+    waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry)
     clients = ClientStore(store.collection.database, store.cipher)
     jobs = Jobs(
         store, outcomes, registry, Intake(store, registry, waiting, broker), Cleaner(config.pii_keys), waiting,

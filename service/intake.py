@@ -1,9 +1,10 @@
 """Take in new jobs in batches: the submissions in flight at once share their round trips.
 
-A submission needs a slot in its vendor's backlog (Redis), its document stored (MongoDB), then
-its message in the queue (Redis), in that order: a worker must find the job when the message
-comes. Every submission waiting when a batch starts goes through the three steps together, one
-round trip each (queueing/batching.py), so under load the cost per job falls as batches grow.
+A submission needs a place in its vendor's line (Redis), its document stored (MongoDB), then,
+if its turn came at once, its message in the queue (Redis), in that order: a worker must find
+the job when the message comes. Every submission waiting when a batch starts goes through the
+three steps together, one round trip each (queueing/batching.py), so under load the cost per job
+falls as batches grow.
 """
 
 from __future__ import annotations
@@ -98,22 +99,27 @@ class Intake:
         for submission, error in zip(submissions, errors):
             if error is not None:
                 submission.error = error
-                self.waiting.withdraw(submission.vendor, submission.request_id, submission.client.name)
+                self.waiting.withdraw(submission.vendor, submission.request_id)
 
     def _enqueue(self, submissions: list[Submission]) -> None:
-        """Queue the stored jobs, each due at its slot; if the queue is down, leave them pending for the clock."""
+        """Queue the stored jobs whose turn came at once, each due at its slot; if the queue is down, leave them pending.
+
+        The clock's orphan sweep enqueues a pending job later. A job left in its vendor's line gets
+        its message when its turn comes (queueing/ratelimit.py).
+        """
         if not submissions:
             return
         for submission in submissions:
             JOBS_SUBMITTED.labels(submission.vendor.name).inc()
+        dispatched = [s for s in submissions if s.admission.dispatched]
         try:
             self.broker.enqueue_many([
-                (fetch_message(s.request_id, vendor=s.vendor.name, client=s.client.name), s.admission.delay_ms)
-                for s in submissions
+                (fetch_message(s.request_id, vendor=s.vendor.name), s.admission.delay_ms)
+                for s in dispatched
             ])
         except (ConnectionClosed, redis.RedisError) as error:  # Redis is down, say: the clock's orphan sweep takes over
-            log.warning("enqueue failed for %d jobs, left pending: %r", len(submissions), error)
-            for submission in submissions:
+            log.warning("enqueue failed for %d jobs, left pending: %r", len(dispatched), error)
+            for submission in dispatched:
                 self._leave_pending(submission, f"enqueue failed: {type(error).__name__}")
             return
         for submission in submissions:

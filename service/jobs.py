@@ -144,7 +144,7 @@ class Jobs:
     def cancel(self, request_id: str, client: str) -> dict[str, Any]:
         """Cancel the client's job unless it already finished otherwise (JobFinished); return what the client sees of it.
 
-        A job whose vendor was not called leaves its vendor's backlog; the call of a started one finishes
+        A job whose vendor was not called leaves its vendor's line; the call of a started one finishes
         and what it brings is discarded. Cancelling a cancelled job answers the same again.
         """
         job = self.owned(request_id, client)
@@ -154,7 +154,7 @@ class Jobs:
             if self.store.cancel_waiting(request_id, detail):
                 vendor = self.registry.get(job["vendor"])
                 if vendor is not None:
-                    self.waiting.withdraw(vendor, request_id, client)
+                    self.waiting.withdraw(vendor, request_id)
                 break
             if self.store.cancel_started(request_id, detail):
                 break

@@ -1,4 +1,4 @@
-"""Honest waiting: give jobs their slot in a vendor's backlog, or refuse them, and estimate completion.
+"""Honest waiting: give jobs their place in a vendor's line, or refuse them, and estimate completion.
 
 Everything here reads Redis only (the rate limiter's state), never MongoDB: one pipeline of
 script calls for each batch of new jobs (service/intake.py) and one for each batch of reads of
@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import redis
 
-from queueing.ratelimit import Admission, RateLimiter
-from service.clients.backlogs import ClientBacklogs
+from queueing.ratelimit import Admission, NewJob, RateLimiter
 from service.clients.store import Client
 from service.errors import BacklogFull, ClientBacklogFull
 from service.states import JobStatus
@@ -43,50 +41,31 @@ def poll_hint_s(status: str, estimate: datetime | None) -> int:
     return min(max(math.ceil(until_s), MIN_POLL_S), MAX_POLL_S)
 
 
-@dataclass(frozen=True)
-class OverClientCap(Admission):
-    """A refusal by the client's own cap on its jobs waiting for the vendor, not by the vendor's backlog."""
-
-
 class Waiting:
-    """Admit jobs into vendor backlogs and estimate when jobs will be done."""
+    """Admit jobs into vendor lines and estimate when jobs will be done."""
 
-    def __init__(self, limiter: RateLimiter, registry: Registry, backlogs: ClientBacklogs) -> None:
+    def __init__(self, limiter: RateLimiter, registry: Registry) -> None:
         self.limiter = limiter
         self.registry = registry
-        self.backlogs = backlogs
 
     def admit_many(self, jobs: list[tuple[Client, Vendor, str]]) -> list[Admission]:
-        """Give each (client, vendor, request_id) its slot in the vendor's backlog, or a refusal.
+        """Give each (client, vendor, request_id) its place in the vendor's line, or a refusal, in one round trip.
 
-        A client's own cap on its jobs waiting for the vendor is checked first (one round trip,
-        only for clients with a cap), then the vendor's backlog (one round trip). With Redis down
-        the jobs are taken anyway: they are stored as pending and enqueued later.
+        With Redis down the jobs are taken anyway: they are stored as pending and enqueued later.
         """
         try:
-            over_cap = self.backlogs.reserve_many(jobs)
-            asked = [(vendor, request_id) for (_, vendor, request_id), wait_s in zip(jobs, over_cap) if wait_s is None]
-            slots = iter(self.limiter.admit_many(asked) if asked else [])
-            admissions = [
-                next(slots) if wait_s is None else OverClientCap(
-                    False, wait_s, 0, f"client {client.name!r} has {client.backlog_cap(vendor.name)} jobs waiting for it already",
-                )
-                for (client, vendor, _), wait_s in zip(jobs, over_cap)
-            ]
-            self.backlogs.settle_many([
-                (client, vendor, request_id, admission.wait_s if admission.accepted else None)
-                for (client, vendor, request_id), admission, wait_s in zip(jobs, admissions, over_cap) if wait_s is None
+            return self.limiter.admit_many([
+                NewJob(vendor, request_id, client.name, client.weight, client.backlog_cap(vendor.name))
+                for client, vendor, request_id in jobs
             ])
-            return admissions
         except redis.RedisError as error:
             log.warning("backlogs not checked, Redis unavailable: %s", type(error).__name__)
             return [Admission(True, 0.0, 0)] * len(jobs)
 
-    def withdraw(self, vendor: Vendor, request_id: str, client_name: str) -> None:
-        """Give up the slot of a job that will not start (not stored, or cancelled), if Redis allows."""
+    def withdraw(self, vendor: Vendor, request_id: str) -> None:
+        """Give up the place of a job that will not start (not stored, or cancelled), if Redis allows."""
         try:
             self.limiter.withdraw(vendor, request_id)
-            self.backlogs.release(client_name, vendor.name, request_id)
         except redis.RedisError:
             pass  # the slot passes unused
 
@@ -113,7 +92,7 @@ class Waiting:
 
 def backlog_full(vendor: Vendor, admission: Admission) -> BacklogFull:
     """Return the error that tells the client why the vendor refused the job, and when to try again."""
-    if isinstance(admission, OverClientCap):
+    if admission.by_client:
         return ClientBacklogFull(f"vendor {vendor.name!r} takes no more of your work now: {admission.refusal}", admission.wait_s)
     return BacklogFull(f"vendor {vendor.name!r} takes no more work now: {admission.refusal}", admission.wait_s)
 

@@ -11,7 +11,7 @@ from devtools.stack import BIN, Stack, free_ports, service_env, wait_until
 from service.clients.store import ClientStore
 from service.store import payload_cipher
 from tests.conftest import with_database
-from tests.scripted_vendor import scripted_vendors
+from tests.scripted_vendor import scripted_vendors, served
 
 DATABASE = "clients_live"
 REGISTRY = """
@@ -109,10 +109,38 @@ def test_the_seed_curl_flow_works_verbatim_under_auth_open(stack):
     assert "AUTH=open" in stack.process("api-open").log() and "AUTH=open" not in stack.process("api").log()
 
 
+def submit_all(stack, key, count, vendor="paced"):
+    """Submit `count` jobs as the client with `key`; return their request_ids."""
+    ids = []
+    for _ in range(count):
+        response = requests.post(f"{stack.url}/jobs", json={"name": "Ann"}, params={"vendor": vendor},
+                                 headers={"Authorization": f"Bearer {key}"}, timeout=5)
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["request_id"])
+    return ids
+
+
+def test_clients_that_come_later_take_turns_with_an_earlier_clients_backlog(stack, vendors):
+    heavy, light, lighter = (stack.clients.add(name)[1] for name in ("heavy", "light", "lighter"))
+    paced = vendors["paced"]
+    paced.answer, paced.calls = served, []
+    heavy_ids = submit_all(stack, heavy, 24)  # six seconds of the vendor's starts
+    light_ids = submit_all(stack, light, 4) + submit_all(stack, lighter, 4)
+    owners = {**dict.fromkeys(heavy_ids, heavy), **dict.fromkeys(light_ids[:4], light), **dict.fromkeys(light_ids[4:], lighter)}
+    for request_id, key in owners.items():
+        assert final(stack.url, request_id, {"Authorization": f"Bearer {key}"})["status"] == "complete"
+    order = [request_id for _, request_id in sorted(paced.calls)]
+    assert sorted(order) == sorted(heavy_ids + light_ids)
+    # First come, first served would call the light clients' jobs last (the 25th to the 32nd call).
+    # Taking turns, the three clients share the calls after the light ones arrive, a third each.
+    assert max(order.index(request_id) for request_id in light_ids) < 20
+
+
 def test_cancels_racing_the_worker_never_let_a_queued_job_reach_the_vendor(stack, vendors):
     _, key = stack.clients.add("racer")
     headers = {"Authorization": f"Bearer {key}"}
     paced = vendors["paced"]
+    paced.calls = []
     paced.answer = lambda _: (time.sleep(0.3), (200, {}))[1]  # long enough for some cancels to find the call in flight
     ids = []
     for _ in range(24):  # four a second: slots spread over six seconds

@@ -9,8 +9,7 @@ from queueing.breaker import CircuitBreaker
 from queueing.keys import dead_key, delay_key, stream_key
 from queueing.lease import LEADER_KEY, SWEEPS_KEY, LeaderLease, read_clock
 from queueing.messages import CALLBACK_QUEUE, QUEUE_NAME
-from queueing.ratelimit import RateLimiter, vendor_key
-from service.clients.backlogs import ClientBacklogs
+from queueing.ratelimit import NewJob, RateLimiter, vendor_key
 from service.clients.limits import RequestLimits
 from service.clients.store import Client
 from tests.conftest import flushed, with_database
@@ -47,21 +46,24 @@ def test_the_limiter_admits_jobs_of_vendors_on_different_primaries_in_one_round_
     vendors = [vendor(name, rate_limit="1/second", max_backlog=2) for name in VENDORS]
     cluster_client.script_flush()  # what a restarted or newly promoted node lacks
 
-    admissions = limiter.admit_many([(each, f"{each.name}-{n}") for n in range(4) for each in vendors])
+    admissions = limiter.admit_many([NewJob(each, f"{each.name}-{n}") for n in range(4) for each in vendors])
 
     accepted = {each.name: [a.accepted for (v, _), a in zip([(v, n) for n in range(4) for v in vendors], admissions) if v is each]
                 for each in vendors}
-    # The first starts at once, two wait for their slots, the fourth finds the backlog full.
+    # The first starts at once, two wait in line, the fourth finds the backlog full.
     assert accepted == {name: [True, True, True, False] for name in VENDORS}
-    limiter.forget(vendors[0], "sync-1")
-    assert limiter.admit(vendors[0], "sync-again").accepted
+    limiter.withdraw(vendors[0], "sync-1")
+    assert limiter.admit(NewJob(vendors[0], "sync-again")).accepted
 
 
-def test_acquire_starts_one_job_per_slot_on_every_primary(cluster_client):
+def test_acquire_starts_one_job_per_slot_and_dispatches_the_next_in_line_on_every_primary(cluster_client):
     limiter = RateLimiter(cluster_client, 100)
     for each in (vendor(name, rate_limit="1/second") for name in VENDORS):
-        assert limiter.acquire(each, f"{each.name}-first") == 0
-        assert limiter.acquire(each, f"{each.name}-second") > 0
+        admissions = limiter.admit_many([NewJob(each, f"{each.name}-{n}") for n in range(2)])
+        assert [a.dispatched for a in admissions] == [True, False]
+        grant = limiter.acquire(each, f"{each.name}-0")
+        assert grant.wait_ms == 0 and [job.request_id for job in grant.dispatched] == [f"{each.name}-1"]
+        assert limiter.acquire(each, f"{each.name}-1").wait_ms > 0
 
 
 def test_the_breaker_opens_on_the_node_that_holds_it(cluster_client):
@@ -73,14 +75,11 @@ def test_the_breaker_opens_on_the_node_that_holds_it(cluster_client):
     assert breaker.state(flaky) == ("open", 2) and breaker.check(flaky) > 0
 
 
-def test_client_request_counts_and_backlog_places_are_kept_on_the_nodes_that_hold_them(cluster_client):
+def test_client_request_counts_are_kept_on_the_nodes_that_hold_them(cluster_client):
     cluster_client.script_flush()
-    clients = [Client(f"client-{n}", rate_per_s=2, backlog_caps={"acme": 1}) for n in range(4)]
+    clients = [Client(f"client-{n}", rate_per_s=2) for n in range(4)]
     counts = RequestLimits(cluster_client)._count_many([c.name for c in clients] * 2)
     assert [count for count, _ in counts] == [1] * 4 + [2] * 4
-    backlogs = ClientBacklogs(cluster_client)
-    refusals = backlogs.reserve_many([(c, vendor("acme"), f"{c.name}-{n}") for n in range(2) for c in clients])
-    assert [refusal is None for refusal in refusals] == [True] * 4 + [False] * 4
 
 
 def test_one_clock_leads_and_its_record_reads_back(cluster_client):

@@ -68,7 +68,7 @@ def test_a_vendor_row_shows_its_window_backlog_breaker_and_last_error(parts, kee
     registry, _, limiter, queries, _ = parts
     sync = registry.get("sync")
     for n in range(12):  # 10 start in this window, 2 wait for their time
-        limiter.acquire(sync, f"job-{n}")
+        limiter.acquire(sync, f"job-{n}").wait_ms
     CircuitBreaker(limiter.client).failed(sync)
     CircuitBreaker(limiter.client).failed(sync)
     failed_job(keeping_store, "x", reason="sync answered 503")

@@ -4,7 +4,7 @@ import threading
 import tomllib
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import dramatiq
 import pytest
@@ -14,14 +14,13 @@ from queueing.connection import build_broker, connect_redis
 from queueing.keys import delay_key, iter_stream
 from queueing.messages import QUEUE_NAME
 from queueing.ratelimit import RateLimiter
-from service.clients.backlogs import ClientBacklogs
 from service.clients.store import Client
 from service.intake import Intake, Submission
 from service.store import PUBLIC_CLIENT
 from service.waiting import Waiting
 from vendors.registry import parse_registry
 
-# Ten a minute: the first ten start at once, every further one waits its turn six seconds apart.
+# Ten a minute: the first ten start at once, every further one waits in line, turns six seconds apart.
 # A full vendor sends new jobs on to the next one in turn.
 REGISTRY = parse_registry(tomllib.loads("""
 [vendors.paced]
@@ -40,7 +39,7 @@ max_backlog = 0
 @pytest.fixture
 def intake(store, config):
     broker = build_broker(connect_redis(config.redis_url))
-    yield Intake(store, REGISTRY, Waiting(RateLimiter(broker.client, 20), REGISTRY, ClientBacklogs(broker.client)), broker)
+    yield Intake(store, REGISTRY, Waiting(RateLimiter(broker.client, 20), REGISTRY), broker)
     broker.close()
 
 
@@ -87,23 +86,20 @@ def test_concurrent_submissions_are_each_stored_once_and_enqueued_for_their_own_
     assert sum(flushes) == 60 and len(flushes) < 60, "submissions in flight together shared no insert"
     assert store.collection.count_documents({"_id": {"$in": request_ids}, "status": "queued", "vendor": "paced"}) == 60
     messages = queued_messages(redis_client)
-    assert set(messages) == set(request_ids)
-    assert sum(due is None for _, due in messages.values()) == 10  # the first window's ten start at once
-    # Each waiting job's message comes due in the order of its slot.
-    slots = {i: redis_client.zscore("{vendor:paced}:waiting", i) for i in request_ids if messages[i][1] is not None}
-    assert sorted(slots, key=slots.get) == sorted(slots, key=lambda i: messages[i][1])
+    # The first window's ten start at once; the others wait in the vendor's line, with no message until their turn.
+    assert len(messages) == 10 and all(due is None for _, due in messages.values())
+    assert RateLimiter(redis_client, 20).line(REGISTRY.get("paced")) == set(request_ids) - set(messages)
 
 
-def test_each_job_is_stored_due_when_its_slot_comes(intake, store, redis_client):
+def test_each_job_is_stored_due_when_its_start_or_turn_is_expected(intake, store, redis_client):
     """The orphan sweep times a queued job from its start, so the store must know it."""
-    taken = [intake(pinned(store)) for _ in range(12)]  # ten start now, the next two 6 and 12 s later
+    taken = [intake(pinned(store)) for _ in range(12)]  # ten start now, the next two wait in line 6 and 12 s
     messages = queued_messages(redis_client)
-    for job in taken:
-        due_ms = messages[job.request_id][1]
+    assert {job.request_id for job in taken[:10]} == set(messages)
+    for n, job in enumerate(taken):
         stored = store.collection.find_one({"_id": job.request_id})
-        expected = stored["created_at"] if due_ms is None else datetime.fromtimestamp(due_ms / 1000, timezone.utc)
+        expected = stored["created_at"] + timedelta(seconds=6 * max(n - 9, 0))
         assert abs(stored["due_at"] - expected) < timedelta(seconds=1)
-    assert sum(due is not None for _, due in messages.values()) == 2
 
 
 def test_unpinned_jobs_refused_by_a_full_vendor_go_to_the_next_one_in_the_same_batch(intake, store, redis_client):

@@ -195,12 +195,12 @@ def test_cancel_ends_an_unfinished_job_at_once_erases_its_payload_and_repeats_th
     assert store.claim(request_id, "m2") is None  # a worker's claim is refused
 
 
-def test_cancelling_a_waiting_job_gives_its_slot_back(api, key, store, redis_client):
-    _, second, third = (submit(api, key, vendor="slow") for _ in range(3))  # the first starts now, the others wait
-    waiting = vendor_key("slow", "waiting")
-    assert redis_client.zscore(waiting, second) is not None and redis_client.zscore(waiting, third) is not None
+def test_cancelling_a_job_in_line_gives_its_place_back(api, key, store, redis_client):
+    _, second, third = (submit(api, key, vendor="slow") for _ in range(3))  # the first starts now, the others wait in line
+    line = vendor_key("slow", "fair")
+    assert redis_client.zscore(line, second) is not None and redis_client.zscore(line, third) is not None
     api.simulate_post(f"/jobs/{second}/cancel", headers=key)
-    assert redis_client.zscore(waiting, second) is None and redis_client.zscore(waiting, third) is not None
+    assert redis_client.zscore(line, second) is None and redis_client.zscore(line, third) is not None
 
 
 def test_a_finished_job_cannot_be_cancelled(api, key, store):

@@ -56,7 +56,8 @@ def submit(service, **params):
 
 
 def status(service, request_id):
-    return requests.get(f"{service.url}/jobs/{request_id}", timeout=10).json()["status"]
+    """Return the job's status, or None while the API answers 503 (a store coming back)."""
+    return requests.get(f"{service.url}/jobs/{request_id}", timeout=10).json().get("status")
 
 
 def all_complete(service, request_ids, timeout_s=60):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from queueing.ratelimit import RateLimiter, vendor_key
+from queueing.ratelimit import NewJob, RateLimiter, vendor_key
 from vendors.registry import Vendor
 
 MARGIN_MS = 100
@@ -16,10 +16,13 @@ MARGIN_MS = 100
 def vendor(rate_limit: str, **settings) -> Vendor:
     return Vendor(name="acme", mode="sync", url="http://acme/fetch", rate_limit=rate_limit, **settings)
 
+DAY_MS = 86_400_000
+
 
 @pytest.fixture
 def limiter(redis_client):
-    return RateLimiter(redis_client, MARGIN_MS)
+    """A limiter that dispatches every job as it is admitted: most tests here are about planning starts."""
+    return RateLimiter(redis_client, MARGIN_MS, horizon_ms=DAY_MS)
 
 
 def most_in_any_window(starts: list[float], period_s: float) -> int:
@@ -41,7 +44,7 @@ def test_sixteen_threads_never_start_more_than_the_limit_in_any_window(limiter):
                 n = jobs.get_nowait()
             except queue.Empty:
                 return
-            while wait_ms := limiter.acquire(acme, f"job-{n}"):
+            while wait_ms := limiter.acquire(acme, f"job-{n}").wait_ms:
                 # Stand-in for the delay set: come back at the slot, sometimes a little late.
                 time.sleep(wait_ms / 1000 + random.choice([0, 0, 0.02, 0.2]))
             starts[n] = time.monotonic()
@@ -65,7 +68,7 @@ def slots_of(redis_client, names: list[str], vendor_name: str = "acme") -> list[
 
 def test_waiting_jobs_get_starts_in_submission_order_at_an_even_pace_that_uses_the_whole_quota(limiter, redis_client):
     acme = vendor("5/second")
-    waits = [limiter.acquire(acme, f"job-{n}") for n in range(15)]
+    waits = [limiter.acquire(acme, f"job-{n}").wait_ms for n in range(15)]
     slots = slots_of(redis_client, [f"job-{n}" for n in range(15)])
     assert waits[:5] == [0] * 5 and slots[:5] == [None] * 5  # started: no longer planned
     # The sixth starts one period plus the margin after the first; the rest follow a fifth of that apart.
@@ -75,7 +78,7 @@ def test_waiting_jobs_get_starts_in_submission_order_at_an_even_pace_that_uses_t
 
 def test_a_burst_below_the_limit_starts_that_many_at_once_and_paces_the_rest(limiter, redis_client):
     acme = vendor("5/second", burst=2)
-    admissions = [limiter.admit(acme, f"job-{n}") for n in range(8)]
+    admissions = [limiter.admit(NewJob(acme, f"job-{n}")) for n in range(8)]
     slots = slots_of(redis_client, [f"job-{n}" for n in range(8)])
     share_ms = (1000 + MARGIN_MS) / 5
     # Two start at once, the third two shares after the first (no three in any two shares), then
@@ -88,122 +91,122 @@ def test_a_burst_below_the_limit_starts_that_many_at_once_and_paces_the_rest(lim
 
 def test_an_idle_vendor_earns_its_burst_back(limiter, redis_client):
     acme = vendor("10/second", burst=2)
-    assert [limiter.admit(acme, name).wait_s for name in ("a", "b")] == [0, 0]
+    assert [limiter.admit(NewJob(acme, name)).wait_s for name in ("a", "b")] == [0, 0]
     time.sleep(0.25)  # more than two shares (2 x 110 ms): the next two may start at once again
-    assert [limiter.admit(acme, name).wait_s for name in ("c", "d")] == [0, 0]
-    limiter.admit(acme, "e")
+    assert [limiter.admit(NewJob(acme, name)).wait_s for name in ("c", "d")] == [0, 0]
+    limiter.admit(NewJob(acme, "e"))
     c, e = slots_of(redis_client, ["c", "e"])
     assert e - c >= 2 * (1000 + MARGIN_MS) / 10  # the third of a new burst waits two shares after the first
 
 
 def test_a_job_back_before_its_slot_keeps_it(limiter):
     acme = vendor("1/second")
-    assert limiter.acquire(acme, "first") == 0
-    slot_ms = limiter.acquire(acme, "second")
-    again_ms = limiter.acquire(acme, "second")
+    assert limiter.acquire(acme, "first").wait_ms == 0
+    slot_ms = limiter.acquire(acme, "second").wait_ms
+    again_ms = limiter.acquire(acme, "second").wait_ms
     assert 0 < again_ms <= slot_ms
 
 
 def test_a_late_job_starts_at_once_when_its_window_still_has_room(limiter):
     acme = vendor("2/second")
-    assert [limiter.acquire(acme, name) for name in ("a", "b")] == [0, 0]
-    wait_ms = limiter.acquire(acme, "c")
+    assert [limiter.acquire(acme, name).wait_ms for name in ("a", "b")] == [0, 0]
+    wait_ms = limiter.acquire(acme, "c").wait_ms
     time.sleep(wait_ms / 1000 + 0.3)  # well past the margin
-    assert limiter.acquire(acme, "c") == 0
+    assert limiter.acquire(acme, "c").wait_ms == 0
 
 
 def test_a_late_job_finds_the_window_full_and_waits_only_until_it_has_room(limiter):
     acme = vendor("1/second")
-    assert limiter.acquire(acme, "a") == 0
-    assert limiter.acquire(acme, "b") > 0
-    c_wait_ms = limiter.acquire(acme, "c")
+    assert limiter.acquire(acme, "a").wait_ms == 0
+    assert limiter.acquire(acme, "b").wait_ms > 0
+    c_wait_ms = limiter.acquire(acme, "c").wait_ms
     time.sleep(c_wait_ms / 1000 + 0.05)
-    assert limiter.acquire(acme, "c") == 0
+    assert limiter.acquire(acme, "c").wait_ms == 0
     # b comes back a second late: c started meanwhile, so b waits a window after c, keeping its place.
-    b_wait_ms = limiter.acquire(acme, "b")
+    b_wait_ms = limiter.acquire(acme, "b").wait_ms
     assert 0 < b_wait_ms <= 1000 + MARGIN_MS
     time.sleep(b_wait_ms / 1000)
-    assert limiter.acquire(acme, "b") == 0
+    assert limiter.acquire(acme, "b").wait_ms == 0
 
 
 def test_a_pause_holds_every_start_and_pushes_waiting_jobs_back_in_order(limiter, redis_client):
     acme = vendor("2/second")
-    assert [limiter.acquire(acme, name) for name in ("a", "b")] == [0, 0]
-    before = dict(zip("cde", slots_of(redis_client, [limiter.acquire(acme, name) and name for name in "cde"])))
+    assert [limiter.acquire(acme, name).wait_ms for name in ("a", "b")] == [0, 0]
+    before = dict(zip("cde", slots_of(redis_client, [limiter.acquire(acme, name).wait_ms and name for name in "cde"])))
     limiter.restrict(acme, 0, 3.0)
     paused_until = int(redis_client.get(vendor_key("acme", "pause")))
-    assert limiter.acquire(acme, "new") > 0
+    assert limiter.acquire(acme, "new").wait_ms > 0
     after = dict(zip(["c", "d", "e", "new"], slots_of(redis_client, ["c", "d", "e", "new"])))
     assert paused_until <= after["c"] <= after["d"] <= after["e"] <= after["new"]
     assert after["d"] - after["c"] == pytest.approx(before["d"] - before["c"], abs=1)  # one shift for all: their spacing stays
-    assert limiter.acquire(acme, "c") > 0  # early: it waits for its new time
+    assert limiter.acquire(acme, "c").wait_ms > 0  # early: it waits for its new time
     assert slots_of(redis_client, ["c"])[0] == after["c"]
 
 
 def test_quota_headers_stricter_than_the_limit_are_followed(limiter):
     acme = vendor("100/second")
     limiter.restrict(acme, 2, 2.0)
-    assert [limiter.acquire(acme, name) for name in ("a", "b")] == [0, 0]
-    assert limiter.acquire(acme, "c") >= 2000 - 40
+    assert [limiter.acquire(acme, name).wait_ms for name in ("a", "b")] == [0, 0]
+    assert limiter.acquire(acme, "c").wait_ms >= 2000 - 40
 
 
 def test_a_later_report_of_the_same_window_cannot_loosen_the_quota(limiter):
     acme = vendor("100/second")
     limiter.restrict(acme, 1, 2.0)
     limiter.restrict(acme, 50, 2.2)  # an answer that left the vendor earlier, arriving late
-    assert limiter.acquire(acme, "a") == 0
-    assert limiter.acquire(acme, "b") >= 2000 - 40
+    assert limiter.acquire(acme, "a").wait_ms == 0
+    assert limiter.acquire(acme, "b").wait_ms >= 2000 - 40
 
 
 def test_a_full_backlog_refuses_new_jobs_until_the_next_waiting_one_starts(limiter):
     acme = vendor("1/second", max_backlog=3)
     # The first starts at once; three wait for their start.
-    assert [limiter.admit(acme, f"job-{n}").accepted for n in range(5)] == [True, True, True, True, False]
-    refused = limiter.admit(acme, "job-5")
+    assert [limiter.admit(NewJob(acme, f"job-{n}")).accepted for n in range(5)] == [True, True, True, True, False]
+    refused = limiter.admit(NewJob(acme, "job-5"))
     assert not refused.accepted and refused.wait_s == pytest.approx(1.1, abs=0.05)
     time.sleep(refused.wait_s + 0.01)
-    assert limiter.admit(acme, "job-5").accepted
+    assert limiter.admit(NewJob(acme, "job-5")).accepted
 
 
 def test_a_paused_vendor_refuses_new_jobs_that_would_wait_past_max_wait(limiter):
     acme = vendor("10/second", max_wait_s=2)
     limiter.restrict(acme, 0, 5.0)
-    refused = limiter.admit(acme, "job")
-    assert not refused.accepted and "paused" in refused.refusal
+    refused = limiter.admit(NewJob(acme, "job"))
+    assert not refused.accepted and "would wait longer than 2 s" in refused.refusal
     assert refused.wait_s == pytest.approx(3.0, abs=0.05)  # then the wait is down to max_wait_s
 
 
 def test_a_job_that_gives_up_its_start_frees_its_place(limiter):
     acme = vendor("1/second", max_backlog=1)
-    assert [limiter.admit(acme, name).accepted for name in ("a", "b", "c")] == [True, True, False]
+    assert [limiter.admit(NewJob(acme, name)).accepted for name in ("a", "b", "c")] == [True, True, False]
     limiter.forget(acme, "b")
-    assert limiter.admit(acme, "c").accepted
+    assert limiter.admit(NewJob(acme, "c")).accepted
 
 
 def test_a_withdrawn_job_frees_its_place_and_its_message_takes_no_start_when_it_comes(limiter):
     acme = vendor("1/minute", max_backlog=1)
-    assert [limiter.admit(acme, name).accepted for name in ("a", "b", "c")] == [True, True, False]
-    assert limiter.acquire(acme, "a") == 0
+    assert [limiter.admit(NewJob(acme, name)).accepted for name in ("a", "b", "c")] == [True, True, False]
+    assert limiter.acquire(acme, "a").wait_ms == 0
     limiter.withdraw(acme, "b")  # cancelled while it waited
-    assert limiter.admit(acme, "c").accepted and limiter.usage(acme).backlog == 1
-    assert limiter.acquire(acme, "b") is None  # its message came: it is dropped, not planned again
-    assert limiter.acquire(acme, "b") > 0  # the mark is used up: a later message of it waits like any other
+    assert limiter.admit(NewJob(acme, "c")).accepted and limiter.usage(acme).backlog == 1
+    assert limiter.acquire(acme, "b").wait_ms is None  # its message came: it is dropped, not planned again
+    assert limiter.acquire(acme, "b").wait_ms > 0  # the mark is used up: a later message of it waits like any other
     assert limiter.usage(acme).started == 1
 
 
 def test_scripts_a_restarted_server_lost_are_loaded_again(limiter, redis_client):
     acme = vendor("2/second")
-    assert limiter.admit(acme, "before").accepted
+    assert limiter.admit(NewJob(acme, "before")).accepted
     redis_client.script_flush()  # what a restart without persistence does
-    assert limiter.admit(acme, "after").accepted
-    assert limiter.admit(acme, "third").wait_s > 0  # both earlier starts were planned
+    assert limiter.admit(NewJob(acme, "after")).accepted
+    assert limiter.admit(NewJob(acme, "third")).wait_s > 0  # both earlier starts were planned
     assert limiter.usage(acme).backlog == 1
 
 
 def test_expected_waits_follow_the_starts_planned_at_submission(limiter, redis_client):
     acme = vendor("2/second")
     names = [f"job-{n}" for n in range(6)]
-    admissions = [limiter.admit(acme, name) for name in names]
+    admissions = [limiter.admit(NewJob(acme, name)) for name in names]
     slots = slots_of(redis_client, names)
     # Two start at once; the third a period plus the margin after the first; the rest half of that apart.
     assert [a.wait_s for a in admissions[:2]] == [0, 0]
@@ -217,15 +220,15 @@ def test_expected_waits_follow_the_starts_planned_at_submission(limiter, redis_c
 
 def test_a_retried_jobs_earlier_call_still_counts(limiter):
     once = vendor("1/second")
-    assert limiter.acquire(once, "job-a") == 0  # the first call
-    assert limiter.acquire(once, "job-a") > 800  # its retry must wait out the window
+    assert limiter.acquire(once, "job-a").wait_ms == 0  # the first call
+    assert limiter.acquire(once, "job-a").wait_ms > 800  # its retry must wait out the window
 
 
 def test_every_limit_of_a_vendor_is_kept_and_the_tighter_binds(limiter, redis_client):
     acme = vendor("3/second, 5/minute")
-    assert [limiter.acquire(acme, f"job-{n}") for n in range(3)] == [0, 0, 0]
+    assert [limiter.acquire(acme, f"job-{n}").wait_ms for n in range(3)] == [0, 0, 0]
     names = [f"job-{n}" for n in range(3, 8)]
-    admissions = [limiter.admit(acme, name) for name in names]
+    admissions = [limiter.admit(NewJob(acme, name)) for name in names]
     starts = [time.time() * 1000] * 3 + slots_of(redis_client, names)
     # The minute's limit allows two more, at its pace; the sixth waits until the first leaves the minute.
     assert [a.wait_s < 60 for a in admissions] == [True, True, False, False, False]
@@ -235,40 +238,40 @@ def test_every_limit_of_a_vendor_is_kept_and_the_tighter_binds(limiter, redis_cl
 
 def test_a_short_limit_binds_the_starts_within_a_longer_one(limiter):
     acme = vendor("2/second, 1000/minute")
-    assert [limiter.acquire(acme, name) for name in ("a", "b")] == [0, 0]
-    assert 1000 <= limiter.acquire(acme, "c") <= 1000 + MARGIN_MS
+    assert [limiter.acquire(acme, name).wait_ms for name in ("a", "b")] == [0, 0]
+    assert 1000 <= limiter.acquire(acme, "c").wait_ms <= 1000 + MARGIN_MS
 
 
 def test_a_day_long_limit_is_kept(limiter):
     acme = vendor("2/day")
-    assert [limiter.acquire(acme, name) for name in ("a", "b")] == [0, 0]
-    assert limiter.acquire(acme, "c") >= 86_400_000 - 1000
+    assert [limiter.acquire(acme, name).wait_ms for name in ("a", "b")] == [0, 0]
+    assert limiter.acquire(acme, "c").wait_ms >= 86_400_000 - 1000
 
 
 def test_max_in_flight_holds_starts_until_a_lease_comes_back(limiter, redis_client):
     acme = vendor("100/second", max_in_flight=2, timeout_s=0.5)
-    assert [limiter.acquire(acme, name) for name in ("a", "b")] == [0, 0]
-    wait_ms = limiter.acquire(acme, "c")
+    assert [limiter.acquire(acme, name).wait_ms for name in ("a", "b")] == [0, 0]
+    wait_ms = limiter.acquire(acme, "c").wait_ms
     assert 0 < wait_ms <= 100  # soon: a call may end at any moment
     limiter.release(acme, "a")
-    assert limiter.acquire(acme, "c") == 0
+    assert limiter.acquire(acme, "c").wait_ms == 0
     # b's worker never says its call ended: its lease comes back after the call's timeout and slack.
-    assert limiter.acquire(acme, "d") > 0
+    assert limiter.acquire(acme, "d").wait_ms > 0
     lease = redis_client.zscore(vendor_key("acme", "inflight"), "b")
     time.sleep(max(0.0, lease / 1000 - time.time()) + 0.05)
     limiter.release(acme, "c")
-    assert limiter.acquire(acme, "d") == 0
+    assert limiter.acquire(acme, "d").wait_ms == 0
     assert redis_client.zcard(vendor_key("acme", "inflight")) == 1
 
 
 def test_the_margin_follows_the_start_to_call_delays_workers_report(limiter, redis_client):
     acme = vendor("5/second")
-    assert limiter.acquire(acme, "a") == 0
+    assert limiter.acquire(acme, "a").wait_ms == 0
     time.sleep(0.3)
     limiter.calling(acme)  # the call left 300 ms after its start
-    limiter.acquire(acme, "b")  # reports it
+    limiter.acquire(acme, "b").wait_ms  # reports it
     names = [f"job-{n}" for n in range(10)]
-    [limiter.admit(acme, name) for name in names]
+    [limiter.admit(NewJob(acme, name)) for name in names]
     slots = slots_of(redis_client, names)
     gaps = [later - earlier for earlier, later in zip(slots[5:], slots[6:])]
     assert all((1000 + 290) / 5 <= gap <= (1000 + 305) / 5 for gap in gaps), gaps
@@ -278,9 +281,9 @@ def test_a_vendor_at_a_million_a_minute_keeps_a_small_state_however_many_start(l
     acme = vendor("1000000/minute")
     for first in range(0, 6000, 500):
         names = [f"job-{n}" for n in range(first, first + 500)]
-        assert all(a.accepted for a in limiter.admit_many([(acme, name) for name in names]))
+        assert all(a.accepted for a in limiter.admit_many([NewJob(acme, name) for name in names]))
         for name in names:
-            assert limiter.acquire(acme, name) == 0
+            assert limiter.acquire(acme, name).wait_ms == 0
     keys = redis_client.keys("{vendor:acme}:*")
     sizes = {key.decode(): redis_client.llen(key) for key in keys if redis_client.type(key) == b"list"}
     assert len(keys) <= 8

@@ -11,7 +11,6 @@ from queueing.connection import build_broker, connect_redis
 from queueing.ratelimit import RateLimiter
 from service.app import create_app
 from service.cleaning import Cleaner
-from service.clients.backlogs import ClientBacklogs
 from service.clients.store import Client
 from service.errors import JobNotFound
 from service.idempotency import IdempotencyKeys
@@ -95,7 +94,7 @@ def test_a_final_job_has_no_estimate_and_no_polling_hint(client, store):
 @pytest.fixture
 def jobs(config, store, redis_client):
     registry = parse_registry(tomllib.loads(REGISTRY), "test registry")
-    waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry, ClientBacklogs(redis_client))
+    waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry)
     broker = build_broker(connect_redis(config.redis_url))
     yield Jobs(
         store, Outcomes(store, None), registry, Intake(store, registry, waiting, broker), Cleaner(()), waiting,

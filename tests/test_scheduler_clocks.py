@@ -21,6 +21,7 @@ def stack(config, tmp_path):
         "ENCRYPTION_KEY": config.encryption_key,
         "SWEEP_INTERVAL_S": str(SWEEP_INTERVAL_S),
         "CLOCK_LEASE_S": str(LEASE_S),
+        "LOG_LEVEL": "DEBUG",  # a sweep that found nothing to do is logged at DEBUG
     }, tmp_path)
     yield stack
     stack.stop()

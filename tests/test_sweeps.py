@@ -1,3 +1,4 @@
+import time
 import uuid
 from datetime import timedelta
 
@@ -10,8 +11,8 @@ from queueing.breaker import CircuitBreaker
 from queueing.connection import build_broker, connect_redis
 from queueing.keys import delay_key
 from queueing.messages import CALLBACK_QUEUE, QUEUE_NAME, enqueue_client_callback, enqueue_fetch, fetch_message
-from queueing.ratelimit import RateLimiter
-from scheduler.sweeps import purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
+from queueing.ratelimit import NewJob, RateLimiter
+from scheduler.sweeps import dispatch_waiting, purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
 from service.outcomes import Outcomes
 from service.states import JobStatus
 from service.store import overdue_callbacks, stale_jobs, utcnow
@@ -23,6 +24,7 @@ REGISTRY = parse_registry({"vendors": {
     "sync": {"mode": "sync", "url": "http://127.0.0.1:9/fetch", "timeout_s": 5},
     "async": {"mode": "async", "url": "http://127.0.0.1:9/fetch"},
     "patient": {"mode": "async", "url": "http://127.0.0.1:9/fetch", "webhook_retries": 1},
+    "slow": {"mode": "sync", "url": "http://127.0.0.1:9/fetch", "rate_limit": "1/minute"},
 }}, "test registry")
 AN_HOUR = timedelta(hours=1)
 
@@ -40,6 +42,11 @@ def broker(config):
     broker = build_broker(connect_redis(config.redis_url))
     yield broker
     broker.close()
+
+
+@pytest.fixture
+def limiter(broker):
+    return RateLimiter(broker.client, 20)
 
 
 def new_job(store, vendor="sync"):
@@ -120,18 +127,18 @@ def test_the_timeout_sweep_works_in_bounded_batches(store, broker):
     assert {store.get(i)["status"] for i in ids} == {"timed_out"}
 
 
-def test_old_pending_and_queued_jobs_without_a_message_are_enqueued_again(store, broker, redis_client):
+def test_old_pending_and_queued_jobs_without_a_message_are_enqueued_again(store, broker, redis_client, limiter):
     pending, queued = new_job(store), new_job(store)
     store.leave_pending(pending, "enqueue failed")
     age(store, pending), age(store, queued)
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1)) == {"pending": 1, "queued": 1, "processing": 0}
+    assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1)) == {"pending": 1, "queued": 1, "processing": 0}
     assert sorted(i for i, _ in queued_messages(redis_client)) == sorted([pending, queued])
     assert store.get(pending)["status"] == "queued"
     assert store.get(queued)["history"][-1]["event"] == "message lost; enqueued again by the orphan sweep"
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(0)) == {"pending": 0, "queued": 0, "processing": 0}
+    assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(0)) == {"pending": 0, "queued": 0, "processing": 0}
 
 
-def test_jobs_whose_message_waits_in_the_stream_the_group_or_the_delay_set_are_left_alone(store, broker, redis_client):
+def test_jobs_whose_message_waits_in_the_stream_the_group_or_the_delay_set_are_left_alone(store, broker, redis_client, limiter):
     waiting, delivered, delayed = new_job(store), new_job(store), new_job(store)
     enqueue_fetch(broker, waiting)
     enqueue_fetch(broker, delivered)
@@ -142,24 +149,48 @@ def test_jobs_whose_message_waits_in_the_stream_the_group_or_the_delay_set_are_l
     assert redis_client.zcard(delay_key(QUEUE_NAME)) == 1
     for request_id in (waiting, delivered, delayed):
         age(store, request_id)
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 0}
+    assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 0}
     assert redis_client.xlen(QUEUE_NAME) == 2
 
 
-def test_recent_queued_jobs_are_not_orphans_yet(store, broker, redis_client):
+def test_recent_queued_jobs_are_not_orphans_yet(store, broker, redis_client, limiter):
     new_job(store)
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1))["queued"] == 0
+    assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1))["queued"] == 0
     assert queued_messages(redis_client) == []
 
 
-def test_a_queued_job_is_not_an_orphan_before_its_slot_has_come(store, broker, redis_client):
+def test_a_queued_job_is_not_an_orphan_before_its_slot_has_come(store, broker, redis_client, limiter):
     """Behind a long backlog a job's message waits in the delay set for hours: its age alone says nothing."""
     request_id = new_job(store)
     wait_for_slot(store, request_id, timedelta(minutes=10))
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1))["queued"] == 0
+    assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1))["queued"] == 0
     age(store, request_id)  # its slot came an hour ago and no message was there for it
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1))["queued"] == 1
+    assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1))["queued"] == 1
     assert [i for i, _ in queued_messages(redis_client)] == [request_id]
+
+
+def in_line_behind_a_start(store, limiter):
+    """Return two jobs for the slow vendor: the first dispatched (its message not sent here), the second in line."""
+    first, second = new_job(store, "slow"), new_job(store, "slow")
+    admissions = [limiter.admit(NewJob(REGISTRY.get("slow"), request_id)) for request_id in (first, second)]
+    assert [a.dispatched for a in admissions] == [True, False]
+    return first, second
+
+
+def test_a_job_waiting_in_its_vendors_line_is_not_an_orphan(store, broker, limiter, redis_client):
+    dispatched, in_line = in_line_behind_a_start(store, limiter)
+    age(store, dispatched), age(store, in_line)
+    assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1))["queued"] == 1
+    assert [i for i, _ in queued_messages(redis_client)] == [dispatched]
+
+
+def test_the_dispatch_sweep_sends_the_turn_nobody_passed_on(store, broker, limiter, redis_client):
+    dispatched, in_line = in_line_behind_a_start(store, limiter)
+    assert dispatch_waiting(limiter, REGISTRY, broker) == {"dispatched": 0}  # the first one's start passes the turn on
+    limiter.forget(REGISTRY.get("slow"), dispatched)  # say a worker gave up on it
+    assert dispatch_waiting(limiter, REGISTRY, broker) == {"dispatched": 1}
+    [member] = redis_client.zrange(delay_key(QUEUE_NAME), 0, -1)  # due a minute after the start the first one took
+    assert dramatiq.Message.decode(member.split(b"|", 1)[1]).args[0] == in_line
 
 
 def test_the_orphan_sweep_reads_only_queued_jobs_whose_slot_is_past(store):
@@ -201,7 +232,22 @@ def test_a_queued_job_whose_message_the_gate_defers_is_due_when_the_message_is(s
     assert abs(store.get(first)["due_at"] - utcnow()) < timedelta(seconds=5)
 
 
-def test_jobs_an_earlier_version_stored_are_dated_for_the_sweeps_by_each_migration(store, broker):
+def test_a_job_whose_turn_in_line_comes_after_max_wait_fails_instead_of_starting(store, broker):
+    brisk = {"mode": "sync", "url": "http://127.0.0.1:9/fetch", "rate_limit": "1/second", "max_wait_s": 1.5}
+    registry = parse_registry({"vendors": {"brisk": brisk}}, "one call a second, a short wait")
+    limiter = RateLimiter(broker.client, 20)
+    gate = VendorGate(registry, limiter, CircuitBreaker(broker.client), store, Outcomes(store, None))
+    first, second = new_job(store, "brisk"), new_job(store, "brisk")
+    assert [limiter.admit(NewJob(registry.get("brisk"), i)).dispatched for i in (first, second)] == [True, False]
+    time.sleep(1.6)  # the second waits in line longer than max_wait_s
+    [turn] = RateLimiter(broker.client, 20, horizon_ms=86_400_000).dispatch(registry.get("brisk"))
+    with pytest.raises(SkipMessage):
+        gate.before_process_message(broker, fetch_message(second, vendor="brisk", since_ms=turn.joined_ms))
+    job = store.get(second)
+    assert job["status"] == "failed" and "its turn came after max_wait_s (1.5 s)" in job["error"]
+
+
+def test_jobs_an_earlier_version_stored_are_dated_for_the_sweeps_by_each_migration(store, broker, limiter):
     """Earlier versions kept due_at on queued jobs only, if at all, and the sweeps' queries cannot see a missing field."""
     queued, processing = new_job(store), new_job(store)
     store.claim(processing, "m1")
@@ -209,10 +255,10 @@ def test_jobs_an_earlier_version_stored_are_dated_for_the_sweeps_by_each_migrati
     store.collection.update_many({}, {"$unset": {"due_at": ""}, "$set": {"updated_at": an_hour_ago}})
     store.collection.drop_index("status_due_at")
     store.collection.create_index([("status", 1), ("updated_at", 1)], name="status_updated_at")
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(0)) == {"pending": 0, "queued": 0, "processing": 0}
+    assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(0)) == {"pending": 0, "queued": 0, "processing": 0}
     store.migrate()
     assert abs(store.collection.find_one({"_id": processing})["due_at"] - an_hour_ago) < timedelta(milliseconds=1)
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(0)) == {"pending": 0, "queued": 1, "processing": 1}
+    assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(0)) == {"pending": 0, "queued": 1, "processing": 1}
     # An old process still running after the first migration stores a job without one; the next migration dates it.
     late, waiting = new_job(store), new_job(store)
     store.collection.update_one({"_id": late}, {"$unset": {"due_at": ""}})
@@ -222,18 +268,18 @@ def test_jobs_an_earlier_version_stored_are_dated_for_the_sweeps_by_each_migrati
     assert store.get(waiting)["due_at"] > utcnow() + timedelta(minutes=59)  # a job with its slot keeps it
 
 
-def test_a_processing_job_whose_message_was_lost_is_redelivered_under_the_same_message_id(store, broker, redis_client):
+def test_a_processing_job_whose_message_was_lost_is_redelivered_under_the_same_message_id(store, broker, redis_client, limiter):
     lost, recent = new_job(store), new_job(store)
     store.claim(lost, "m-lost")
     store.claim(recent, "m-recent")
     age(store, lost)
     age(store, recent, timedelta(milliseconds=broker.visibility_timeout_ms))  # within visibility + vendor timeout
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 1}
+    assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 1}
     assert queued_messages(redis_client) == [(lost, "m-lost")]
     assert store.claim(lost, "m-lost")["message_id"] == "m-lost"  # the redelivery may re-claim it
 
 
-def test_a_job_a_worker_takes_while_the_orphan_sweep_looks_is_not_enqueued_again(store, broker, redis_client, monkeypatch):
+def test_a_job_a_worker_takes_while_the_orphan_sweep_looks_is_not_enqueued_again(store, broker, redis_client, monkeypatch, limiter):
     request_id = new_job(store)
     age(store, request_id)
     stale_ids = store.stale_ids
@@ -245,16 +291,16 @@ def test_a_job_a_worker_takes_while_the_orphan_sweep_looks_is_not_enqueued_again
         return iter(ids)
 
     monkeypatch.setattr(store, "stale_ids", found_then_taken)
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 0}
+    assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 0}
     assert queued_messages(redis_client) == []
     assert [entry.get("state") for entry in store.get(request_id)["history"]] == ["queued", "processing"]
 
 
-def test_the_orphan_sweep_works_in_bounded_batches_and_old_jobs_with_messages_do_not_hide_the_rest(store, broker, redis_client):
+def test_the_orphan_sweep_works_in_bounded_batches_and_old_jobs_with_messages_do_not_hide_the_rest(store, broker, redis_client, limiter):
     for _ in range(3):
         age(store, new_job(store))
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1), limit=2)["queued"] == 2
-    assert requeue_orphans(store, REGISTRY, broker, timedelta(minutes=1), limit=2)["queued"] == 1
+    assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1), limit=2)["queued"] == 2
+    assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1), limit=2)["queued"] == 1
     assert len(queued_messages(redis_client)) == 3
 
 

@@ -36,7 +36,7 @@ def add_dashboard(
         ("/failures", resources.Failures(*shared)),
         ("/jobs/{request_id}", resources.JobPage(*shared)),
         ("/scheduler", resources.Page(auth, "scheduler", queries.scheduler)),
-        ("/clients", resources.Page(auth, "clients", ClientQueries(store, clients).overview)),
+        ("/clients", resources.Page(auth, "clients", ClientQueries(store, clients, registry, limiter).overview)),
     ):
         app.add_route(f"{PREFIX}{path}", resource)
         app.add_route(f"{PREFIX}/api{path or '/overview'}", resource, suffix="data")

@@ -1,4 +1,4 @@
-"""What the dashboard's Clients page shows: each client's jobs by state, its starts per vendor lately, its keys."""
+"""What the dashboard's Clients page shows: each client's jobs by state, its share of each vendor lately, its keys."""
 
 from __future__ import annotations
 
@@ -6,26 +6,42 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
+import redis
+
+from queueing.ratelimit import RateLimiter
 from service.clients.store import Client, ClientStore
 from service.dashboard.queries import stamp
 from service.states import JobStatus
 from service.store import JobStore, utcnow
+from vendors.registry import Registry
 
 #: A job starts within its vendor's max_wait_s of its submission: the starts of the last hour are
 #: read from the jobs submitted in the last two, through the client's list index.
 STARTS_LOOKBACK = timedelta(hours=2)
+PERIODS = ("last_minute", "last_hour")
 
 
 class ClientQueries:
-    """Read what the Clients page shows, from the job store and the client store."""
+    """Read what the Clients page shows, from the job store, the client store and the vendors' lines."""
 
-    def __init__(self, store: JobStore, clients: ClientStore) -> None:
+    def __init__(self, store: JobStore, clients: ClientStore, registry: Registry, limiter: RateLimiter) -> None:
         self.store = store
         self.clients = clients
+        self.registry = registry
+        self.limiter = limiter
 
     def overview(self) -> dict[str, Any]:
         now = utcnow()
-        return {"at": stamp(now), "clients": [self.client(client, now) for client in self.clients.all()]}
+        clients = [self.client(client, now) for client in self.clients.all()]
+        add_shares(clients, self.lines())
+        return {"at": stamp(now), "clients": clients}
+
+    def lines(self) -> dict[str, dict[str, int]] | None:
+        """Return how many jobs each client has in each vendor's line, or None if Redis cannot tell now."""
+        try:
+            return {vendor.name: self.limiter.in_line(vendor) for vendor in self.registry.vendors.values()}
+        except redis.RedisError:
+            return None
 
     def client(self, client: Client, now: datetime) -> dict[str, Any]:
         """Return one client's settings, jobs by state, starts per vendor in the last minute and hour, and keys."""
@@ -50,3 +66,33 @@ class ClientQueries:
                     hour[job["vendor"]] += 1
                     minute[job["vendor"]] += entry["at"] >= now - timedelta(minutes=1)
         return [{"vendor": vendor, "last_minute": minute[vendor], "last_hour": hour[vendor]} for vendor in sorted(hour)]
+
+
+def add_shares(clients: list[dict[str, Any]], lines: dict[str, dict[str, int]] | None) -> None:
+    """Give each client's row per vendor its share of the vendor's starts, its jobs in line, and its weighted share.
+
+    The weighted share is what fair queuing gives the client while it has jobs in line: its weight
+    over the weights of every client with jobs in that vendor's line now.
+    """
+    weights = {client["name"]: client["weight"] for client in clients}
+    totals: Counter = Counter()  # (vendor, period) -> starts of every client
+    for client in clients:
+        for row in client["starts"]:
+            for period in PERIODS:
+                totals[row["vendor"], period] += row[period]
+    for client in clients:
+        rows = {row["vendor"]: row for row in client["starts"]}
+        for vendor, line in (lines or {}).items():
+            if client["name"] in line:
+                rows.setdefault(vendor, {"vendor": vendor, **dict.fromkeys(PERIODS, 0)})
+        for vendor, row in rows.items():
+            for period in PERIODS:
+                row[f"share_{period}"] = fraction(row[period], totals[vendor, period])
+            line = None if lines is None else lines.get(vendor, {})
+            row["in_line"] = None if line is None else line.get(client["name"], 0)
+            row["weighted_share"] = fraction(client["weight"], sum(weights.get(name, 1) for name in line)) if row["in_line"] else None
+        client["starts"] = [rows[vendor] for vendor in sorted(rows)]
+
+
+def fraction(part: int, whole: int) -> float | None:
+    return part / whole if whole else None

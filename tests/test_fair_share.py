@@ -1,0 +1,143 @@
+"""Clients' share of a vendor's starts (start-time fair queuing in the rate limiter), against a real Redis server."""
+
+import time
+
+import pytest
+
+from queueing.ratelimit import NewJob, RateLimiter, vendor_key
+from vendors.registry import Vendor
+
+MARGIN_MS = 20
+DAY_MS = 86_400_000
+
+
+def vendor(rate_limit: str = "10/second") -> Vendor:
+    """A vendor that starts one job at a time, a share of its period apart."""
+    return Vendor(name="acme", mode="sync", url="http://acme/fetch", rate_limit=rate_limit, burst=1)
+
+
+@pytest.fixture
+def limiter(redis_client):
+    return RateLimiter(redis_client, MARGIN_MS)
+
+
+def admit(limiter, acme, client, count, weight=1, cap=None):
+    return [limiter.admit(NewJob(acme, f"{client}-{n}", client, weight, cap)) for n in range(count)]
+
+
+def turns(redis_client, acme) -> list[str]:
+    """Dispatch every job in line, in turn order (a limiter that plans a day ahead takes them all now); return their clients."""
+    planner, order = RateLimiter(redis_client, MARGIN_MS, horizon_ms=DAY_MS), []
+    while dispatched := planner.dispatch(acme):
+        order += [job.request_id.split("-", 1)[0] for job in dispatched]  # admitted as CLIENT-N
+    return order
+
+
+def test_a_client_that_comes_later_takes_turns_at_once_instead_of_waiting_behind_a_backlog(limiter, redis_client):
+    acme = vendor()
+    heavy = admit(limiter, acme, "a", 50)
+    dispatched_now = sum(a.dispatched for a in heavy)
+    assert 1 <= dispatched_now < 50 and all(a.accepted for a in heavy)  # the rest wait in line
+    light = admit(limiter, acme, "b", 5) + admit(limiter, acme, "c", 5)
+    assert all(a.accepted and not a.dispatched for a in light)
+    # Told honestly: b's first job starts within a few turns, a's last one after all of them.
+    assert light[0].wait_s < 0.5 and heavy[-1].wait_s > 4
+    order = turns(redis_client, acme)
+    assert len(order) == 60 - dispatched_now
+    assert order[:15].count("b") == 5 and order[:15].count("c") == 5
+    assert set(order[15:]) == {"a"}
+
+
+def test_clients_with_work_waiting_share_turns_by_weight(limiter, redis_client):
+    acme = vendor()
+    heavy = admit(limiter, acme, "three", 60, weight=3)
+    admit(limiter, acme, "one", 60, weight=1)
+    order = turns(redis_client, acme)
+    # While both have work waiting (the first 60 turns, say), three of every four turns are the heavier client's.
+    assert 43 <= order[:60].count("three") <= 47
+    assert len(order) == 120 - sum(a.dispatched for a in heavy)
+
+
+def test_a_client_at_its_cap_is_refused_alone_until_a_turn_frees_a_place(limiter, redis_client):
+    acme = vendor("1/minute")
+    assert [a.dispatched for a in admit(limiter, acme, "capped", 3, cap=2)] == [True, False, False]
+    refused = limiter.admit(NewJob(acme, "capped-3", "capped", 1, 2))
+    assert not refused.accepted and refused.by_client and "2 jobs waiting" in refused.refusal
+    assert 59 <= refused.wait_s <= 61  # when its first job in line has its turn
+    assert limiter.admit(NewJob(acme, "other-0", "other")).accepted
+    assert limiter.in_line(acme) == {"capped": 2, "other": 1}
+    turns(redis_client, acme)
+    assert limiter.in_line(acme) == {} and limiter.admit(NewJob(acme, "capped-3", "capped", 1, 2)).accepted
+
+
+def test_each_start_dispatches_the_next_in_line_and_every_job_starts_once_in_turn(limiter):
+    acme = vendor()
+    admissions = admit(limiter, acme, "a", 8)
+    order = [f"a-{n}" for n, a in enumerate(admissions) if a.dispatched]
+    assert len(order) < 8
+    started, deadline = [], time.monotonic() + 10
+    for request_id in iter(lambda: order[len(started)] if len(started) < len(order) else None, None):
+        grant = limiter.acquire(acme, request_id)
+        order += [job.request_id for job in grant.dispatched]
+        if grant.wait_ms == 0:
+            started.append(request_id)
+        else:
+            assert time.monotonic() < deadline, f"{request_id} never started"
+            time.sleep(grant.wait_ms / 1000)
+    assert started == [f"a-{n}" for n in range(8)]
+
+
+def test_a_withdrawn_job_passes_the_turn_on_when_its_message_comes(limiter):
+    acme = vendor("1/minute")
+    admit(limiter, acme, "a", 2)  # the first is dispatched, the second waits in line
+    limiter.withdraw(acme, "a-0")
+    grant = limiter.acquire(acme, "a-0")
+    assert grant.wait_ms is None and [job.request_id for job in grant.dispatched] == ["a-1"]
+    assert 59_000 <= grant.dispatched[0].delay_ms <= 61_000  # still a minute after the start a-0 was given
+
+
+def test_the_clock_dispatches_when_no_dispatched_job_is_left_to_pass_the_turn_on(limiter):
+    acme = vendor("1/minute")
+    admit(limiter, acme, "a", 2)
+    assert limiter.dispatch(acme) == []  # a-0's message will pass the turn on
+    limiter.forget(acme, "a-0")  # say a worker gave up on it
+    assert [job.request_id for job in limiter.dispatch(acme)] == ["a-1"]
+
+
+def test_a_client_that_withdrew_all_its_jobs_in_line_is_not_set_back_for_them(limiter, redis_client):
+    acme = vendor("1/minute")
+    admit(limiter, acme, "a", 20)
+    for n in range(1, 20):
+        limiter.withdraw(acme, f"a-{n}")
+    admit(limiter, acme, "b", 5)
+    limiter.admit(NewJob(acme, "a-again", "a"))
+    assert "a" in turns(redis_client, acme)[:2]
+
+
+def test_a_client_that_withdraws_and_resubmits_its_job_in_line_keeps_no_place_ahead(limiter, redis_client):
+    acme, line = vendor("1/minute"), vendor_key("acme", "fair")
+    admit(limiter, acme, "b", 3)  # b-0 starts; b-1 and b-2 wait in line, a turn apart
+    limiter.admit(NewJob(acme, "a-0", "a"))  # level with the vendor's virtual time, ahead of b-1
+    first_tag = redis_client.zscore(line, "a-0")
+    limiter.withdraw(acme, "a-0")
+    limiter.admit(NewJob(acme, "a-1", "a"))
+    # A turn later, level with b-1: withdrawing and sending again cannot keep a client at the front.
+    assert redis_client.zscore(line, "a-1") == first_tag + 1 == redis_client.zscore(line, "b-1")
+
+
+def test_a_dispatched_job_keeps_when_it_joined_the_line(limiter):
+    acme = vendor("1/minute")
+    before_ms = int(time.time() * 1000)
+    admit(limiter, acme, "a", 2)
+    limiter.forget(acme, "a-0")
+    [turn] = limiter.dispatch(acme)
+    assert turn.request_id == "a-1" and before_ms - 1000 <= turn.joined_ms <= before_ms + 1000
+
+
+def test_a_job_in_line_is_expected_to_start_after_those_ahead_of_it(limiter):
+    acme = vendor("1/second")
+    admissions = admit(limiter, acme, "a", 5)
+    assert [a.dispatched for a in admissions] == [True, False, False, False, False]
+    share_s = (1000 + MARGIN_MS) / 1000
+    assert limiter.expected_wait_s(acme, "a-4") == pytest.approx(4 * share_s, abs=0.2)
+    assert admissions[4].wait_s == pytest.approx(4 * share_s, abs=0.2)
