@@ -25,6 +25,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -78,6 +79,13 @@ def completed(jobs: pymongo.collection.Collection) -> int:
     return jobs.count_documents({"status": "complete"})
 
 
+def vendor_served(stack) -> Callable[[], int]:
+    """Return a reader of the calls the sync mock vendor served: a count that costs the store nothing."""
+    argv = next(process for process in stack.processes if process.name == "vendor-sync").process.args
+    url = f"http://127.0.0.1:{argv[argv.index('--port') + 1]}/stats"
+    return lambda: requests.get(url, timeout=5).json()["served"]
+
+
 def check_results(jobs: pymongo.collection.Collection, request_ids: list[str]) -> int:
     """Return how many jobs lack their own result: the vendor echoes each job's name, unique in the burst."""
     found = {job["_id"]: job.get("result") or {} for job in jobs.find({"_id": {"$in": request_ids}}, {"result": True})}
@@ -97,6 +105,7 @@ def run(args: argparse.Namespace, paused: bool) -> None:
     worker = next(process for process in stack.processes if process.name == "worker")
     client = redis.Redis.from_url(servers[0].url)
     jobs = pymongo.MongoClient(servers[1].url).get_default_database()["jobs"]
+    served = vendor_served(stack)
     try:
         client.config_resetstat()
         cpu_before = busy_cpu_s(stack, servers)
@@ -107,6 +116,8 @@ def run(args: argparse.Namespace, paused: bool) -> None:
         if paused:
             started = time.monotonic()
             signal_group(worker.process.pid, signal.SIGCONT)
+        # Counting completed jobs costs the store a scan, so it is polled only once the vendor served them all.
+        wait_until(lambda: served() >= args.jobs, DRAIN_TIMEOUT_S, f"{args.jobs} vendor calls", 0.05)
         wait_until(lambda: completed(jobs) >= args.jobs, DRAIN_TIMEOUT_S, f"{args.jobs} completed jobs", 0.05)
         drain_s = time.monotonic() - started
         cpu = {part: used - cpu_before.get(part, 0.0) for part, used in busy_cpu_s(stack, servers).items()}
