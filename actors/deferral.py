@@ -6,7 +6,7 @@ Without both, the message goes back to the broker's delay set for exactly the wa
 skipped (acknowledged) here: no thread sleeps, no retry is spent, the job is never claimed, so
 the wait is not an attempt. A job that would wait past its vendor's `max_wait_s` fails instead.
 A start for a vendor with max_in_flight holds a lease, given back when the message is done with,
-whatever the outcome.
+whatever the outcome; that dispatches the next job in line, which holds the lease until it starts.
 A vendor's 429, and the backoff after a failed attempt, reach the actor as `Deferred`, which
 re-enqueues the same way: Dramatiq's Retries middleware is left only the unexpected errors.
 """
@@ -125,19 +125,26 @@ class VendorGate(Middleware):
     def after_process_message(
         self, broker: dramatiq.Broker, message: dramatiq.Message, *, result: object = None, exception: BaseException | None = None,
     ) -> None:
-        self.release(message)
+        self.release(broker, message)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        self.release(message)
+        self.release(broker, message)
 
-    def release(self, message: dramatiq.Message) -> None:
-        """Give back the lease the message's start took, if any; one Redis cannot take back expires."""
+    def release(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        """Give back the lease the message's start took, if any, and enqueue the job dispatched to take it.
+
+        A lease Redis cannot take back expires, and the clock then dispatches the next job.
+        """
         lease = self.leases.pop(message.message_id, None)
-        if lease is not None:
-            try:
-                self.limiter.release(*lease)
-            except redis.RedisError as error:
-                log.warning("job %s: lease not given back, it expires: %s", lease[1], type(error).__name__)
+        if lease is None:
+            return
+        vendor, request_id = lease
+        try:
+            dispatched = self.limiter.release(vendor, request_id)
+        except redis.RedisError as error:
+            log.warning("job %s: lease not given back, it expires: %s", request_id, type(error).__name__)
+            return
+        self.send(broker, vendor, dispatched)
 
     def wait_or_give_up(
         self, broker: dramatiq.Broker, message: dramatiq.Message, vendor: Vendor, wait_ms: int, reason: str,

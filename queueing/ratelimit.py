@@ -101,7 +101,7 @@ class RateLimiter:
         # register_script only hashes the source; nothing touches the server until first use.
         self.scripts = {
             name: client.register_script(getattr(ratelimit_lua, name))
-            for name in ("ACQUIRE", "DISPATCH", "RESTRICT", "ADMIT", "OUTLOOK", "USAGE", "WITHDRAW")
+            for name in ("ACQUIRE", "DISPATCH", "RELEASE", "RESTRICT", "ADMIT", "OUTLOOK", "USAGE", "WITHDRAW")
         }
         self.started = threading.local()  # this thread's latest start: (vendor name, monotonic s)
         self.delays_ms: dict[str, float] = {}  # worst start-to-call delay per vendor, not reported yet
@@ -146,8 +146,7 @@ class RateLimiter:
         """
         with self.delays_lock:
             delay_ms = self.delays_ms.pop(vendor.name, -1)
-        lease_ms = round(vendor.timeout_s * 1000) + LEASE_SLACK_MS
-        args = [*self.limit_args(vendor), round(delay_ms), vendor.max_in_flight or 0, lease_ms, request_id]
+        args = [*self.limit_args(vendor), round(delay_ms), request_id]
         wait_ms, *dispatched = self.scripts["ACQUIRE"](keys=self.keys(vendor), args=args)
         if wait_ms < 0:
             return Grant(None, self.dispatched(dispatched))
@@ -175,9 +174,9 @@ class RateLimiter:
         with self.delays_lock:  # reported with the next acquire for this vendor
             self.delays_ms[vendor.name] = max(delay_ms, self.delays_ms.get(vendor.name, 0.0))
 
-    def release(self, vendor: Vendor, request_id: str) -> None:
-        """Give back the lease of a job whose call ended (or never came)."""
-        self.client.zrem(vendor_key(vendor.name, "inflight"), request_id)
+    def release(self, vendor: Vendor, request_id: str) -> list[Dispatched]:
+        """Give back the lease of a job whose call ended (or never came); return the jobs dispatched to take it."""
+        return self.dispatched(self.scripts["RELEASE"](keys=self.keys(vendor), args=[*self.limit_args(vendor), request_id]))
 
     def restrict(self, vendor: Vendor, remaining: int, reset_in_s: float) -> None:
         """Allow at most `remaining` more starts in the next `reset_in_s`; 0 pauses the vendor."""
@@ -185,8 +184,11 @@ class RateLimiter:
         self.scripts["RESTRICT"](keys=self.keys(vendor), args=args)
 
     def forget(self, vendor: Vendor, request_id: str) -> None:
-        """Take a job that will not start out of the backlog."""
-        self.client.zrem(vendor_key(vendor.name, "waiting"), request_id)
+        """Take a job that will not start out of the backlog, and give back the lease it held from dispatch."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(vendor_key(vendor.name, "waiting"), request_id)
+        pipe.zrem(vendor_key(vendor.name, "inflight"), request_id)
+        pipe.execute()
 
     def withdraw(self, vendor: Vendor, request_id: str) -> None:
         """Take a job that must not start (cancelled) out of the line or the backlog; its message, if any, takes no start."""
@@ -222,9 +224,11 @@ class RateLimiter:
         return max(wait_ms, 1) if wait_ms > 0 else 0
 
     def limit_args(self, vendor: Vendor) -> list[int]:
-        """Return the scripts' leading arguments: the number of limits, each one's count and period ms, burst, margin, horizon."""
+        """Return the scripts' leading arguments: the number of limits, each one's count and period ms, burst, margin,
+        horizon, max_in_flight (0: none) and a lease's length."""
         counts_and_periods = [part for count, period_s in vendor.limits for part in (count, round(period_s * 1000))]
-        return [len(vendor.limits), *counts_and_periods, vendor.burst, self.margin_ms, self.horizon_ms]
+        lease_ms = round(vendor.timeout_s * 1000) + LEASE_SLACK_MS
+        return [len(vendor.limits), *counts_and_periods, vendor.burst, self.margin_ms, self.horizon_ms, vendor.max_in_flight or 0, lease_ms]
 
     @staticmethod
     def keys(vendor: Vendor) -> list[str]:

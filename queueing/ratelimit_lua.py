@@ -13,7 +13,8 @@ Keys of a vendor ``v``, all with the hash tag ``{vendor:v}`` (one cluster slot),
                  backlog), and for a while those whose time came but were not let start yet;
                  ``request_id@withdrawn`` marks a job that will not start (cancelled) until
                  its message comes, scored in the past so that it counts in no backlog.
-5. ``inflight``  sorted set, request_id -> lease expiry: calls in progress (with max_in_flight).
+5. ``inflight``  sorted set, request_id -> lease expiry: with max_in_flight, the calls in progress
+                 and the dispatched jobs that will start next (each holds its lease from dispatch).
 6. ``started:P`` one *window* per limit of period P ms: the starts of the last period.
 7. ``planned:P`` one window per limit: the planned starts of the period before the latest.
 8. ``planned:burst``  the window that keeps bursts to ``burst`` at once.
@@ -63,7 +64,8 @@ end
 """
 
 # Shared by the scripts below.  ARGV: number of limits n, then count and period ms of each,
-# burst, margin floor ms, dispatch horizon ms; the script's own arguments follow (from ARGV[arg]).
+# burst, margin floor ms, dispatch horizon ms, max in flight (0: no cap), lease ms; the script's
+# own arguments follow (from ARGV[arg]).
 PRELUDE = NOW_MS + """
 local BUCKETS, HALF_LIFE_MS, IN_FLIGHT_RETRY_MS, STALE_MS, LATE_CAP_MS, LATE_WEIGHT = 1000, 30000, 100, 600000, 250, 0.2
 -- Dispatch plans at most DISPATCH_MOST starts a call.
@@ -76,9 +78,9 @@ for i = 1, n do
                started = KEYS[5 + i], planned = KEYS[5 + n + i]}
 end
 local burst, floor, burst_key = tonumber(ARGV[2 * n + 2]), tonumber(ARGV[2 * n + 3]), KEYS[6 + 2 * n]
-local horizon = tonumber(ARGV[2 * n + 4])
+local horizon, max_in_flight, lease = tonumber(ARGV[2 * n + 4]), tonumber(ARGV[2 * n + 5]), tonumber(ARGV[2 * n + 6])
 local fair, fair_jobs, fair_clients, fair_finish = KEYS[7 + 2 * n], KEYS[8 + 2 * n], KEYS[9 + 2 * n], KEYS[10 + 2 * n]
-local arg = 2 * n + 5
+local arg = 2 * n + 7
 local now = now_ms()
 local s = redis.call('HMGET', state, 'offset', 'last', 'jitter', 'jitter_at', 'late', 'vtime')
 local offset, last = tonumber(s[1] or 0), tonumber(s[2] or 0)
@@ -228,11 +230,26 @@ local function commit(member, at, windows, counts)
   redis.call('ZADD', waiting, at, member)
 end
 
--- The planned start of a job dispatched now, if it would start within the horizon or no
--- dispatched job is left whose message will pass the turn on (through its ACQUIRE); else nil.
+-- Give `member` its turn: its planned start `at` and, with max_in_flight, a lease from now on, so
+-- that it waits in line rather than in the delay set while calls are in progress.
+local function take_turn(member, at, windows, counts)
+  commit(member, at, windows, counts)
+  if max_in_flight > 0 then redis.call('ZADD', inflight, at + offset + lease, member) end
+end
+
+-- Whether no lease is free: every one is held by a call in progress or a dispatched job.
+local function leases_taken()
+  if max_in_flight == 0 then return false end
+  redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)  -- leases of calls that ended without a word
+  return redis.call('ZCARD', inflight) >= max_in_flight
+end
+
+-- The planned start of a job dispatched now, if a lease is free and it would start within the
+-- horizon or no dispatched job is left whose message will pass the turn on (through its ACQUIRE
+-- or the release of its lease); else nil.
 local function dispatchable(margin)
   local now_v = now - offset
-  if last > now_v + horizon then return nil end
+  if last > now_v + horizon or leases_taken() then return nil end
   local at, windows, counts = plan(margin)
   if at > now_v + horizon and redis.call('ZCARD', waiting) > 0 then return nil end
   return at, windows, counts
@@ -260,7 +277,7 @@ local function dispatch()
     local _, _, joined = leave_line(head[1])
     vtime = tonumber(head[2])
     redis.call('HSET', state, 'vtime', vtime)
-    commit(head[1], at, windows, counts)
+    take_turn(head[1], at, windows, counts)
     out[#out + 1], out[#out + 2], out[#out + 3] = head[1], math.max(math.ceil(at + offset - now), 0), joined or now
   end
   return out
@@ -300,11 +317,9 @@ end
 #: withdrawn: its message has nothing left to do), then the jobs dispatched meanwhile as
 #: request_id, ms until its start, when it joined the line (ms), ...}.  A job without a planned
 #: start (a retry, a job queued again) is planned at once: it had its turn.
-#: ARGV (own): start-to-call delay ms a worker saw (-1: none), max in flight (0: no cap),
-#: lease ms, request_id.
+#: ARGV (own): start-to-call delay ms a worker saw (-1: none), request_id.
 ACQUIRE = PRELUDE + """
-local observed, max_in_flight = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])
-local lease, member = tonumber(ARGV[arg + 2]), ARGV[arg + 3]
+local observed, member = tonumber(ARGV[arg]), ARGV[arg + 1]
 if observed > decayed(jitter, jitter_at) then
   jitter, jitter_at = observed, now
   redis.call('HSET', state, 'jitter', jitter, 'jitter_at', now)
@@ -331,10 +346,8 @@ local function acquire()
 
   -- Its time has come: the pause, the leases and every limit's window must let it start.
   local wait = paused_until() - now
-  if max_in_flight > 0 then
-    redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)  -- leases of calls that ended without a word
-    if redis.call('ZCARD', inflight) >= max_in_flight then wait = math.max(wait, IN_FLIGHT_RETRY_MS) end
-  end
+  -- A dispatched job holds its lease already; one planned at once needs a free one.
+  if leases_taken() and not redis.call('ZSCORE', inflight, member) then wait = math.max(wait, IN_FLIGHT_RETRY_MS) end
   local counts = {}
   for i, limit in ipairs(limits) do
     local span = limit.period + margin
@@ -387,8 +400,16 @@ if client then  -- no message of it was sent
   return 0
 end
 redis.call('ZREM', waiting, member)
+redis.call('ZREM', inflight, member)
 redis.call('ZADD', waiting, now - offset - 1, member .. '@withdrawn')
 return 0
+"""
+
+#: Give back the lease of a job whose call ended (or never came), and dispatch the jobs in line
+#: that find a planned start.  Reply as ACQUIRE's dispatched jobs.  ARGV (own): request_id.
+RELEASE = PRELUDE + """
+redis.call('ZREM', inflight, ARGV[arg])
+return dispatch()
 """
 
 #: Follow the vendor: allow at most `remaining` more starts until `reset_in` ms from now
@@ -445,7 +466,7 @@ if ahead == 0 then
     vtime = tag
     redis.call('HSET', state, 'vtime', tag)
     redis.call('HSET', fair_finish, client, tag + 1 / weight)
-    commit(member, at, windows, counts)
+    take_turn(member, at, windows, counts)
     return {1, now, math.ceil(at + offset)}
   end
 end

@@ -141,3 +141,30 @@ def test_a_job_in_line_is_expected_to_start_after_those_ahead_of_it(limiter):
     share_s = (1000 + MARGIN_MS) / 1000
     assert limiter.expected_wait_s(acme, "a-4") == pytest.approx(4 * share_s, abs=0.2)
     assert admissions[4].wait_s == pytest.approx(4 * share_s, abs=0.2)
+
+
+def test_with_max_in_flight_jobs_wait_in_line_for_a_lease_and_each_release_dispatches_the_next(limiter, redis_client):
+    acme = Vendor(name="acme", mode="sync", url="http://acme/fetch", rate_limit="1000/second", max_in_flight=2, timeout_s=0.5)
+    admissions = admit(limiter, acme, "a", 5)
+    assert [a.dispatched for a in admissions] == [True, True, False, False, False]  # a lease each, the rest in line
+    assert [limiter.acquire(acme, f"a-{n}").wait_ms for n in (0, 1)] == [0, 0]
+    assert limiter.dispatch(acme) == []  # both leases are held by calls in progress
+    [turn] = limiter.release(acme, "a-0")
+    assert turn.request_id == "a-2"
+    assert limiter.acquire(acme, "a-2").wait_ms == 0
+    # a-1's worker never says its call ended: its lease comes back after the call's timeout and slack.
+    lease = redis_client.zscore(vendor_key("acme", "inflight"), "a-1")
+    time.sleep(max(0.0, lease / 1000 - time.time()) + 0.05)
+    dispatched = [turn.request_id for turn in limiter.dispatch(acme)]
+    assert dispatched[0] == "a-3"  # and a-4 if a-2's lease, taken just after, expired too
+    assert redis_client.zcard(vendor_key("acme", "inflight")) == 2
+
+
+def test_a_job_given_up_or_withdrawn_after_dispatch_gives_its_lease_back(limiter, redis_client):
+    acme = Vendor(name="acme", mode="sync", url="http://acme/fetch", rate_limit="1000/second", max_in_flight=1, timeout_s=60)
+    assert [a.dispatched for a in admit(limiter, acme, "a", 3)] == [True, False, False]
+    limiter.forget(acme, "a-0")
+    [turn] = limiter.dispatch(acme)
+    assert turn.request_id == "a-1"
+    limiter.withdraw(acme, "a-1")
+    assert [turn.request_id for turn in limiter.dispatch(acme)] == ["a-2"]

@@ -110,6 +110,7 @@ def test_a_killed_workers_leases_come_back_after_the_call_timeout(stack, vendor)
     calls_before = len(vendor.calls)
     vendor.go.set()  # the killed worker's calls end at the vendor; their leases stay taken
     stack.start_worker("survivor", threads=8)
+    stack.start_clock()  # the later jobs wait in line: the clock's dispatch finds the leases expired
     later = [submit(stack) for _ in range(3)]
     for request_id in later:
         complete(stack, request_id)
