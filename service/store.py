@@ -44,6 +44,8 @@ CALLBACK_GIVEN_UP = datetime(9999, 12, 31, tzinfo=timezone.utc)
 UNSTORABLE = (OverflowError, bson.errors.InvalidDocument, pymongo.errors.DocumentTooLarge)
 #: What is needed of a finished job to report it (service/outcomes.py); these fields never change.
 FINISHED_FIELDS = {"vendor": True, "client": True, "created_at": True, "callback_url": True}
+#: What a worker reads of the jobs it claims: all but the history, which it never needs.
+CLAIMED_FIELDS = {"history": False}
 
 
 def utcnow() -> datetime:
@@ -451,7 +453,8 @@ class JobStore:
             self.collection.bulk_write(writes, ordered=False)
         except pymongo.errors.BulkWriteError:
             pass  # a job whose write failed is not claimed, which the read below shows
-        found = {job["_id"]: job for job in self.collection.find({"_id": {"$in": list({request_id for request_id, _ in claims})}})}
+        query = {"_id": {"$in": list({request_id for request_id, _ in claims})}}
+        found = {job["_id"]: job for job in self.collection.find(query, CLAIMED_FIELDS)}
         claimed = []
         for request_id, message_id in claims:
             job = found.get(request_id)
@@ -496,8 +499,9 @@ class JobStore:
     def _complete_many(self, completions: list[tuple[str, dict[str, Any], str, int | None]]) -> list[bool | Exception]:
         """Apply COMPLETE for each (request_id, fields, detail, attempt) in one bulk write; tell, for each, whether the job moved.
 
-        Each write marks the job with a token of its own, read back in one query: a job moved for
-        the write whose token it carries, and for no other.
+        When every write moved a job, each moved its own. Else each write's job is read back in
+        one query: it marks the job with a token of its own, and a job moved for the write whose
+        token it carries, and for no other.
         """
         tokens = [uuid.uuid4().hex for _ in completions]
         writes = [
@@ -508,7 +512,8 @@ class JobStore:
         ]
         refused: dict[int, Exception] = {}
         try:
-            self.collection.bulk_write(writes, ordered=False)
+            if self.collection.bulk_write(writes, ordered=False).modified_count == len(writes):
+                return [True] * len(writes)
         except UNSTORABLE as error:  # found while encoding, before anything was sent
             if len(completions) > 1:  # only the one that cannot be stored may fail: each alone
                 return [self._complete_many([completion])[0] for completion in completions]

@@ -2,11 +2,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import pymongo
 import pytest
+from pymongo import monitoring
 
 from service.errors import JobNotFound
 from service.states import JobStatus
-from service.store import HISTORY_LIMIT, utcnow
+from service.store import HISTORY_LIMIT, JobStore, jobs_collection, utcnow
 
 PAYLOAD = {"name": "John", "email": "john@example.com", "password": "hunter2"}
 
@@ -145,6 +147,37 @@ def test_concurrent_completions_each_learn_whether_they_moved_their_job_and_one_
         assert job["status"] == "complete"
         assert job["result"] == ({"first": True} if request_id in done_before else {"account": request_id})
     assert store.get(unstorable)["status"] == "queued"
+
+
+class CommandNames(monitoring.CommandListener):
+    """Record the names of the commands a client sends."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event) -> None:
+        self.names.append(event.command_name)
+
+    def succeeded(self, event) -> None:
+        pass
+
+    def failed(self, event) -> None:
+        pass
+
+
+def test_a_completion_reads_its_job_back_only_when_a_write_of_its_batch_did_not_move_one(store, config):
+    commands = CommandNames()
+    client = pymongo.MongoClient(config.mongodb_uri, event_listeners=[commands])
+    watched = JobStore(jobs_collection(client), store.cipher)
+    request_id = new_job(store)
+    try:
+        assert watched.complete(request_id, {"account": "xyz"}, [], detail="done", attempt=1)
+        assert commands.names == ["update"]  # it moved: nothing to read back
+        assert not watched.complete(request_id, {"account": "again"}, [], detail="again", attempt=1)
+        assert commands.names == ["update", "update", "find"]  # it did not: which write moved what is read back
+    finally:
+        client.close()
+    assert store.get(request_id)["result"] == {"account": "xyz"}
 
 
 def test_a_job_without_its_payload_is_claimed_without_one(store):
