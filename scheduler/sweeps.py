@@ -83,8 +83,9 @@ def requeue_orphans(
     A pending job is a candidate once unchanged for `orphan_after`, a queued one once its start
     (`due_at`: its slot, or its expected turn) is `orphan_after` past and it is not in its
     vendor's line, and a processing job once unchanged for the broker's visibility timeout plus
-    the longest vendor timeout, since until then a live worker may still hold its message. Every candidate is looked at, most overdue first, so a long queue
-    cannot hide a younger orphan; at most `limit` orphans of each state are handled.
+    the longest vendor timeout, since until then a live worker may still hold its message. Every
+    candidate is looked at, most overdue first, so a long queue cannot hide a younger orphan; at
+    most `limit` orphans of each state are handled.
     """
     longest_call_s = max(vendor.timeout_s for vendor in registry.vendors.values())
     thresholds = {
