@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import dramatiq
-import requests
 
 from actors.callbacks import declare_callback_actor
 from actors.deferral import VendorGate
@@ -25,6 +24,7 @@ from service.outcomes import Outcomes
 from service.states import JobStatus
 from service.store import JobStore, open_store
 from service.webhooks import WebhookAuth
+from vendors.client import vendor_session
 from vendors.registry import load_registry
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def setup_worker(config: Config) -> dramatiq.Broker:
     limiter, breaker = RateLimiter(redis_client, config.rate_limit_margin_ms), CircuitBreaker(redis_client)
     broker.add_middleware(VendorGate(registry, limiter, breaker, store, outcomes))
     runner = JobRunner(
-        store, outcomes, registry, requests.Session(),
+        store, outcomes, registry, vendor_session(),
         WebhookAuth(config.encryption_key, redis_client), config.public_url, Cleaner(config.pii_keys),
         VendorFeedback(limiter, breaker),
     )

@@ -99,6 +99,11 @@ def redis_time(client: redis.Redis) -> tuple[int, list[tuple[str, int, int]]]:
     return sum(row[2] for row in rows), rows[:5]
 
 
+def mongodb_operations(jobs: pymongo.collection.Collection) -> dict[str, int]:
+    """Return the store's count of operations by kind since it started (`serverStatus` opcounters)."""
+    return jobs.database.client.admin.command("serverStatus")["opcounters"]
+
+
 def run(args: argparse.Namespace, paused: bool) -> None:
     folder = Path(tempfile.mkdtemp(prefix="vendorfetch-burst-"))
     stack, servers, url = start_stack(folder, args)
@@ -108,6 +113,7 @@ def run(args: argparse.Namespace, paused: bool) -> None:
     served = vendor_served(stack)
     try:
         client.config_resetstat()
+        operations_before = mongodb_operations(jobs)
         cpu_before = busy_cpu_s(stack, servers)
         if paused:
             signal_group(worker.process.pid, signal.SIGSTOP)
@@ -122,6 +128,7 @@ def run(args: argparse.Namespace, paused: bool) -> None:
         drain_s = time.monotonic() - started
         cpu = {part: used - cpu_before.get(part, 0.0) for part, used in busy_cpu_s(stack, servers).items()}
         redis_us, busiest = redis_time(client)
+        operations = {kind: count - operations_before[kind] for kind, count in mongodb_operations(jobs).items()}
         wrong = check_results(jobs, request_ids)
     finally:
         if paused:
@@ -135,6 +142,8 @@ def run(args: argparse.Namespace, paused: bool) -> None:
           f"drained at {args.jobs / drain_s:.0f} jobs/s ({drain_s:.1f} s); jobs without their own result: {wrong}")
     print(f"  Redis: {redis_us / args.jobs:.0f} µs per job; busiest: "
           + ", ".join(f"{name} {calls / args.jobs:.1f}/job at {usec / max(calls, 1):.0f} µs" for name, calls, usec in busiest))
+    print(f"  MongoDB: {sum(operations.values()) / args.jobs:.2f} operations per job; "
+          + ", ".join(f"{kind} {count / args.jobs:.2f}" for kind, count in operations.items() if count))
     print("  busy CPU per job, µs: " + ", ".join(f"{part} {1e6 * used / args.jobs:,.0f}" for part, used in sorted(cpu.items(), key=lambda item: -item[1])))
 
 

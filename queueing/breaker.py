@@ -6,7 +6,9 @@
 
 Half-open lets exactly one call through (the probe); every other job waits. Any answer from the
 vendor (a 2xx, a 4xx, a 429) counts as a success; timeouts, connection errors and 5xx as failures.
-State lives in the hash ``{vendor:v}:breaker`` (failures, open_until, probe_until in ms).
+A success resets the count when its own check before the call (or a failure its process recorded)
+saw failures counted: failures are consecutive among the calls checked after them, and a vendor
+that keeps answering costs no write. State lives in the hash ``{vendor:v}:breaker`` (failures, open_until, probe_until in ms).
 """
 
 from __future__ import annotations
@@ -26,16 +28,17 @@ CLOCK = NOW_MS + """
 local now = now_ms()
 """
 
-#: Return 0 to let a call through (closed, or this call is the probe) or the ms to wait.
+#: Return {0 to let a call through (closed, or this call is the probe) or the ms to wait, the failures counted}.
 #: KEYS: breaker.  ARGV: failures that open it, probe ms, probe poll ms.
 CHECK = CLOCK + """
 local state = redis.call('HMGET', KEYS[1], 'failures', 'open_until', 'probe_until')
-if tonumber(state[1] or 0) < tonumber(ARGV[1]) then return 0 end
+local failures = tonumber(state[1] or 0)
+if failures < tonumber(ARGV[1]) then return {0, failures} end
 local open_until = tonumber(state[2] or 0)
-if now < open_until then return open_until - now end
-if now < tonumber(state[3] or 0) then return tonumber(ARGV[3]) end
+if now < open_until then return {open_until - now, failures} end
+if now < tonumber(state[3] or 0) then return {tonumber(ARGV[3]), failures} end
 redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[2]))
-return 0
+return {0, failures}
 """
 
 #: Return the failures, the time the breaker half-opens and the time now, by the scripts' clock.
@@ -63,13 +66,20 @@ class CircuitBreaker:
         self.check_script = client.register_script(CHECK)
         self.fail_script = client.register_script(FAIL)
         self.state_script = client.register_script(STATE)
+        # The vendors with failures counted, as this process last saw: a success resets only those.
+        self.failing: set[str] = set()
 
     def check(self, vendor: Vendor) -> int:
         """Return 0 if a call may go to the vendor now, else the ms to wait."""
         if not vendor.breaker_failures:
             return 0
         probe_ms = round(vendor.timeout_s * 1000) + PROBE_GRACE_MS
-        return int(self.check_script(keys=[vendor_key(vendor.name, "breaker")], args=[vendor.breaker_failures, probe_ms, PROBE_POLL_MS]))
+        wait_ms, failures = self.check_script(
+            keys=[vendor_key(vendor.name, "breaker")], args=[vendor.breaker_failures, probe_ms, PROBE_POLL_MS],
+        )
+        if failures:
+            self.failing.add(vendor.name)
+        return int(wait_ms)
 
     def tripped(self, vendor: Vendor) -> bool:
         """Tell whether the breaker is open or half-open."""
@@ -86,13 +96,19 @@ class CircuitBreaker:
         return ("open" if now_ms < open_until else "half-open"), failures
 
     def succeeded(self, vendor: Vendor) -> None:
-        """Close the breaker: the vendor answered."""
-        if vendor.breaker_failures:
+        """Close the breaker: the vendor answered.
+
+        Only if this process saw failures counted, at the check before a call or in one it
+        recorded: a vendor that keeps answering costs Redis nothing here.
+        """
+        if vendor.name in self.failing:
+            self.failing.discard(vendor.name)
             self.client.delete(vendor_key(vendor.name, "breaker"))
 
     def failed(self, vendor: Vendor) -> float:
         """Count a failure; return the seconds until the breaker half-opens if it is open, else 0."""
         if not vendor.breaker_failures:
             return 0.0
+        self.failing.add(vendor.name)
         cooldown_ms = round(vendor.breaker_cooldown_s * 1000)
         return int(self.fail_script(keys=[vendor_key(vendor.name, "breaker")], args=[vendor.breaker_failures, cooldown_ms])) / 1000

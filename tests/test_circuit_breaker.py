@@ -28,6 +28,25 @@ def test_the_breaker_opens_after_consecutive_failures_only(breaker):
     assert 29_000 < breaker.check(acme) <= 30_000 and breaker.tripped(acme)
 
 
+def test_a_success_resets_the_failures_its_check_saw_whichever_worker_counted_them(redis_client):
+    acme = vendor(breaker_failures=3, breaker_cooldown_s=30)
+    counting, answered = CircuitBreaker(redis_client), CircuitBreaker(redis_client)  # two worker processes
+    assert [counting.failed(acme), counting.failed(acme)] == [0, 0]
+    assert answered.check(acme) == 0
+    answered.succeeded(acme)
+    assert [counting.failed(acme), counting.failed(acme)] == [0, 0]  # counted from zero again
+    assert counting.failed(acme) == 30
+
+
+def test_a_success_checked_before_the_failures_leaves_their_count(redis_client):
+    acme = vendor(breaker_failures=3, breaker_cooldown_s=30)
+    counting, answered = CircuitBreaker(redis_client), CircuitBreaker(redis_client)
+    assert answered.check(acme) == 0  # no failures yet: its success has nothing to reset, and writes nothing
+    assert [counting.failed(acme), counting.failed(acme)] == [0, 0]
+    answered.succeeded(acme)
+    assert counting.failed(acme) == 30
+
+
 def test_after_the_cooldown_one_probe_goes_and_its_success_closes_the_breaker(breaker):
     acme = vendor(breaker_failures=1, breaker_cooldown_s=0.3)
     breaker.failed(acme)

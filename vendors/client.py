@@ -7,12 +7,15 @@
                               deep, not a JSON object): retrying will not help
 
 A call never follows a redirect (the decrypted payload must reach the vendor's URL and no other)
-and reads at most the vendor's `max_body_bytes` of the answer.
+and reads at most the vendor's `max_body_bytes` of the answer. It goes through the proxy and trusts
+the CA bundle the environment names (`HTTPS_PROXY`, `NO_PROXY`, `REQUESTS_CA_BUNDLE`, ...), read
+once per vendor URL.
 """
 
 from __future__ import annotations
 
 import email.utils
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -56,13 +59,30 @@ class VendorReply:
     quota: Quota | None = None  # what the vendor's rate-limit headers say is left
 
 
+def vendor_session() -> requests.Session:
+    """Return a session for vendor calls: `call_vendor` gives it the environment's settings, so it reads none itself."""
+    session = requests.Session()
+    # requests would otherwise read the environment (and look for a .netrc file) on every call.
+    session.trust_env = False
+    return session
+
+
+@functools.cache
+def environment_settings(url: str) -> dict[str, Any]:
+    """Return the proxies and CA bundle the environment sets for calls to `url`, read as requests reads them."""
+    settings = requests.Session().merge_environment_settings(url, {}, None, None, None)
+    return {"proxies": settings["proxies"], "verify": settings["verify"]}
+
+
 def call_vendor(
     session: requests.Session, vendor: Vendor, request_id: str, payload: dict[str, Any], callback_url: str,
 ) -> VendorReply:
     """POST the job to the vendor and return its reply, or raise a VendorError."""
     body = {"request_id": request_id, "payload": payload, "callback_url": callback_url}
     try:
-        with session.post(vendor.url, json=body, timeout=vendor.timeout_s, allow_redirects=False, stream=True) as response:
+        with session.post(
+            vendor.url, json=body, timeout=vendor.timeout_s, allow_redirects=False, stream=True, **environment_settings(vendor.url),
+        ) as response:
             content = read_at_most(response, vendor.max_body_bytes)
     except requests.Timeout as error:
         raise VendorUnavailable(f"{vendor.name} did not answer within {vendor.timeout_s:g} s") from error
