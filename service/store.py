@@ -6,7 +6,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import bson.errors
 import orjson
@@ -46,6 +46,22 @@ UNSTORABLE = (OverflowError, bson.errors.InvalidDocument, pymongo.errors.Documen
 FINISHED_FIELDS = {"vendor": True, "client": True, "created_at": True, "callback_url": True}
 #: What a worker reads of the jobs it claims: all but the history, which it never needs.
 CLAIMED_FIELDS = {"history": False}
+
+
+class Claim(NamedTuple):
+    """A worker's claim of a job for the message it runs."""
+
+    request_id: str
+    message_id: str
+
+
+class Completion(NamedTuple):
+    """A job's result, to store as it completes."""
+
+    request_id: str
+    fields: dict[str, Any]
+    detail: str
+    attempt: int | None
 
 
 def utcnow() -> datetime:
@@ -140,8 +156,9 @@ class JobStore:
         # Reads by id are on the API's hot path: concurrent ones share a round trip (new jobs
         # share theirs in service/intake.py).
         self._find = Batch(self.find_many)
-        self._claims = Batch(self._claim_many)
-        self._completions = Batch(self._complete_many)
+        # A worker's claims and completions share one: the embedded store's cost per document falls
+        # with the size of the bulk write.
+        self._moves = Batch(self._move_many)
 
     def migrate(self) -> None:
         """Create the indexes this version needs and bring earlier versions' jobs up to it (idempotent)."""
@@ -299,8 +316,8 @@ class JobStore:
     ) -> bool:
         """Apply `event` to the job as one conditional update; tell whether the job moved.
 
-        This is the only writer of `status` (with `_claim_many` and `_complete_many`, which write
-        the same updates in bulk); see `_transition` for what every event writes.
+        This is the only writer of `status` (with `_move_many`, which writes the same updates in
+        bulk); see `_transition` for what every event writes.
         """
         query, update = self._transition(event, request_id, detail, guarded_by, fields, inc, attempt)
         moved = self.collection.update_one(query, update).modified_count == 1
@@ -428,9 +445,9 @@ class JobStore:
 
         A redelivery of the same message (a worker crashed, a retry, a deferral) may re-claim a
         job it already holds; any other message finds nothing to do and gets None. The worker's
-        threads claiming at the same time share two round trips (`_claim_many`).
+        threads claiming and completing at the same time share two round trips (`_move_many`).
         """
-        job = self._claims((request_id, message_id))
+        job = self._moves(Claim(request_id, message_id))
         if job is None:
             return None
         # Logged here, not on the flushing thread, so that the line carries the job's context (service/logs.py).
@@ -438,31 +455,6 @@ class JobStore:
         if "payload" in job:
             job["payload"] = orjson.loads(self.cipher.decrypt(job["payload"].encode()))
         return job
-
-    def _claim_many(self, claims: list[tuple[str, str]]) -> list[dict[str, Any] | None]:
-        """Apply CLAIM for each (request_id, message_id) in one bulk write, then read the jobs back in one query.
-
-        A job is claimed by the message it names once the writes are done: the write of any other
-        message was refused by the guard.
-        """
-        writes = [
-            pymongo.UpdateOne(*self._transition(states.CLAIM, request_id, guarded_by=message_id, fields={"message_id": message_id}))
-            for request_id, message_id in claims
-        ]
-        try:
-            self.collection.bulk_write(writes, ordered=False)
-        except pymongo.errors.BulkWriteError:
-            pass  # a job whose write failed is not claimed, which the read below shows
-        query = {"_id": {"$in": list({request_id for request_id, _ in claims})}}
-        found = {job["_id"]: job for job in self.collection.find(query, CLAIMED_FIELDS)}
-        claimed = []
-        for request_id, message_id in claims:
-            job = found.get(request_id)
-            if job is None or job["status"] != JobStatus.PROCESSING.value or job.get("message_id") != message_id:
-                claimed.append(None)
-                continue
-            claimed.append(dict(job))  # each caller decrypts its own copy
-        return claimed
 
     def cancel_waiting(self, request_id: str, detail: str) -> bool:
         """Cancel a job whose vendor was not called: its message's claim will be refused."""
@@ -492,37 +484,48 @@ class JobStore:
         """Store the cleaned result and mark the job complete; raise UnstorableResult if it cannot be stored.
 
         The worker gives the `attempt` that got the result; a webhook completes the attempt already
-        counted. Completions in flight at once share two round trips (`_complete_many`).
+        counted. Completions and claims in flight at once share two round trips (`_move_many`).
         """
-        return self._completions((request_id, {"result": result, "removed_keys": removed_keys, "error": None}, detail, attempt))
+        return self._moves(Completion(request_id, {"result": result, "removed_keys": removed_keys, "error": None}, detail, attempt))
 
-    def _complete_many(self, completions: list[tuple[str, dict[str, Any], str, int | None]]) -> list[bool | Exception]:
-        """Apply COMPLETE for each (request_id, fields, detail, attempt) in one bulk write; tell, for each, whether the job moved.
+    def _move_many(self, moves: list[Claim | Completion]) -> list[dict[str, Any] | None | bool | Exception]:
+        """Apply CLAIM or COMPLETE for each move in one bulk write, then read back in one query what the moves must learn.
 
-        When every write moved a job, each moved its own. Else each write's job is read back in
-        one query: it marks the job with a token of its own, and a job moved for the write whose
-        token it carries, and for no other.
+        A claim gets its job if the message it names holds it once the writes are done (the write
+        of any other message was refused by the guard), else None. A completion learns whether it
+        moved its job: when every write moved a job, each moved its own; else its job is read back,
+        which it marks with a token of its own, and it moved the job whose token it carries, and no other.
         """
-        tokens = [uuid.uuid4().hex for _ in completions]
-        writes = [
-            pymongo.UpdateOne(*self._transition(
-                states.COMPLETE, request_id, detail, fields={**fields, "completed_by": token}, attempt=attempt,
-            ))
-            for (request_id, fields, detail, attempt), token in zip(completions, tokens)
-        ]
-        refused: dict[int, Exception] = {}
+        tokens = [uuid.uuid4().hex if isinstance(move, Completion) else None for move in moves]
+        writes = [pymongo.UpdateOne(*self._move_transition(move, token)) for move, token in zip(moves, tokens)]
+        every_one_moved, refused = False, {}
         try:
-            if self.collection.bulk_write(writes, ordered=False).modified_count == len(writes):
-                return [True] * len(writes)
-        except UNSTORABLE as error:  # found while encoding, before anything was sent
-            if len(completions) > 1:  # only the one that cannot be stored may fail: each alone
-                return [self._complete_many([completion])[0] for completion in completions]
+            every_one_moved = self.collection.bulk_write(writes, ordered=False).modified_count == len(writes)
+        except UNSTORABLE as error:  # found while encoding a result, before anything was sent
+            if len(moves) > 1:  # only the one that cannot be stored may fail: each alone
+                return [self._move_many([move])[0] for move in moves]
             return [UnstorableResult(f"the vendor's data cannot be stored: {type(error).__name__}")]
         except pymongo.errors.BulkWriteError as error:
-            refused = write_errors(error)
-        request_ids = list({request_id for request_id, *_ in completions})
-        marked = {job["_id"]: job.get("completed_by") for job in self.collection.find({"_id": {"$in": request_ids}}, {"completed_by": True})}
-        return [refused.get(i, marked.get(request_id) == token) for i, ((request_id, *_), token) in enumerate(zip(completions, tokens))]
+            refused = write_errors(error)  # a claim refused is not claimed, which the read shows
+        read = list({move.request_id for move in moves if isinstance(move, Claim) or not every_one_moved})
+        found = {job["_id"]: job for job in self.collection.find({"_id": {"$in": read}}, CLAIMED_FIELDS)} if read else {}
+        outcomes: list[dict[str, Any] | None | bool | Exception] = []
+        for i, (move, token) in enumerate(zip(moves, tokens)):
+            job = found.get(move.request_id)
+            if isinstance(move, Claim):
+                held = job is not None and job["status"] == JobStatus.PROCESSING.value and job.get("message_id") == move.message_id
+                outcomes.append(dict(job) if held else None)  # each caller decrypts its own copy
+            else:
+                outcomes.append(every_one_moved or refused.get(i, job is not None and job.get("completed_by") == token))
+        return outcomes
+
+    def _move_transition(self, move: Claim | Completion, token: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Return the filter and update of a claim, or of a completion that marks its job with `token`."""
+        if isinstance(move, Claim):
+            return self._transition(states.CLAIM, move.request_id, guarded_by=move.message_id, fields={"message_id": move.message_id})
+        return self._transition(
+            states.COMPLETE, move.request_id, move.detail, fields={**move.fields, "completed_by": token}, attempt=move.attempt,
+        )
 
     def fail(
         self, request_id: str, message_id: str, reason: str, *, detail: str | None = None, attempt: int | None = None,

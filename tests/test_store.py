@@ -8,7 +8,7 @@ from pymongo import monitoring
 
 from service.errors import JobNotFound
 from service.states import JobStatus
-from service.store import HISTORY_LIMIT, JobStore, jobs_collection, utcnow
+from service.store import HISTORY_LIMIT, Claim, Completion, JobStore, jobs_collection, utcnow
 
 PAYLOAD = {"name": "John", "email": "john@example.com", "password": "hunter2"}
 
@@ -178,6 +178,24 @@ def test_a_completion_reads_its_job_back_only_when_a_write_of_its_batch_did_not_
     finally:
         client.close()
     assert store.get(request_id)["result"] == {"account": "xyz"}
+
+
+def test_a_claim_and_a_completion_in_one_batch_share_an_update_and_a_find(store, config):
+    commands = CommandNames()
+    client = pymongo.MongoClient(config.mongodb_uri, event_listeners=[commands])
+    watched = JobStore(jobs_collection(client), store.cipher)
+    claimed, completed, taken = new_job(store), new_job(store), new_job(store)
+    store.claim(taken, "m0")
+    try:
+        outcomes = watched._move_many([
+            Claim(claimed, "m1"), Completion(completed, {"result": {"n": 1}}, "done", 1), Claim(taken, "m2"),
+        ])
+        assert commands.names == ["update", "find"]
+    finally:
+        client.close()
+    assert outcomes[0]["_id"] == claimed and outcomes[0]["message_id"] == "m1"
+    assert outcomes[1:] == [True, None]  # the completion moved its job; a job another message holds is not claimed
+    assert store.get(completed)["result"] == {"n": 1} and store.get(taken)["message_id"] == "m0"
 
 
 def test_a_job_without_its_payload_is_claimed_without_one(store):
