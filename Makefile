@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test chromium bench-broker bench-ratelimit bench-fairness bench-load bench-burst bench-timing clean
+.PHONY: run test chromium bench-broker bench-ratelimit bench-fairness bench-load bench-burst bench-store bench-timing clean
 
 run: $(INSTALLED)
 	$(PY) -m devtools.run
@@ -45,6 +45,10 @@ bench-load: $(INSTALLED)
 # A burst of jobs for an unlimited vendor, drained while it arrives and from a full backlog.
 bench-burst: $(INSTALLED)
 	$(PY) -m bench.burst $(ARGS)
+
+# What a sync job's insert, claim and completion cost the embedded MongoDB-wire server, by batch size.
+bench-store: $(INSTALLED)
+	$(PY) -m bench.store $(ARGS)
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
