@@ -24,7 +24,6 @@ import csv
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -36,6 +35,7 @@ from pathlib import Path
 import pymongo
 import requests
 
+from bench import machine
 from devtools import stores
 from devtools.stack import Stack, free_ports, service_env, vendors_toml
 
@@ -218,6 +218,7 @@ def measure_baseline(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     args = parse_args()
+    print(machine.describe())
     folder = Path(tempfile.mkdtemp(prefix="vendorfetch-load-"))
     stack, servers, url = start_stack(folder, args)
     try:
@@ -234,7 +235,7 @@ def main() -> None:
         stack.stop()
         for server in servers:
             server.stop()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; tool: {args.tool}; "
+    print(f"tool: {args.tool}; "
           f"{args.connections} connections for {args.duration} s; gunicorn gevent x{args.web_workers}; "
           f"worker -p {args.worker_processes} -t {args.worker_threads} nice {args.worker_nice}; LOG_LEVEL {args.log_level}; "
           f"vendors {args.rate_limit} each, burst {args.burst or 'the whole limit'}")
@@ -257,6 +258,7 @@ def main() -> None:
               f"requests/s {baseline['requests_per_s']:.0f}  p99 {baseline['p99_ms']:.1f} ms  failures {baseline['failures']}; "
               f"service / baseline: requests/s x{result['requests_per_s'] / baseline['requests_per_s']:.2f}, "
               f"p99 x{result['p99_ms'] / baseline['p99_ms']:.2f}")
+    print(machine.describe())
 
 
 if __name__ == "__main__":
