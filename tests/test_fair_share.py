@@ -36,26 +36,27 @@ def turns(redis_client, acme) -> list[str]:
 def test_a_client_that_comes_later_takes_turns_at_once_instead_of_waiting_behind_a_backlog(limiter, redis_client):
     acme = vendor()
     heavy = admit(limiter, acme, "a", 50)
-    dispatched_now = sum(a.dispatched for a in heavy)
-    assert 1 <= dispatched_now < 50 and all(a.accepted for a in heavy)  # the rest wait in line
-    light = admit(limiter, acme, "b", 5) + admit(limiter, acme, "c", 5)
-    assert all(a.accepted and not a.dispatched for a in light)
+    assert 1 <= sum(a.dispatched for a in heavy) < 50 and all(a.accepted for a in heavy)  # the rest wait in line
+    b, c = admit(limiter, acme, "b", 5), admit(limiter, acme, "c", 5)
+    assert all(a.accepted for a in b + c)
     # Told honestly: b's first job starts within a few turns, a's last one after all of them.
-    assert light[0].wait_s < 0.5 and heavy[-1].wait_s > 4
+    assert b[0].wait_s < 0.5 and heavy[-1].wait_s > 4
     order = turns(redis_client, acme)
-    assert len(order) == 60 - dispatched_now
-    assert order[:15].count("b") == 5 and order[:15].count("c") == 5
+    # On a slow machine time passes while the jobs are admitted, and a few come within the dispatch horizon at once.
+    assert len(order) == 60 - sum(a.dispatched for a in heavy + b + c)
+    assert order[:15].count("b") == sum(not a.dispatched for a in b) and order[:15].count("c") == sum(not a.dispatched for a in c)
     assert set(order[15:]) == {"a"}
 
 
 def test_clients_with_work_waiting_share_turns_by_weight(limiter, redis_client):
     acme = vendor()
-    heavy = admit(limiter, acme, "three", 60, weight=3)
-    admit(limiter, acme, "one", 60, weight=1)
-    order = turns(redis_client, acme)
+    three, one = admit(limiter, acme, "three", 60, weight=3), admit(limiter, acme, "one", 60, weight=1)
+    # Every turn, in order: the jobs dispatched as they were admitted (a few more on a slow machine,
+    # as time passes while they are admitted), then those that waited in line.
+    order = ["three"] * sum(a.dispatched for a in three) + ["one"] * sum(a.dispatched for a in one) + turns(redis_client, acme)
+    assert len(order) == 120
     # While both have work waiting (the first 60 turns, say), three of every four turns are the heavier client's.
     assert 43 <= order[:60].count("three") <= 47
-    assert len(order) == 120 - sum(a.dispatched for a in heavy)
 
 
 def test_a_client_at_its_cap_is_refused_alone_until_a_turn_frees_a_place(limiter, redis_client):
