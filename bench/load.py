@@ -162,14 +162,24 @@ def busy_cpu_s(stack: Stack, servers: list) -> dict[str, float]:
     used: dict[str, float] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rpartition(")")[2].split()  # the fields after the command name
+            fields = stat_fields(stat)
         except OSError:  # it exited meanwhile
             continue
         name = parts.get(int(stat.parent.name)) or groups.get(int(fields[2]))  # its pid, or its process group
         if name:
             part = PARTS.get(name, name)
-            used[part] = used.get(part, 0.0) + sum(int(ticks) for ticks in fields[11:15]) / CLOCK_TICKS  # utime .. cstime
+            used[part] = used.get(part, 0.0) + cpu_s(fields)
     return used
+
+
+def stat_fields(stat: Path) -> list[str]:
+    """Return the fields of a /proc/PID/stat file after the command name."""
+    return stat.read_text().rpartition(")")[2].split()
+
+
+def cpu_s(fields: list[str]) -> float:
+    """Return the CPU seconds a process's stat fields count: its own and its reaped children's (utime .. cstime)."""
+    return sum(int(ticks) for ticks in fields[11:15]) / CLOCK_TICKS
 
 
 def generator_cpu_s() -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet
 
 from bench import machine
-from bench.load import CLOCK_TICKS
+from bench.load import cpu_s, stat_fields
 from devtools import stores
 from service.store import Claim, Completion, JobStore, connect, jobs_collection, payload_cipher
 
@@ -39,8 +39,7 @@ def parse_args() -> argparse.Namespace:
 
 def busy_cpu_s(pid: int) -> float:
     """Return the CPU seconds a process has used so far, all its threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return cpu_s(stat_fields(Path(f"/proc/{pid}/stat")))
 
 
 def in_batches(items: list, size: int) -> list[list]:

@@ -8,7 +8,8 @@ Half-open lets exactly one call through (the probe); every other job waits. Any 
 vendor (a 2xx, a 4xx, a 429) counts as a success; timeouts, connection errors and 5xx as failures.
 A success resets the count when its own check before the call (or a failure its process recorded)
 saw failures counted: failures are consecutive among the calls checked after them, and a vendor
-that keeps answering costs no write. State lives in the hash ``{vendor:v}:breaker`` (failures, open_until, probe_until in ms).
+that keeps answering costs no write. State lives in the hash ``{vendor:v}:breaker`` (failures,
+open_until, probe_until in ms).
 """
 
 from __future__ import annotations

@@ -165,34 +165,33 @@ class CommandNames(monitoring.CommandListener):
         pass
 
 
-def test_a_completion_reads_its_job_back_only_when_a_write_of_its_batch_did_not_move_one(store, config):
+@pytest.fixture
+def watched(store, config):
+    """A job store on a client of its own, and the names of the commands that client sends."""
     commands = CommandNames()
     client = pymongo.MongoClient(config.mongodb_uri, event_listeners=[commands])
-    watched = JobStore(jobs_collection(client), store.cipher)
+    yield JobStore(jobs_collection(client), store.cipher), commands.names
+    client.close()
+
+
+def test_a_completion_reads_its_job_back_only_when_a_write_of_its_batch_did_not_move_one(store, watched):
+    watched_store, sent = watched
     request_id = new_job(store)
-    try:
-        assert watched.complete(request_id, {"account": "xyz"}, [], detail="done", attempt=1)
-        assert commands.names == ["update"]  # it moved: nothing to read back
-        assert not watched.complete(request_id, {"account": "again"}, [], detail="again", attempt=1)
-        assert commands.names == ["update", "update", "find"]  # it did not: which write moved what is read back
-    finally:
-        client.close()
+    assert watched_store.complete(request_id, {"account": "xyz"}, [], detail="done", attempt=1)
+    assert sent == ["update"]  # it moved: nothing to read back
+    assert not watched_store.complete(request_id, {"account": "again"}, [], detail="again", attempt=1)
+    assert sent == ["update", "update", "find"]  # it did not: which write moved what is read back
     assert store.get(request_id)["result"] == {"account": "xyz"}
 
 
-def test_a_claim_and_a_completion_in_one_batch_share_an_update_and_a_find(store, config):
-    commands = CommandNames()
-    client = pymongo.MongoClient(config.mongodb_uri, event_listeners=[commands])
-    watched = JobStore(jobs_collection(client), store.cipher)
+def test_a_claim_and_a_completion_in_one_batch_share_an_update_and_a_find(store, watched):
+    watched_store, sent = watched
     claimed, completed, taken = new_job(store), new_job(store), new_job(store)
     store.claim(taken, "m0")
-    try:
-        outcomes = watched._move_many([
-            Claim(claimed, "m1"), Completion(completed, {"result": {"n": 1}}, "done", 1), Claim(taken, "m2"),
-        ])
-        assert commands.names == ["update", "find"]
-    finally:
-        client.close()
+    outcomes = watched_store._move_many([
+        Claim(claimed, "m1"), Completion(completed, {"result": {"n": 1}}, "done", 1), Claim(taken, "m2"),
+    ])
+    assert sent == ["update", "find"]
     assert outcomes[0]["_id"] == claimed and outcomes[0]["message_id"] == "m1"
     assert outcomes[1:] == [True, None]  # the completion moved its job; a job another message holds is not claimed
     assert store.get(completed)["result"] == {"n": 1} and store.get(taken)["message_id"] == "m0"
