@@ -1,10 +1,10 @@
 """Defer fetch messages instead of blocking a thread or spending a retry.
 
-Before a fetch runs, `VendorGate` asks the rate limiter for a start and the circuit breaker for
-a go, and enqueues the messages of the jobs the limiter dispatched meanwhile (their turn came).
-Without both, the message goes back to the broker's delay set for exactly the wait and is
-skipped (acknowledged) here: no thread sleeps, no retry is spent, the job is never claimed, so
-the wait is not an attempt. A job that would wait past its vendor's `max_wait_s` fails instead.
+Before a fetch runs, `VendorGate` asks the rate limiter for a start, which the vendor's circuit
+breaker must also allow, and enqueues the messages of the jobs the limiter dispatched meanwhile
+(their turn came). Without a start, the message goes back to the broker's delay set for exactly
+the wait and is skipped (acknowledged) here: no thread sleeps, no retry is spent, the job is
+never claimed, so the wait is not an attempt. A job that would wait past its vendor's `max_wait_s` fails instead.
 A start for a vendor with max_in_flight holds a lease, given back when the message is done with,
 whatever the outcome; that dispatches the next job in line, which holds the lease until it starts.
 A vendor's 429, and the backoff after a failed attempt, reach the actor as `Deferred`, which
@@ -95,19 +95,16 @@ class VendorGate(Middleware):
             with about_job(message.args[0], vendor.name):
                 if waited_s(message) > vendor.max_wait_s:  # its turn in the vendor's line came that late
                     self.give_up(message, vendor, f"its turn came after max_wait_s ({vendor.max_wait_s:g} s)")
-                # The limiter first: a start it allows counts even if the breaker then holds the
-                # job back (an open breaker also pauses the limiter, so this is rare).
-                grant = self.limiter.acquire(vendor, message.args[0])
+                grant = self.limiter.acquire(vendor, message.args[0], self.breaker.check_args(vendor))
+                self.breaker.saw(vendor, grant.failures)
                 self.send(broker, vendor, grant.dispatched)
-                wait_ms, reason = grant.wait_ms, "rate_limit"
-                if wait_ms is None:  # its job was cancelled while it waited: nothing is left to do
+                if grant.wait_ms is None:  # its job was cancelled while it waited: nothing is left to do
                     raise SkipMessage("withdrawn")
-                if not wait_ms:
-                    if vendor.max_in_flight:
-                        self.leases[message.message_id] = (vendor, message.args[0])
-                    wait_ms, reason = self.breaker.check(vendor), "breaker_open"
-                if wait_ms:
-                    self.wait_or_give_up(broker, message, vendor, wait_ms, reason)
+                if grant.wait_ms:
+                    reason = "breaker_open" if grant.by_breaker else "rate_limit"
+                    self.wait_or_give_up(broker, message, vendor, grant.wait_ms, reason)
+                if vendor.max_in_flight:
+                    self.leases[message.message_id] = (vendor, message.args[0])
         except MiddlewareError:
             raise
         except Exception as error:

@@ -4,11 +4,13 @@
       ▲                                                   ▲                              │
       └──────────────── the probe succeeds ───────────────┴──── the probe fails ─────────┘
 
-Half-open lets exactly one call through (the probe); every other job waits. Any answer from the
-vendor (a 2xx, a 4xx, a 429) counts as a success; timeouts, connection errors and 5xx as failures.
-A success resets the count when its own check before the call (or a failure its process recorded)
-saw failures counted: failures are consecutive among the calls checked after them, and a vendor
-that keeps answering costs no write. State lives in the hash ``{vendor:v}:breaker`` (failures,
+Half-open lets exactly one call through (the probe); every other job waits. The check before a
+call is part of the rate limiter's start (its ACQUIRE script, given `check_args`), so a start
+costs one script call and a job the breaker holds takes no start. Any answer from the vendor (a
+2xx, a 4xx, a 429) counts as a success; timeouts, connection errors and 5xx as failures. A
+success resets the count when the check before the call (or a failure its process recorded) saw
+failures counted: failures are consecutive among the calls checked after them, and a vendor that
+keeps answering costs no write. State lives in the hash ``{vendor:v}:breaker`` (failures,
 open_until, probe_until in ms).
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import redis
 
-from queueing.ratelimit import vendor_key
+from queueing.ratelimit import NO_BREAKER, BreakerCheck, vendor_key
 from queueing.ratelimit_lua import NOW_MS
 from vendors.registry import Vendor
 
@@ -27,19 +29,6 @@ PROBE_POLL_MS = 500
 
 CLOCK = NOW_MS + """
 local now = now_ms()
-"""
-
-#: Return {0 to let a call through (closed, or this call is the probe) or the ms to wait, the failures counted}.
-#: KEYS: breaker.  ARGV: failures that open it, probe ms, probe poll ms.
-CHECK = CLOCK + """
-local state = redis.call('HMGET', KEYS[1], 'failures', 'open_until', 'probe_until')
-local failures = tonumber(state[1] or 0)
-if failures < tonumber(ARGV[1]) then return {0, failures} end
-local open_until = tonumber(state[2] or 0)
-if now < open_until then return {open_until - now, failures} end
-if now < tonumber(state[3] or 0) then return {tonumber(ARGV[3]), failures} end
-redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[2]))
-return {0, failures}
 """
 
 #: Return the failures, the time the breaker half-opens and the time now, by the scripts' clock.
@@ -64,23 +53,22 @@ class CircuitBreaker:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self.check_script = client.register_script(CHECK)
         self.fail_script = client.register_script(FAIL)
         self.state_script = client.register_script(STATE)
         # The vendors with failures counted, as this process last saw: a success resets only those.
         self.failing: set[str] = set()
 
-    def check(self, vendor: Vendor) -> int:
-        """Return 0 if a call may go to the vendor now, else the ms to wait."""
+    @staticmethod
+    def check_args(vendor: Vendor) -> BreakerCheck:
+        """Return what the limiter's start needs to check the vendor's breaker (nothing to check if it has none)."""
         if not vendor.breaker_failures:
-            return 0
-        probe_ms = round(vendor.timeout_s * 1000) + PROBE_GRACE_MS
-        wait_ms, failures = self.check_script(
-            keys=[vendor_key(vendor.name, "breaker")], args=[vendor.breaker_failures, probe_ms, PROBE_POLL_MS],
-        )
+            return NO_BREAKER
+        return vendor.breaker_failures, round(vendor.timeout_s * 1000) + PROBE_GRACE_MS, PROBE_POLL_MS
+
+    def saw(self, vendor: Vendor, failures: int) -> None:
+        """Note the failures the check before a call counted: the call's success then resets them."""
         if failures:
             self.failing.add(vendor.name)
-        return int(wait_ms)
 
     def tripped(self, vendor: Vendor) -> bool:
         """Tell whether the breaker is open or half-open."""

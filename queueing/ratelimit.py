@@ -6,8 +6,8 @@ gets its planned start and its message waits for that time in the broker's delay
 dispatches a job that is first in line at once; after that, every worker's `acquire` dispatches
 the next in line as starts free up, and hands their messages back to be enqueued. A worker asks
 `acquire` whether the job may start now, else in how many ms (see actors/deferral.py): its time
-must have come, and every one of its vendor's limits, its pause and its max_in_flight must allow
-it. Vendor pushback (a 429, quota headers, an open circuit breaker) pauses or restricts the
+must have come, and every one of its vendor's limits, its pause, its max_in_flight and its
+circuit breaker must allow it. Vendor pushback (a 429, quota headers, an open circuit breaker) pauses or restricts the
 vendor for every worker. The jobs in line or waiting for a later start are the vendor's backlog,
 which bounds how much work the API accepts and tells how long each job will wait. The state kept
 per vendor does not grow with its limits (see ratelimit_lua).
@@ -33,6 +33,12 @@ LEASE_SLACK_MS = 2_000
 #: broker's delay set to bring their messages on time, short enough for a client arriving later
 #: to get its turn soon.
 DISPATCH_HORIZON_MS = 250
+
+
+#: The circuit breaker's check as `acquire` runs it: the failures that open it (0: none), a probe's
+#: ms, the ms jobs wait while a probe is out (see CircuitBreaker.check_args).
+BreakerCheck = tuple[int, int, int]
+NO_BREAKER: BreakerCheck = (0, 0, 0)
 
 
 def vendor_key(vendor_name: str, part: str) -> str:
@@ -78,6 +84,8 @@ class Grant:
 
     wait_ms: int | None
     dispatched: list[Dispatched]
+    by_breaker: bool = False  # the wait is the circuit breaker's, not the limits'
+    failures: int = 0  # the breaker's failures counted, as its check saw them (0 if it did not run)
 
 
 @dataclass(frozen=True)
@@ -137,22 +145,23 @@ class RateLimiter:
                    -2: f"client {job.client!r} has {job.cap} jobs waiting for it already"}[outcome]
         return Admission(False, max(wait_s, 0.0), 0, refusal, dispatched=False, by_client=outcome == -2)
 
-    def acquire(self, vendor: Vendor, request_id: str) -> Grant:
+    def acquire(self, vendor: Vendor, request_id: str, breaker: BreakerCheck = NO_BREAKER) -> Grant:
         """Start the job now (wait 0), or say how many ms its message should wait before asking again.
 
-        None: the job was withdrawn (`withdraw`) and must not start. A started job of a vendor with
-        max_in_flight holds a lease until `release`. Whatever the answer, the jobs whose turn came
-        meanwhile are dispatched: the caller enqueues their messages.
+        None: the job was withdrawn (`withdraw`) and must not start. With `breaker` (the circuit
+        breaker's `check_args`), the start also waits for the vendor's breaker, in the same script
+        call. A started job of a vendor with max_in_flight holds a lease until `release`. Whatever
+        the answer, the jobs whose turn came meanwhile are dispatched: the caller enqueues their messages.
         """
         with self.delays_lock:
             delay_ms = self.delays_ms.pop(vendor.name, -1)
-        args = [*self.limit_args(vendor), round(delay_ms), request_id]
-        wait_ms, *dispatched = self.scripts["ACQUIRE"](keys=self.keys(vendor), args=args)
+        args = [*self.limit_args(vendor), round(delay_ms), request_id, *breaker]
+        wait_ms, by_breaker, failures, *dispatched = self.scripts["ACQUIRE"](keys=self.keys(vendor), args=args)
         if wait_ms < 0:
             return Grant(None, self.dispatched(dispatched))
         if not wait_ms:
             self.started.at = (vendor.name, time.monotonic())
-        return Grant(self.delay_ms(wait_ms), self.dispatched(dispatched))
+        return Grant(self.delay_ms(wait_ms), self.dispatched(dispatched), bool(by_breaker), failures)
 
     def dispatch(self, vendor: Vendor) -> list[Dispatched]:
         """Dispatch the jobs in line whose turn has come, in case no worker's `acquire` is left to do it."""
@@ -236,5 +245,5 @@ class RateLimiter:
         periods = [round(period_s * 1000) for _, period_s in vendor.limits]
         parts = ["pause", "quota", "state", "waiting", "inflight",
                  *(f"started:{period}" for period in periods), *(f"planned:{period}" for period in periods), "planned:burst",
-                 "fair", "fair:jobs", "fair:clients", "fair:finish"]
+                 "fair", "fair:jobs", "fair:clients", "fair:finish", "breaker"]
         return [vendor_key(vendor.name, part) for part in parts]

@@ -23,6 +23,7 @@ Keys of a vendor ``v``, all with the hash tag ``{vendor:v}`` (one cluster slot),
                     when it joined the line (the gate counts max_wait_s from then).
 11. ``fair:clients`` hash, client -> how many of its jobs wait for their turn.
 12. ``fair:finish``  hash, client -> the finish tag of its latest job.
+13. ``breaker``   the vendor's circuit breaker (queueing/breaker.py), which a start must also pass.
 
 A window is a list whose first element is how many starts it holds, then one entry
 ``"bucket count latest"`` per bucket of starts (a thousandth of the period), oldest first.  A
@@ -49,7 +50,8 @@ Dispatch plans the job's start: the earliest time every planned window has room,
 latest planned start by the slowest limit's share of its span (waiting jobs come due one by
 one), and then at most ``burst`` at once.  The job's message waits in the broker's delay set
 until then.  A worker starts a job only when its time has come, the vendor is
-not paused, a lease is free (max_in_flight) and every started window has room: the started
+not paused, a lease is free (max_in_flight), every started window has room and the circuit
+breaker lets a call through (one script a start, the breaker's check included): the started
 windows are the guarantee, the planned ones only keep jobs from waking up to be refused.  Planned
 times are kept ``offset`` ms early: a pause pushes every waiting job back at once by raising the
 offset.  Times come from the Redis server, so worker clocks need not agree.
@@ -80,6 +82,7 @@ end
 local burst, floor, burst_key = tonumber(ARGV[2 * n + 2]), tonumber(ARGV[2 * n + 3]), KEYS[6 + 2 * n]
 local horizon, max_in_flight, lease = tonumber(ARGV[2 * n + 4]), tonumber(ARGV[2 * n + 5]), tonumber(ARGV[2 * n + 6])
 local fair, fair_jobs, fair_clients, fair_finish = KEYS[7 + 2 * n], KEYS[8 + 2 * n], KEYS[9 + 2 * n], KEYS[10 + 2 * n]
+local breaker = KEYS[11 + 2 * n]
 local arg = 2 * n + 7
 local now = now_ms()
 local s = redis.call('HMGET', state, 'offset', 'last', 'jitter', 'jitter_at', 'late', 'vtime')
@@ -314,12 +317,17 @@ end
 """
 
 #: May the job start now?  Reply {0 (it started), the ms until it should ask again, or -1 (it was
-#: withdrawn: its message has nothing left to do), then the jobs dispatched meanwhile as
+#: withdrawn: its message has nothing left to do); 1 if the circuit breaker holds it, else 0; the
+#: breaker's failures counted (0 unless its check ran); then the jobs dispatched meanwhile as
 #: request_id, ms until its start, when it joined the line (ms), ...}.  A job without a planned
-#: start (a retry, a job queued again) is planned at once: it had its turn.
-#: ARGV (own): start-to-call delay ms a worker saw (-1: none), request_id.
+#: start (a retry, a job queued again) is planned at once: it had its turn.  The breaker's check
+#: comes last, so a job it holds takes no start.
+#: ARGV (own): start-to-call delay ms a worker saw (-1: none), request_id, then the breaker's
+#: failures that open it (0: no breaker), a probe's ms, the ms jobs wait while a probe is out.
 ACQUIRE = PRELUDE + """
 local observed, member = tonumber(ARGV[arg]), ARGV[arg + 1]
+local opens_at, probe_ms, probe_poll_ms = tonumber(ARGV[arg + 2]), tonumber(ARGV[arg + 3]), tonumber(ARGV[arg + 4])
+local held, failures = 0, 0
 if observed > decayed(jitter, jitter_at) then
   jitter, jitter_at = observed, now
   redis.call('HSET', state, 'jitter', jitter, 'jitter_at', now)
@@ -358,6 +366,19 @@ local function acquire()
   end
   if wait > 0 then return math.ceil(wait) end
 
+  -- The circuit breaker: closed, or half-open and this call is the one probe.
+  if opens_at > 0 then
+    local b = redis.call('HMGET', breaker, 'failures', 'open_until', 'probe_until')
+    failures = tonumber(b[1] or 0)
+    if failures >= opens_at then
+      local open_until = tonumber(b[2] or 0)
+      if now < open_until then held = open_until - now
+      elseif now < tonumber(b[3] or 0) then held = probe_poll_ms
+      else redis.call('HSET', breaker, 'probe_until', now + probe_ms) end
+      if held > 0 then return held end
+    end
+  end
+
   redis.call('ZREM', waiting, member)
   for i, limit in ipairs(limits) do
     local width = limit.period / BUCKETS
@@ -376,6 +397,8 @@ end
 local wait = acquire()
 local reply = dispatch()
 table.insert(reply, 1, wait)
+table.insert(reply, 2, held > 0 and 1 or 0)
+table.insert(reply, 3, failures)
 return reply
 """
 

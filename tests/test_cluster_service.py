@@ -72,7 +72,8 @@ def test_the_breaker_opens_on_the_node_that_holds_it(cluster_client):
     breaker.failed(flaky)
     assert breaker.state(flaky) == ("closed", 1)
     breaker.failed(flaky)
-    assert breaker.state(flaky) == ("open", 2) and breaker.check(flaky) > 0
+    grant = RateLimiter(cluster_client, 100).acquire(flaky, "globex-0", breaker.check_args(flaky))
+    assert breaker.state(flaky) == ("open", 2) and grant.by_breaker and grant.wait_ms > 0
 
 
 def test_client_request_counts_are_kept_on_the_nodes_that_hold_them(cluster_client):
