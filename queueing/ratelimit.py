@@ -243,7 +243,7 @@ class RateLimiter:
     def keys(vendor: Vendor) -> list[str]:
         """Return every key of the vendor's limiter state, in the order the scripts expect."""
         periods = [round(period_s * 1000) for _, period_s in vendor.limits]
-        parts = ["pause", "quota", "state", "waiting", "inflight",
+        parts = ["state", "waiting", "inflight",
                  *(f"started:{period}" for period in periods), *(f"planned:{period}" for period in periods), "planned:burst",
                  "fair", "fair:jobs", "fair:clients", "fair:finish", "breaker"]
         return [vendor_key(vendor.name, part) for part in parts]

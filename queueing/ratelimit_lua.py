@@ -2,28 +2,28 @@
 
 Keys of a vendor ``v``, all with the hash tag ``{vendor:v}`` (one cluster slot), in KEYS order:
 
-1. ``pause``     ms timestamp before which nothing may start (a 429, an exhausted quota, an open
-                 circuit breaker).
-2. ``quota``     hash {remaining, reset}: what the vendor's own headers allow until reset.
-3. ``state``     hash {offset, last, jitter, jitter_at, late, vtime}: how far pauses have pushed
-                 the waiting jobs back, the latest planned start, the worst start-to-call delay
-                 seen lately and when, how late jobs come for their start on average, and the
-                 vendor's virtual time (below).
-4. ``waiting``   sorted set, request_id -> planned start: the jobs waiting for their time (the
+1. ``state``     hash {offset, last, jitter, jitter_at, late, vtime, pause, remaining, reset}:
+                 how far pauses have pushed the waiting jobs back, the latest planned start, the
+                 worst start-to-call delay seen lately and when, how late jobs come for their
+                 start on average, the vendor's virtual time (below), the ms timestamp before
+                 which nothing may start (a 429, an exhausted quota, an open circuit breaker),
+                 and how many starts the vendor's own quota headers allow until ``reset``.  One
+                 hash, read once by every script.
+2. ``waiting``   sorted set, request_id -> planned start: the jobs waiting for their time (the
                  backlog), and for a while those whose time came but were not let start yet;
                  ``request_id@withdrawn`` marks a job that will not start (cancelled) until
                  its message comes, scored in the past so that it counts in no backlog.
-5. ``inflight``  sorted set, request_id -> lease expiry: with max_in_flight, the calls in progress
+3. ``inflight``  sorted set, request_id -> lease expiry: with max_in_flight, the calls in progress
                  and the dispatched jobs that will start next (each holds its lease from dispatch).
-6. ``started:P`` one *window* per limit of period P ms: the starts of the last period.
-7. ``planned:P`` one window per limit: the planned starts of the period before the latest.
-8. ``planned:burst``  the window that keeps bursts to ``burst`` at once.
-9. ``fair``      sorted set, request_id -> start tag: the jobs waiting for their turn (below).
-10. ``fair:jobs``    hash, request_id -> "client weight ms": its client, the client's weight and
+4. ``started:P`` one *window* per limit of period P ms: the starts of the last period.
+5. ``planned:P`` one window per limit: the planned starts of the period before the latest.
+6. ``planned:burst``  the window that keeps bursts to ``burst`` at once.
+7. ``fair``      sorted set, request_id -> start tag: the jobs waiting for their turn (below).
+8. ``fair:jobs``    hash, request_id -> "client weight ms": its client, the client's weight and
                     when it joined the line (the gate counts max_wait_s from then).
-11. ``fair:clients`` hash, client -> how many of its jobs wait for their turn.
-12. ``fair:finish``  hash, client -> the finish tag of its latest job.
-13. ``breaker``   the vendor's circuit breaker (queueing/breaker.py), which a start must also pass.
+9. ``fair:clients`` hash, client -> how many of its jobs wait for their turn.
+10. ``fair:finish``  hash, client -> the finish tag of its latest job.
+11. ``breaker``   the vendor's circuit breaker (queueing/breaker.py), which a start must also pass.
 
 A window is a list whose first element is how many starts it holds, then one entry
 ``"bucket count latest"`` per bucket of starts (a thousandth of the period), oldest first.  A
@@ -72,23 +72,26 @@ PRELUDE = NOW_MS + """
 local BUCKETS, HALF_LIFE_MS, IN_FLIGHT_RETRY_MS, STALE_MS, LATE_CAP_MS, LATE_WEIGHT = 1000, 30000, 100, 600000, 250, 0.2
 -- Dispatch plans at most DISPATCH_MOST starts a call.
 local DISPATCH_MOST = 100
-local pause, quota, state, waiting, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local state, waiting, inflight = KEYS[1], KEYS[2], KEYS[3]
 local n = tonumber(ARGV[1])
 local limits = {}
 for i = 1, n do
   limits[i] = {count = tonumber(ARGV[2 * i]), period = tonumber(ARGV[2 * i + 1]),
-               started = KEYS[5 + i], planned = KEYS[5 + n + i]}
+               started = KEYS[3 + i], planned = KEYS[3 + n + i]}
 end
-local burst, floor, burst_key = tonumber(ARGV[2 * n + 2]), tonumber(ARGV[2 * n + 3]), KEYS[6 + 2 * n]
+local burst, floor, burst_key = tonumber(ARGV[2 * n + 2]), tonumber(ARGV[2 * n + 3]), KEYS[4 + 2 * n]
 local horizon, max_in_flight, lease = tonumber(ARGV[2 * n + 4]), tonumber(ARGV[2 * n + 5]), tonumber(ARGV[2 * n + 6])
-local fair, fair_jobs, fair_clients, fair_finish = KEYS[7 + 2 * n], KEYS[8 + 2 * n], KEYS[9 + 2 * n], KEYS[10 + 2 * n]
-local breaker = KEYS[11 + 2 * n]
+local fair, fair_jobs, fair_clients, fair_finish = KEYS[5 + 2 * n], KEYS[6 + 2 * n], KEYS[7 + 2 * n], KEYS[8 + 2 * n]
+local breaker = KEYS[9 + 2 * n]
 local arg = 2 * n + 7
 local now = now_ms()
-local s = redis.call('HMGET', state, 'offset', 'last', 'jitter', 'jitter_at', 'late', 'vtime')
+local s = redis.call('HMGET', state, 'offset', 'last', 'jitter', 'jitter_at', 'late', 'vtime', 'pause', 'remaining', 'reset')
 local offset, last = tonumber(s[1] or 0), tonumber(s[2] or 0)
 local jitter, jitter_at = tonumber(s[3] or 0), tonumber(s[4] or now)
-local late, vtime = tonumber(s[5] or 0), tonumber(s[6] or 0)
+local late, vtime, paused = tonumber(s[5] or 0), tonumber(s[6] or 0), tonumber(s[7] or 0)
+-- The vendor's quota, if its headers announced one whose window has not reset yet.
+local quota_left, quota_reset = tonumber(s[8]), tonumber(s[9] or 0)
+if quota_reset <= now then quota_left = nil end
 
 -- A peak seen at `at`, halving every HALF_LIFE_MS since.
 local function decayed(peak, at)
@@ -105,10 +108,6 @@ end
 -- window full.
 local function plan_margin()
   return margin_now() + math.ceil(2 * late)
-end
-
-local function paused_until()
-  return tonumber(redis.call('GET', pause) or 0)
 end
 
 local function entry(text)
@@ -205,7 +204,7 @@ end
 local function plan(margin)
   local windows, share = planned_windows(margin)
   local now_v = now - offset
-  local at = math.max(now_v, paused_until() - offset)
+  local at = math.max(now_v, paused - offset)
   if last > now_v then at = math.max(at, last + share) end
   -- Buckets a span before now matter to no plan any more; `counts` are the starts left in each window.
   local counts, moved = {}, true
@@ -223,20 +222,22 @@ local function plan(margin)
   return at, windows, counts
 end
 
--- Take the planned start `at` for `member`.
-local function commit(member, at, windows, counts)
+-- Take the planned start `at` for `member`; `...`: more fields of the state to write with it.
+local function commit(member, at, windows, counts, ...)
   for i, w in ipairs(windows) do
     add_start(w.key, at, w.width, counts[i], at - (now - offset) + w.span + w.width)
   end
   last = at
-  redis.call('HSET', state, 'last', at)
+  redis.call('HSET', state, 'last', at, ...)
   redis.call('ZADD', waiting, at, member)
 end
 
--- Give `member` its turn: its planned start `at` and, with max_in_flight, a lease from now on, so
--- that it waits in line rather than in the delay set while calls are in progress.
-local function take_turn(member, at, windows, counts)
-  commit(member, at, windows, counts)
+-- Give `member` its turn: the vendor's virtual time moves on to its tag, it takes its planned
+-- start `at` and, with max_in_flight, a lease from now on, so that it waits in line rather than
+-- in the delay set while calls are in progress.
+local function take_turn(member, tag, at, windows, counts)
+  vtime = tag
+  commit(member, at, windows, counts, 'vtime', tag)
   if max_in_flight > 0 then redis.call('ZADD', inflight, at + offset + lease, member) end
 end
 
@@ -278,9 +279,7 @@ local function dispatch()
     local at, windows, counts = dispatchable(margin)
     if not at then break end
     local _, _, joined = leave_line(head[1])
-    vtime = tonumber(head[2])
-    redis.call('HSET', state, 'vtime', vtime)
-    take_turn(head[1], at, windows, counts)
+    take_turn(head[1], tonumber(head[2]), at, windows, counts)
     out[#out + 1], out[#out + 2], out[#out + 3] = head[1], math.max(math.ceil(at + offset - now), 0), joined or now
   end
   return out
@@ -289,13 +288,13 @@ end
 -- When a job with `ahead` jobs before it in line (itself included) is expected to start.
 local function expected_start(ahead)
   local _, share = planned_windows(plan_margin())
-  return math.ceil(math.max(now, paused_until(), last + offset) + ahead * share)
+  return math.ceil(math.max(now, paused, last + offset) + ahead * share)
 end
 
 -- When a job that holds no planned start would start if it joined the line now (read only).
 local function estimate_new()
   local _, share = planned_windows(plan_margin())
-  local at = math.max(now, paused_until())
+  local at = math.max(now, paused)
   if last + offset > now then at = math.max(at, last + offset + share) end
   return math.ceil(at)
 end
@@ -304,8 +303,9 @@ end
 -- (one shift for all keeps their order and their spacing).
 local function pause_until(until_ms)
   if until_ms <= now then return end
-  if until_ms > paused_until() then
-    redis.call('SET', pause, until_ms, 'PX', until_ms - now)
+  if until_ms > paused then
+    paused = until_ms
+    redis.call('HSET', state, 'pause', until_ms)
   end
   local first = redis.call('ZRANGEBYSCORE', waiting, '(' .. (now - offset), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if first[2] and tonumber(first[2]) + offset < until_ms then
@@ -353,7 +353,7 @@ local function acquire()
   end
 
   -- Its time has come: the pause, the leases and every limit's window must let it start.
-  local wait = paused_until() - now
+  local wait = paused - now
   -- A dispatched job holds its lease already; one planned at once needs a free one.
   if leases_taken() and not redis.call('ZSCORE', inflight, member) then wait = math.max(wait, IN_FLIGHT_RETRY_MS) end
   local counts = {}
@@ -385,11 +385,8 @@ local function acquire()
     add_start(limit.started, now, width, counts[i], limit.period + margin + width)
   end
   if max_in_flight > 0 then redis.call('ZADD', inflight, now + lease, member) end
-  local quota_left = redis.call('HMGET', quota, 'remaining', 'reset')
-  if quota_left[1] then
-    if redis.call('HINCRBY', quota, 'remaining', -1) <= 0 then
-      pause_until(tonumber(quota_left[2]))
-    end
+  if quota_left and redis.call('HINCRBY', state, 'remaining', -1) <= 0 then
+    pause_until(quota_reset)
   end
   return 0
 end
@@ -446,13 +443,11 @@ if remaining <= 0 then
   pause_until(reset)
   return 1
 end
-local known = redis.call('HMGET', quota, 'remaining', 'reset')
-if known[1] and math.abs(tonumber(known[2]) - reset) <= tolerance then
-  remaining = math.min(remaining, tonumber(known[1]))
-  reset = math.max(reset, tonumber(known[2]))
+if quota_left and math.abs(quota_reset - reset) <= tolerance then
+  remaining = math.min(remaining, quota_left)
+  reset = math.max(reset, quota_reset)
 end
-redis.call('HSET', quota, 'remaining', remaining, 'reset', reset)
-redis.call('PEXPIRE', quota, reset - now)
+redis.call('HSET', state, 'remaining', remaining, 'reset', reset)
 return 1
 """
 
@@ -486,10 +481,8 @@ if ahead == 0 then
   local at, windows, counts = dispatchable(plan_margin())
   if at then
     if at - now_v > max_wait then return {-1, now, math.ceil(at + offset - max_wait)} end
-    vtime = tag
-    redis.call('HSET', state, 'vtime', tag)
     redis.call('HSET', fair_finish, client, tag + 1 / weight)
-    take_turn(member, at, windows, counts)
+    take_turn(member, tag, at, windows, counts)
     return {1, now, math.ceil(at + offset)}
   end
 end
@@ -524,6 +517,5 @@ for _, text in ipairs(redis.call('LRANGE', limit.started, 1, -1)) do
   if latest > now - limit.period then started = started + c end
 end
 local backlog = redis.call('ZCOUNT', waiting, '(' .. (now - offset), '+inf') + redis.call('ZCARD', fair)
-local paused = math.max(paused_until() - now, 0)
-return {started, backlog, paused, estimate_new() - now}
+return {started, backlog, math.max(paused - now, 0), estimate_new() - now}
 """

@@ -134,7 +134,7 @@ def test_a_pause_holds_every_start_and_pushes_waiting_jobs_back_in_order(limiter
     assert [limiter.acquire(acme, name).wait_ms for name in ("a", "b")] == [0, 0]
     before = dict(zip("cde", slots_of(redis_client, [limiter.acquire(acme, name).wait_ms and name for name in "cde"])))
     limiter.restrict(acme, 0, 3.0)
-    paused_until = int(redis_client.get(vendor_key("acme", "pause")))
+    paused_until = int(redis_client.hget(vendor_key("acme", "state"), "pause"))
     assert limiter.acquire(acme, "new").wait_ms > 0
     after = dict(zip(["c", "d", "e", "new"], slots_of(redis_client, ["c", "d", "e", "new"])))
     assert paused_until <= after["c"] <= after["d"] <= after["e"] <= after["new"]

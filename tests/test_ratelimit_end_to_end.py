@@ -155,7 +155,7 @@ def test_a_429_pauses_the_vendor_for_every_worker_and_costs_no_attempt(stack, ve
     pushy = vendors["pushy"]
     pushy.answer = lambda request_id: (429, {"Retry-After": "2"}) if len(pushy.calls) == 1 else (200, {})
     first = submit(stack, "pushy").json()["request_id"]
-    wait_until(lambda: stack.redis.exists(vendor_key("pushy", "pause")), 10, "the worker to record the 429's pause")
+    wait_until(lambda: stack.redis.hexists(vendor_key("pushy", "state"), "pause"), 10, "the worker to record the 429's pause")
     pushed_back_at = pushy.calls[0][0]
     others = [submit(stack, "pushy").json()["request_id"] for _ in range(8)]
 

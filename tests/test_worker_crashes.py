@@ -163,7 +163,7 @@ def test_a_worker_killed_while_a_429_defers_its_job_loses_neither_the_job_nor_th
     pushy.answer = lambda request_id: (429, {"Retry-After": "5"}) if len(pushy.calls_for(request_id)) == 1 else (200, {})
     first = worker()
     request_id = submit(stack, "pushy")
-    wait_until(lambda: stack.redis.exists(vendor_key("pushy", "pause")), 10, "the 429's pause to be recorded")
+    wait_until(lambda: stack.redis.hexists(vendor_key("pushy", "state"), "pause"), 10, "the 429's pause to be recorded")
     # The worker dies while the job waits out the pause: its message waits in Redis, acknowledged.
     wait_until(lambda: stack.redis.xlen(QUEUE_NAME) == 0 and stack.redis.zcard(delay_key(QUEUE_NAME)) == 1, 5, "the deferral")
     first.kill()
