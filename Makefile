@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test chromium bench-broker bench-ratelimit bench-fairness bench-load bench-burst bench-store bench-timing clean
+.PHONY: run test chromium bench-broker bench-ratelimit bench-fairness bench-load bench-burst bench-store bench-limiter-cost bench-timing clean
 
 run: $(INSTALLED)
 	$(PY) -m devtools.run
@@ -49,6 +49,11 @@ bench-burst: $(INSTALLED)
 # What a sync job's insert, claim and completion cost the embedded MongoDB-wire server, by batch size.
 bench-store: $(INSTALLED)
 	$(PY) -m bench.store $(ARGS)
+
+# What the limiter costs Redis per job in instructions (callgrind, Debian's valgrind): comparable across days.
+bench-limiter-cost: $(INSTALLED)
+	command -v valgrind >/dev/null || (apt-get update && apt-get install -y valgrind)
+	$(PY) -m bench.limiter_cost $(ARGS)
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

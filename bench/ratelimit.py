@@ -11,8 +11,8 @@ the vendor accepted from its first request on, then waits for every job to compl
 command statistics are reset at its start (CONFIG RESETSTAT): the Redis time per job is the
 time of the commands clients sent (a script's inner commands are counted in its EVALSHA) over
 the run, divided by the jobs completed. At the end, with the service stopped, the limiter alone
-replays jobs (one ADMIT and one ACQUIRE each, as the service does) at each scenario's limits: its
-share per job.
+replays jobs (one ADMIT and one ACQUIRE with the circuit breaker's check each, as the service does)
+at each scenario's limits: its share per job.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pymongo.collection import Collection
 
 from devtools import stores
 from devtools.stack import Stack, free_ports, service_env, wait_until
+from queueing.breaker import CircuitBreaker
 from queueing.ratelimit import NewJob, RateLimiter
 from service.config import Config
 from service.states import JobStatus
@@ -144,18 +145,24 @@ def run_scenario(scenario: Scenario, mock_url: str, api_url: str, client: redis.
 
 
 def limiter_alone_us(client: redis.Redis, scenario: Scenario, count: int) -> float:
-    """Replay `count` jobs through the limiter alone, each admitted, then started when due; return its Redis µs per job."""
-    vendor = Vendor(f"replay-{scenario.name}", "sync", "", scenario.rate_limit, max_in_flight=scenario.max_in_flight)
-    limiter = RateLimiter(client, Config.rate_limit_margin_ms)
-    limiter.admit(NewJob(vendor, "warm-up"))  # loads the scripts before the count starts
+    """Replay `count` jobs through the limiter alone; return its Redis µs per job."""
+    replay(client, scenario, 1, "warm-up")  # loads the scripts before the count starts
     client.config_resetstat()
+    replay(client, scenario, count)
+    return redis_time_us(client)[0] / count
+
+
+def replay(client: redis.Redis, scenario: Scenario, count: int, name: str = "replay") -> None:
+    """Put `count` jobs through the limiter alone as the service does: an ADMIT, then, once its start is due,
+    an ACQUIRE with the circuit breaker's check (and a release with max_in_flight)."""
+    vendor = Vendor(f"{name}-{scenario.name}", "sync", "", scenario.rate_limit, max_in_flight=scenario.max_in_flight)
+    limiter, breaker = RateLimiter(client, Config.rate_limit_margin_ms), CircuitBreaker(client)
     for n in range(count):
         time.sleep(limiter.admit(NewJob(vendor, f"job-{n}")).delay_ms / 1000)  # as its message would wait
-        while wait_ms := limiter.acquire(vendor, f"job-{n}").wait_ms:
+        while wait_ms := limiter.acquire(vendor, f"job-{n}", breaker.check_args(vendor)).wait_ms:
             time.sleep(wait_ms / 1000)
         if vendor.max_in_flight:
             limiter.release(vendor, f"job-{n}")
-    return redis_time_us(client)[0] / count
 
 
 def cpu_speed() -> float:

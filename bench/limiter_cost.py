@@ -1,0 +1,74 @@
+"""What the rate limiter costs Redis per job, counted in instructions: the same on a fast or a slow machine.
+
+    python -m bench.limiter_cost [--jobs 300] [--only SCENARIO ...]
+
+Runs an embedded Valkey under callgrind (valgrind) and replays jobs through the limiter alone at
+each of bench.ratelimit's scenarios' limits, as the service does (an ADMIT, then, once its start
+is due, an ACQUIRE with the circuit breaker's check). Prints the instructions Valkey ran per job
+and its script calls per job. Callgrind counts only while a replay runs, so the figures leave out
+the server's start and its clock. Seconds on this machine move 2x from hour to hour; instruction
+counts repeat to within a fraction of a percent, so two versions compare in one run each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+from pathlib import Path
+
+import redis
+
+from bench import machine
+from bench.ratelimit import REPLAY_S, SCENARIOS, Scenario, replay
+from devtools import stores
+
+MOST_SLOW_JOBS = 25  # at a few starts a second, a replay of more would take minutes
+
+
+def under_callgrind(folder: Path) -> stores.EmbeddedServer:
+    """Describe an embedded Valkey run by callgrind with nothing counted until told."""
+    valkey = stores.valkey(folder / "valkey")
+    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={folder}/callgrind.out", *valkey.argv]
+    return stores.EmbeddedServer("valkey under callgrind", argv, valkey.port, valkey.url)
+
+
+def counted(server: stores.EmbeddedServer, folder: Path, client: redis.Redis, scenario: Scenario, jobs: int) -> tuple[int, int]:
+    """Replay `jobs` jobs with callgrind counting; return the instructions Valkey ran and its script calls."""
+    pid = str(server.process.pid)
+    subprocess.run(["callgrind_control", "--zero", pid], check=True, capture_output=True)
+    client.config_resetstat()
+    subprocess.run(["callgrind_control", "--instr=on", pid], check=True, capture_output=True)
+    replay(client, scenario, jobs)
+    subprocess.run(["callgrind_control", "--instr=off", pid], check=True, capture_output=True)
+    scripts = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    subprocess.run(["callgrind_control", "--dump", pid], check=True, capture_output=True)
+    newest = max(folder.glob("callgrind.out.*"), key=lambda path: int(path.suffix[1:]))
+    totals = [line for line in newest.read_text().splitlines() if line.startswith("totals:")]
+    return int(totals[0].split()[1]), scripts
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.limiter_cost", description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=300, help="jobs replayed per scenario, fewer where its limits are slow")
+    parser.add_argument("--only", nargs="*", choices=[s.name for s in SCENARIOS], help="run only these scenarios")
+    args = parser.parse_args(argv)
+    print(machine.describe(), "(callgrind's counts do not depend on it)")
+    print("| scenario | rate_limit | jobs | Valkey instructions per job | script calls per job |")
+    print("| --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as folder_name:
+        folder = Path(folder_name)
+        server = under_callgrind(folder).start()
+        try:
+            client = redis.Redis.from_url(server.url)
+            replay(client, SCENARIOS[0], 1, "warm-up")  # loads the scripts before anything is counted
+            for scenario in (s for s in SCENARIOS if not args.only or s.name in args.only):
+                jobs = min(args.jobs, max(MOST_SLOW_JOBS, scenario.allowed(REPLAY_S)))
+                instructions, scripts = counted(server, folder, client, scenario, jobs)
+                print(f"| {scenario.name} | `{scenario.rate_limit}` | {jobs} | {instructions / jobs:,.0f} | {scripts / jobs:.2f} |")
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
