@@ -52,6 +52,11 @@ def json_formatter() -> OrjsonFormatter:
 
 def configure_logging(level: str) -> None:
     """Send every logger's records to stderr as JSON lines."""
+    # The lines name no source line, thread or multiprocessing name, so records need not collect
+    # them (the logging HOWTO's "Optimization" switches).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.setFormatter(json_formatter())
     handler.addFilter(CurrentJobFields())
