@@ -2,13 +2,14 @@
 
 Keys of a vendor ``v``, all with the hash tag ``{vendor:v}`` (one cluster slot), in KEYS order:
 
-1. ``state``     hash {offset, last, jitter, jitter_at, late, vtime, pause, remaining, reset}:
-                 how far pauses have pushed the waiting jobs back, the latest planned start, the
-                 worst start-to-call delay seen lately and when, how late jobs come for their
-                 start on average, the vendor's virtual time (below), the ms timestamp before
-                 which nothing may start (a 429, an exhausted quota, an open circuit breaker),
-                 and how many starts the vendor's own quota headers allow until ``reset``.  One
-                 hash, read once by every script.
+1. ``state``     hash {offset, last, jitter, jitter_at, late, vtime, pause, remaining, reset,
+                 held}: how far pauses have pushed the waiting jobs back, the latest planned
+                 start, the worst start-to-call delay seen lately and when, how late jobs come
+                 for their start on average, the vendor's virtual time (below), the ms timestamp
+                 before which nothing may start (a 429, an exhausted quota, an open circuit
+                 breaker), how many starts the vendor's own quota headers allow until ``reset``,
+                 and how long a started job holds its max_in_flight lease on average.  One hash,
+                 read once by every script.
 2. ``waiting``   sorted set, request_id -> planned start: the jobs waiting for their time (the
                  backlog), and for a while those whose time came but were not let start yet;
                  ``request_id@withdrawn`` marks a job that will not start (cancelled) until
@@ -70,6 +71,7 @@ end
 # own arguments follow (from ARGV[arg]).
 PRELUDE = NOW_MS + """
 local BUCKETS, HALF_LIFE_MS, IN_FLIGHT_RETRY_MS, STALE_MS, LATE_CAP_MS, LATE_WEIGHT = 1000, 30000, 100, 600000, 250, 0.2
+local HELD_WEIGHT = 0.2
 -- Dispatch plans at most DISPATCH_MOST starts a call.
 local DISPATCH_MOST = 100
 local state, waiting, inflight = KEYS[1], KEYS[2], KEYS[3]
@@ -85,13 +87,14 @@ local fair, fair_jobs, fair_clients, fair_finish = KEYS[5 + 2 * n], KEYS[6 + 2 *
 local breaker = KEYS[9 + 2 * n]
 local arg = 2 * n + 7
 local now = now_ms()
-local s = redis.call('HMGET', state, 'offset', 'last', 'jitter', 'jitter_at', 'late', 'vtime', 'pause', 'remaining', 'reset')
+local s = redis.call('HMGET', state, 'offset', 'last', 'jitter', 'jitter_at', 'late', 'vtime', 'pause', 'remaining', 'reset', 'held')
 local offset, last = tonumber(s[1] or 0), tonumber(s[2] or 0)
 local jitter, jitter_at = tonumber(s[3] or 0), tonumber(s[4] or now)
 local late, vtime, paused = tonumber(s[5] or 0), tonumber(s[6] or 0), tonumber(s[7] or 0)
 -- The vendor's quota, if its headers announced one whose window has not reset yet.
 local quota_left, quota_reset = tonumber(s[8]), tonumber(s[9] or 0)
 if quota_reset <= now then quota_left = nil end
+local held = tonumber(s[10] or 0)
 
 -- A peak seen at `at`, halving every HALF_LIFE_MS since.
 local function decayed(peak, at)
@@ -285,17 +288,23 @@ local function dispatch()
   return out
 end
 
+-- How far apart jobs in line are expected to start: the slowest limit's share of its span or,
+-- with max_in_flight, how long a job holds its lease shared among the leases, whichever is longer.
+local function pace()
+  local _, share = planned_windows(plan_margin())
+  if max_in_flight > 0 then share = math.max(share, held / max_in_flight) end
+  return share
+end
+
 -- When a job with `ahead` jobs before it in line (itself included) is expected to start.
 local function expected_start(ahead)
-  local _, share = planned_windows(plan_margin())
-  return math.ceil(math.max(now, paused, last + offset) + ahead * share)
+  return math.ceil(math.max(now, paused, last + offset) + ahead * pace())
 end
 
 -- When a job that holds no planned start would start if it joined the line now (read only).
 local function estimate_new()
-  local _, share = planned_windows(plan_margin())
   local at = math.max(now, paused)
-  if last + offset > now then at = math.max(at, last + offset + share) end
+  if last + offset > now then at = math.max(at, last + offset + pace()) end
   return math.ceil(at)
 end
 
@@ -425,10 +434,19 @@ redis.call('ZADD', waiting, now - offset - 1, member .. '@withdrawn')
 return 0
 """
 
-#: Give back the lease of a job whose call ended (or never came), and dispatch the jobs in line
-#: that find a planned start.  Reply as ACQUIRE's dispatched jobs.  ARGV (own): request_id.
+#: Give back the lease of a started job whose call ended (or never came), count how long it held
+#: it, and dispatch the jobs in line that find a planned start.  Reply as ACQUIRE's dispatched
+#: jobs.  ARGV (own): request_id.
 RELEASE = PRELUDE + """
-redis.call('ZREM', inflight, ARGV[arg])
+local expiry = tonumber(redis.call('ZSCORE', inflight, ARGV[arg]))
+if expiry then
+  local took = now - (expiry - lease)  -- a start leases from then on
+  if took >= 0 then
+    held = held == 0 and took or held + HELD_WEIGHT * (took - held)
+    redis.call('HSET', state, 'held', held)
+  end
+  redis.call('ZREM', inflight, ARGV[arg])
+end
 return dispatch()
 """
 

@@ -264,6 +264,33 @@ def test_max_in_flight_holds_starts_until_a_lease_comes_back(limiter, redis_clie
     assert redis_client.zcard(vendor_key("acme", "inflight")) == 1
 
 
+def hold_leases(limiter: RateLimiter, acme: Vendor, names: list[str], seconds: float) -> None:
+    """Start a job per name, hold their leases for `seconds`, then give them back, as the calls' workers would."""
+    assert [limiter.acquire(acme, name).wait_ms for name in names] == [0] * len(names)
+    time.sleep(seconds)
+    for name in names:
+        limiter.release(acme, name)
+
+
+def test_with_max_in_flight_a_job_in_line_expects_to_wait_for_the_leases_ahead_of_it(redis_client):
+    limiter, acme = RateLimiter(redis_client, MARGIN_MS), vendor("1000/second", max_in_flight=2, timeout_s=5)
+    hold_leases(limiter, acme, ["a", "b"], 0.4)
+    admissions = limiter.admit_many([NewJob(acme, f"job-{n}") for n in range(10)])
+    assert [a.dispatched for a in admissions] == [True] * 2 + [False] * 8  # the others wait for a lease
+    # Eight jobs ahead of the last one's start, two at a time, each holding its lease 0.4 s or more.
+    assert limiter.expected_wait_s(acme, "job-9") >= 8 * 0.4 / 2 * 0.9
+    assert admissions[-1].wait_s >= 8 * 0.4 / 2 * 0.9
+
+
+def test_with_max_in_flight_a_job_that_would_wait_past_max_wait_is_refused(redis_client):
+    limiter, acme = RateLimiter(redis_client, MARGIN_MS), vendor("1000/second", max_in_flight=1, timeout_s=5, max_wait_s=1)
+    hold_leases(limiter, acme, ["a"], 0.4)
+    admissions = limiter.admit_many([NewJob(acme, f"job-{n}") for n in range(10)])
+    accepted = [a.accepted for a in admissions]
+    assert accepted[:2] == [True, True] and not any(accepted[3:])  # the fourth would start 1.2 s or more from now
+    assert "max_wait_s" in admissions[-1].refusal
+
+
 def test_the_margin_follows_the_start_to_call_delays_workers_report(limiter, redis_client):
     acme = vendor("5/second")
     assert limiter.acquire(acme, "a").wait_ms == 0
