@@ -305,6 +305,9 @@ end
 local function estimate_new()
   local at = math.max(now, paused)
   if last + offset > now then at = math.max(at, last + offset + pace()) end
+  if max_in_flight > 0 and redis.call('ZCOUNT', inflight, '(' .. now, '+inf') >= max_in_flight then
+    at = math.max(at, now + pace())  -- every lease is held: one must come back first
+  end
   return math.ceil(at)
 end
 
@@ -336,7 +339,7 @@ end
 ACQUIRE = PRELUDE + """
 local observed, member = tonumber(ARGV[arg]), ARGV[arg + 1]
 local opens_at, probe_ms, probe_poll_ms = tonumber(ARGV[arg + 2]), tonumber(ARGV[arg + 3]), tonumber(ARGV[arg + 4])
-local held, failures = 0, 0
+local breaker_wait, failures = 0, 0
 if observed > decayed(jitter, jitter_at) then
   jitter, jitter_at = observed, now
   redis.call('HSET', state, 'jitter', jitter, 'jitter_at', now)
@@ -381,10 +384,10 @@ local function acquire()
     failures = tonumber(b[1] or 0)
     if failures >= opens_at then
       local open_until = tonumber(b[2] or 0)
-      if now < open_until then held = open_until - now
-      elseif now < tonumber(b[3] or 0) then held = probe_poll_ms
+      if now < open_until then breaker_wait = open_until - now
+      elseif now < tonumber(b[3] or 0) then breaker_wait = probe_poll_ms
       else redis.call('HSET', breaker, 'probe_until', now + probe_ms) end
-      if held > 0 then return held end
+      if breaker_wait > 0 then return breaker_wait end
     end
   end
 
@@ -403,7 +406,7 @@ end
 local wait = acquire()
 local reply = dispatch()
 table.insert(reply, 1, wait)
-table.insert(reply, 2, held > 0 and 1 or 0)
+table.insert(reply, 2, breaker_wait > 0 and 1 or 0)
 table.insert(reply, 3, failures)
 return reply
 """

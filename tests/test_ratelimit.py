@@ -280,6 +280,7 @@ def test_with_max_in_flight_a_job_in_line_expects_to_wait_for_the_leases_ahead_o
     # Eight jobs ahead of the last one's start, two at a time, each holding its lease 0.4 s or more.
     assert limiter.expected_wait_s(acme, "job-9") >= 8 * 0.4 / 2 * 0.9
     assert admissions[-1].wait_s >= 8 * 0.4 / 2 * 0.9
+    assert limiter.usage(acme).new_job_wait_s >= 0.4 / 2 * 0.9  # every lease is held: one must come back first
 
 
 def test_with_max_in_flight_a_job_that_would_wait_past_max_wait_is_refused(redis_client):
