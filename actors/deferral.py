@@ -4,9 +4,10 @@ Before a fetch runs, `VendorGate` asks the rate limiter for a start, which the v
 breaker must also allow, and enqueues the messages of the jobs the limiter dispatched meanwhile
 (their turn came). Without a start, the message goes back to the broker's delay set for exactly
 the wait and is skipped (acknowledged) here: no thread sleeps, no retry is spent, the job is
-never claimed, so the wait is not an attempt. A job that would wait past its vendor's `max_wait_s` fails instead.
-A start for a vendor with max_in_flight holds a lease, given back when the message is done with,
-whatever the outcome; that dispatches the next job in line, which holds the lease until it starts.
+never claimed, so the wait is not an attempt. A job that would wait past its vendor's
+`max_wait_s` fails instead. A start for a vendor with max_in_flight holds a lease, given back
+when the message is done with, whatever the outcome; that dispatches the next job in line, which
+holds the lease until it starts.
 A vendor's 429, and the backoff after a failed attempt, reach the actor as `Deferred`, which
 re-enqueues the same way: Dramatiq's Retries middleware is left only the unexpected errors.
 """

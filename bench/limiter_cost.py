@@ -35,16 +35,20 @@ def under_callgrind(folder: Path) -> stores.EmbeddedServer:
     return stores.EmbeddedServer("valkey under callgrind", argv, valkey.port, valkey.url)
 
 
+def control(server: stores.EmbeddedServer, flag: str) -> None:
+    """Tell the server's callgrind to zero, start or stop counting, or dump its counts."""
+    subprocess.run(["callgrind_control", flag, str(server.process.pid)], check=True, capture_output=True)
+
+
 def counted(server: stores.EmbeddedServer, folder: Path, client: redis.Redis, scenario: Scenario, jobs: int) -> tuple[int, int]:
     """Replay `jobs` jobs with callgrind counting; return the instructions Valkey ran and its script calls."""
-    pid = str(server.process.pid)
-    subprocess.run(["callgrind_control", "--zero", pid], check=True, capture_output=True)
+    control(server, "--zero")
     client.config_resetstat()
-    subprocess.run(["callgrind_control", "--instr=on", pid], check=True, capture_output=True)
+    control(server, "--instr=on")
     replay(client, scenario, jobs)
-    subprocess.run(["callgrind_control", "--instr=off", pid], check=True, capture_output=True)
+    control(server, "--instr=off")
     scripts = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
-    subprocess.run(["callgrind_control", "--dump", pid], check=True, capture_output=True)
+    control(server, "--dump")
     newest = max(folder.glob("callgrind.out.*"), key=lambda path: int(path.suffix[1:]))
     totals = [line for line in newest.read_text().splitlines() if line.startswith("totals:")]
     return int(totals[0].split()[1]), scripts

@@ -7,10 +7,10 @@ dispatches a job that is first in line at once; after that, every worker's `acqu
 the next in line as starts free up, and hands their messages back to be enqueued. A worker asks
 `acquire` whether the job may start now, else in how many ms (see actors/deferral.py): its time
 must have come, and every one of its vendor's limits, its pause, its max_in_flight and its
-circuit breaker must allow it. Vendor pushback (a 429, quota headers, an open circuit breaker) pauses or restricts the
-vendor for every worker. The jobs in line or waiting for a later start are the vendor's backlog,
-which bounds how much work the API accepts and tells how long each job will wait. The state kept
-per vendor does not grow with its limits (see ratelimit_lua).
+circuit breaker must allow it. Vendor pushback (a 429, quota headers, an open circuit breaker)
+pauses or restricts the vendor for every worker. The jobs in line or waiting for a later start
+are the vendor's backlog, which bounds how much work the API accepts and tells how long each job
+will wait. The state kept per vendor does not grow with its limits (see ratelimit_lua).
 """
 
 from __future__ import annotations
@@ -151,7 +151,8 @@ class RateLimiter:
         None: the job was withdrawn (`withdraw`) and must not start. With `breaker` (the circuit
         breaker's `check_args`), the start also waits for the vendor's breaker, in the same script
         call. A started job of a vendor with max_in_flight holds a lease until `release`. Whatever
-        the answer, the jobs whose turn came meanwhile are dispatched: the caller enqueues their messages.
+        the answer, the jobs whose turn came meanwhile are dispatched: the caller enqueues their
+        messages.
         """
         with self.delays_lock:
             delay_ms = self.delays_ms.pop(vendor.name, -1)

@@ -305,9 +305,7 @@ end
 local function estimate_new()
   local at = math.max(now, paused)
   if last + offset > now then at = math.max(at, last + offset + pace()) end
-  if max_in_flight > 0 and redis.call('ZCOUNT', inflight, '(' .. now, '+inf') >= max_in_flight then
-    at = math.max(at, now + pace())  -- every lease is held: one must come back first
-  end
+  if leases_taken() then at = math.max(at, now + pace()) end  -- one must come back first
   return math.ceil(at)
 end
 
