@@ -10,6 +10,7 @@ from actors.callbacks import declare_callback_actor
 from actors.deferral import VendorGate
 from actors.feedback import VendorFeedback
 from actors.fetch import declare_fetch_actor
+from actors.priority import lower_priority
 from actors.runner import JobRunner
 from queueing.breaker import CircuitBreaker
 from queueing.connection import build_broker, connect_redis
@@ -41,6 +42,7 @@ def fail_dead_letter(store: JobStore, outcomes: Outcomes, message: dramatiq.Mess
 def setup_worker(config: Config) -> dramatiq.Broker:
     """Build the broker, set it as dramatiq's global broker, and register the fetch actor."""
     configure_logging(config.log_level)
+    lower_priority(config.worker_nice)
     store = open_store(config)
     redis_client = connect_redis(config.redis_url, config.redis_cluster)
     # The broker reports dead letters to `outcomes`, which queues client callbacks through the broker.

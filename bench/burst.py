@@ -4,7 +4,7 @@
     python -m bench.burst --jobs 1000
 
 Two ways, each on a fresh stack started as bench/load.py starts it (the Procfile's process counts,
-priorities and LOG_LEVEL=INFO, vendors that never push back):
+the worker's default WORKER_NICE and LOG_LEVEL=INFO, vendors that never push back):
 
 - live: the workers run while the burst arrives;
 - backlog: the workers are paused (SIGSTOP) while it arrives and resumed once it is all in, as after
@@ -34,7 +34,7 @@ import redis
 import requests
 
 from bench import machine
-from bench.load import busy_cpu_s, start_stack
+from bench.load import add_worker_nice, busy_cpu_s, start_stack
 from devtools.stack import wait_until
 
 SUBMITTERS = 32
@@ -47,9 +47,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--worker-processes", type=int, default=2, help="as the Procfile's WORKER_PROCESSES")
     parser.add_argument("--worker-threads", type=int, default=8, help="as the Procfile's WORKER_THREADS")
     parser.add_argument("--log-level", default="INFO", help="every process's LOG_LEVEL, INFO as the Procfile's default")
+    add_worker_nice(parser)
     args = parser.parse_args()
     # What bench.load's start_stack reads, at the Procfile's settings and vendors that never push back.
-    args.rate_limit, args.burst, args.web_workers, args.worker_nice = "1000000/minute", None, 3, 0
+    args.rate_limit, args.burst, args.web_workers = "1000000/minute", None, 3
     return args
 
 

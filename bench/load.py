@@ -4,12 +4,12 @@
     python -m bench.load --rate-limit none     # vendors unlimited: the workers at full speed
     python -m bench.load --connections 100
     python -m bench.load --burst 10            # the vendors' calls paced: 10 at once, then evenly
-    python -m bench.load --worker-nice 10      # the worker's CPU weight lowered, as docker-compose.yml does
+    python -m bench.load --worker-nice 0       # the worker at the API's CPU priority
     python -m bench.load --tool locust         # the same mix from locust (which needs CPU of its own)
 
 Starts fresh embedded Redis and MongoDB-wire servers, both mock vendors, the release step, the
 API (gunicorn), the worker and callbacks processes and the clock, all on 127.0.0.1, with the
-Procfile's settings (process counts, equal priority, LOG_LEVEL=INFO) unless told otherwise. Then
+Procfile's settings (process counts, the worker's default WORKER_NICE, LOG_LEVEL=INFO) unless told otherwise. Then
 prints requests/s, latency percentiles, failures, the jobs completed end to end while the load
 ran (and per second) and how long they took, and the busy CPU per request of each part (read
 from /proc). Last, the same load against bench/baseline_app.py (one insert per POST, one read per
@@ -38,6 +38,7 @@ import requests
 from bench import machine
 from devtools import stores
 from devtools.stack import Stack, free_ports, service_env, vendors_toml
+from service.config import MAX_NICE, Config
 
 ROOT = Path(__file__).resolve().parent.parent
 MIX_BODY = {"name": "TestUser", "email": "test@mail.com", "password": "pass"}
@@ -58,14 +59,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--web-workers", type=int, default=3, help="gunicorn worker processes")
     parser.add_argument("--worker-processes", type=int, default=2, help="as the Procfile's WORKER_PROCESSES")
     parser.add_argument("--worker-threads", type=int, default=8, help="as the Procfile's WORKER_THREADS")
-    parser.add_argument("--worker-nice", type=int, default=0, choices=range(20), metavar="0-19",
-                        help="the worker's nice value (10: about the compose file's cpu_shares; 0, the Procfile's: equal)")
+    add_worker_nice(parser)
     parser.add_argument("--log-level", default="INFO", help="every process's LOG_LEVEL, INFO as the Procfile's default")
     parser.add_argument("--rate-limit", default="600/minute", type=vendor_limit,
                         help="each mock vendor's limit, or none for vendors that never push back")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the baseline app's run")
     parser.add_argument("--burst", type=int, help="each mock vendor's burst (default: its whole limit)")
     return parser.parse_args()
+
+
+def add_worker_nice(parser: argparse.ArgumentParser) -> None:
+    """Add --worker-nice: the worker processes' WORKER_NICE, the service's default unless told."""
+    parser.add_argument("--worker-nice", type=int, default=Config.worker_nice, choices=range(MAX_NICE + 1), metavar=f"0-{MAX_NICE}",
+                        help=f"the worker's WORKER_NICE ({Config.worker_nice}, the default: the API comes first; 0: equal)")
 
 
 def vendor_limit(text: str) -> str:
@@ -83,6 +89,7 @@ def start_stack(folder: Path, args: argparse.Namespace) -> tuple[Stack, list, st
     stack = Stack({
         **service_env(servers[0].url, servers[1].url, registry, api_port),
         "WEB_CONCURRENCY": str(args.web_workers), "LOG_LEVEL": args.log_level, "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
+        "WORKER_NICE": str(args.worker_nice),
     }, folder)
     (folder / "metrics").mkdir()
     rate = ["--rate-limit", args.rate_limit]
@@ -92,24 +99,10 @@ def start_stack(folder: Path, args: argparse.Namespace) -> tuple[Stack, list, st
     stack.env["PORT"] = str(api_port)
     stack.migrate()
     stack.start("api", argv, f"http://127.0.0.1:{api_port}/healthz")
-    worker = stack.start_worker(processes=args.worker_processes, threads=args.worker_threads, queues=("job-queue",))
-    lower_priority(worker.process.pid, args.worker_nice)
+    stack.start_worker(processes=args.worker_processes, threads=args.worker_threads, queues=("job-queue",))
     stack.start_worker("callbacks", processes=1, threads=8, queues=("client-callbacks",))
     stack.start("clock", [sys.executable, "-m", "scheduler.clock"])
     return stack, servers, f"http://127.0.0.1:{api_port}"
-
-
-def lower_priority(pid: int, niceness: int) -> None:
-    """Lower the CPU priority of a stack process, the leader of its own session, and of its children.
-
-    Under Linux's autogroup scheduling, on by default in most kernels for processes outside any
-    CPU cgroup, a nice value counts only against the processes of its own session: there the
-    session's nice value is what counts, so both are set.
-    """
-    os.setpriority(os.PRIO_PGRP, pid, niceness)
-    autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
-    if autogroup.exists() and autogroup.read_text().strip() == "1":
-        Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
 
 
 def warm_up(url: str) -> None:

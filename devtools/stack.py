@@ -168,6 +168,9 @@ def service_env(redis_url: str, mongodb_uri: str, registry: Path, api_port: int)
         "REDIS_URL": redis_url, "MONGODB_URI": mongodb_uri, "VENDORS_FILE": str(registry),
         "ENCRYPTION_KEY": Fernet.generate_key().decode(), "PUBLIC_URL": f"http://127.0.0.1:{api_port}",
         "AUTH": "open",
+        # The tests' workers keep the CPU priority of the tests: beside other work on the machine,
+        # a suite must not starve its own workers.
+        "WORKER_NICE": "0",
     }
 
 

@@ -15,6 +15,9 @@ DEFAULT_PII_KEYS = (
 #: A consumer refreshes its claims every quarter of the visibility timeout: it needs that long at least.
 MIN_VISIBILITY_TIMEOUT_MS = 1_000
 
+#: The lowest CPU priority a process can take (nice 19).
+MAX_NICE = 19
+
 # A guessable operator token would open the dashboard's actions to anyone who can reach the API.
 MIN_ADMIN_TOKEN_LENGTH = 16
 
@@ -69,6 +72,8 @@ class Config:
     callback_allow_networks: tuple[Network, ...] = ()
     # How the API tells its clients apart: API keys, or (for development) anyone as `public`.
     auth: str = "keys"
+    # The worker processes' nice value: on a host they share with the API, the API comes first.
+    worker_nice: int = 10
 
     @property
     def open_access(self) -> bool:
@@ -114,6 +119,7 @@ class Config:
             callback_allow_networks=_networks(env, "CALLBACK_ALLOW_NETWORKS"),
             visibility_timeout_ms=_visibility_timeout_ms(env),
             auth=_auth(env),
+            worker_nice=_worker_nice(env),
         )
 
 
@@ -150,6 +156,13 @@ def _visibility_timeout_ms(env) -> int:
     value = _int(env, "VISIBILITY_TIMEOUT_MS", Config.visibility_timeout_ms)
     if value < MIN_VISIBILITY_TIMEOUT_MS:  # shorter, and live workers would take each other's messages
         raise ConfigError(f"VISIBILITY_TIMEOUT_MS must be at least {MIN_VISIBILITY_TIMEOUT_MS}, got {value}")
+    return value
+
+
+def _worker_nice(env) -> int:
+    value = _int(env, "WORKER_NICE", Config.worker_nice)
+    if not 0 <= value <= MAX_NICE:
+        raise ConfigError(f"WORKER_NICE must be from 0 to {MAX_NICE}, got {value}")
     return value
 
 
