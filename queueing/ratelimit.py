@@ -15,7 +15,6 @@ will wait. The state kept per vendor does not grow with its limits (see ratelimi
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -25,8 +24,6 @@ import redis
 from queueing import ratelimit_lua
 from queueing.nodes import run_script_calls
 from vendors.registry import Vendor
-
-log = logging.getLogger(__name__)
 
 #: Two quota reports whose reset times differ by less than this describe the same window.
 SAME_WINDOW_MS = 1_000
@@ -112,12 +109,11 @@ class RateLimiter:
         # register_script only hashes the source; nothing touches the server until first use.
         self.scripts = {
             name: client.register_script(getattr(ratelimit_lua, name))
-            for name in ("ACQUIRE", "DISPATCH", "RELEASE", "RESTRICT", "ADMIT", "OUTLOOK", "USAGE", "WITHDRAW", "REPORT")
+            for name in ("ACQUIRE", "DISPATCH", "RELEASE", "RESTRICT", "ADMIT", "OUTLOOK", "USAGE", "WITHDRAW")
         }
         self.started = threading.local()  # this thread's latest start: (vendor name, monotonic s)
         self.delays_ms: dict[str, float] = {}  # worst start-to-call delay per vendor, not reported yet
         self.delays_lock = threading.Lock()
-        self.margins_ms: dict[str, int] = {}  # each vendor's margin, as this process's latest script call saw it
 
     def admit(self, job: NewJob) -> Admission:
         """Put a new job in line (dispatched at once if it is first), unless the vendor's or the client's backlog is full."""
@@ -161,7 +157,7 @@ class RateLimiter:
         with self.delays_lock:
             delay_ms = self.delays_ms.pop(vendor.name, -1)
         args = [*self.limit_args(vendor), round(delay_ms), request_id, *breaker]
-        wait_ms, by_breaker, failures, self.margins_ms[vendor.name], *dispatched = self.scripts["ACQUIRE"](keys=self.keys(vendor), args=args)
+        wait_ms, by_breaker, failures, *dispatched = self.scripts["ACQUIRE"](keys=self.keys(vendor), args=args)
         if wait_ms < 0:
             return Grant(None, self.dispatched(dispatched))
         if not wait_ms:
@@ -179,23 +175,12 @@ class RateLimiter:
                 for i in range(0, len(reply), 3)]
 
     def calling(self, vendor: Vendor) -> None:
-        """Note that the job this thread started is calling its vendor now: the delay sets the margin.
-
-        A delay the margin covers goes with this process's next acquire for the vendor; a longer one
-        is reported at once, before the call leaves.
-        """
+        """Note that the job this thread started is calling its vendor now: the delay sets the margin."""
         name, at = getattr(self.started, "at", (None, 0.0))
         if name != vendor.name:
             return
         self.started.at = (None, 0.0)
         delay_ms = (time.monotonic() - at) * 1000
-        if delay_ms > self.margins_ms.get(vendor.name, self.margin_ms):
-            # Later than the margin: the vendor's next start may come before this process's next acquire.
-            try:
-                self.margins_ms[vendor.name] = self.scripts["REPORT"](keys=self.keys(vendor), args=[*self.limit_args(vendor), round(delay_ms)])
-                return
-            except redis.RedisError as error:  # the call goes ahead all the same; the next acquire reports it
-                log.warning("start-to-call delay for %s not reported: %s", vendor.name, type(error).__name__)
         with self.delays_lock:  # reported with the next acquire for this vendor
             self.delays_ms[vendor.name] = max(delay_ms, self.delays_ms.get(vendor.name, 0.0))
 

@@ -106,14 +106,6 @@ local function margin_now()
   return math.max(floor, math.ceil(decayed(jitter, jitter_at)))
 end
 
--- Count a start-to-call delay a worker reports (-1: none): the worst one lately sets the margin.
-local function note_delay(observed)
-  if observed > decayed(jitter, jitter_at) then
-    jitter, jitter_at = observed, now
-    redis.call('HSET', state, 'jitter', jitter, 'jitter_at', now)
-  end
-end
-
 -- The planned windows' margin adds twice how late jobs come for their start on average: waiting
 -- jobs are planned that much further apart, so that one coming late seldom finds the started
 -- window full.
@@ -336,7 +328,7 @@ end
 
 #: May the job start now?  Reply {0 (it started), the ms until it should ask again, or -1 (it was
 #: withdrawn: its message has nothing left to do); 1 if the circuit breaker holds it, else 0; the
-#: breaker's failures counted (0 unless its check ran); the margin in ms; then the jobs dispatched meanwhile as
+#: breaker's failures counted (0 unless its check ran); then the jobs dispatched meanwhile as
 #: request_id, ms until its start, when it joined the line (ms), ...}.  A job without a planned
 #: start (a retry, a job queued again) is planned at once: it had its turn.  The breaker's check
 #: comes last, so a job it holds takes no start.
@@ -346,7 +338,10 @@ ACQUIRE = PRELUDE + """
 local observed, member = tonumber(ARGV[arg]), ARGV[arg + 1]
 local opens_at, probe_ms, probe_poll_ms = tonumber(ARGV[arg + 2]), tonumber(ARGV[arg + 3]), tonumber(ARGV[arg + 4])
 local breaker_wait, failures = 0, 0
-note_delay(observed)
+if observed > decayed(jitter, jitter_at) then
+  jitter, jitter_at = observed, now
+  redis.call('HSET', state, 'jitter', jitter, 'jitter_at', now)
+end
 local margin = margin_now()
 
 local function acquire()
@@ -411,15 +406,7 @@ local reply = dispatch()
 table.insert(reply, 1, wait)
 table.insert(reply, 2, breaker_wait > 0 and 1 or 0)
 table.insert(reply, 3, failures)
-table.insert(reply, 4, margin)
 return reply
-"""
-
-#: Count a call that left later after its start than the margin, at once: the vendor's next start
-#: may come before the reporting process's next ACQUIRE.  ARGV (own): the delay ms.  Return the margin.
-REPORT = PRELUDE + """
-note_delay(tonumber(ARGV[arg]))
-return margin_now()
 """
 
 #: Dispatch the jobs in line that find a planned start: the clock's call, in case no worker's
