@@ -46,6 +46,6 @@ def lower_priority(niceness: int) -> None:
     log.warning("the session's CPU weight is left as it is: the kernel refused %d changes in a row", AUTOGROUP_TRIES)
 
 
-def session_nice() -> int:
-    """Return the nice value of this process's session (its autogroup)."""
-    return int(re.search(r"nice (-?\d+)", AUTOGROUP.read_text()).group(1))
+def session_nice(pid: int | str = "self") -> int:
+    """Return the nice value of a process's session (its autogroup), this process's by default."""
+    return int(re.search(r"nice (-?\d+)", Path(f"/proc/{pid}/autogroup").read_text()).group(1))

@@ -1,7 +1,6 @@
 """The worker yields the CPU to the API: its own nice value, and its session's where its parent leads that session."""
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.priority import AUTOGROUP, session_nice
 from devtools.stack import ROOT, Stack, free_ports, service_env, vendors_toml
 from service.config import Config, ConfigError
 
@@ -22,7 +22,7 @@ print(os.getpriority(os.PRIO_PROCESS, 0), session_nice())
 # Runs the command in its arguments as a child: a process between a probe and its session's leader.
 PARENT = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="the kernel has no autogroup scheduling")
+pytestmark = pytest.mark.skipif(not AUTOGROUP.exists(), reason="the kernel has no autogroup scheduling")
 
 
 def lowered(niceness: int, *, depth: int = 1, preexec_fn=None) -> tuple[int, int]:
@@ -42,10 +42,6 @@ def nice_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
-def session_nice_of(pid: int) -> int:
-    return int(re.search(r"nice (-?\d+)", Path(f"/proc/{pid}/autogroup").read_text()).group(1))
-
-
 def test_a_worker_whose_parent_leads_its_session_lowers_itself_and_the_session():
     assert lowered(10) == (max(10, os.getpriority(os.PRIO_PROCESS, 0)), 10)  # as honcho starts a Procfile line
 
@@ -61,7 +57,7 @@ def set_from_outside() -> None:
     os.setpriority(os.PRIO_PROCESS, 0, 15)
     for _ in range(20):  # the kernel may refuse an autogroup change for 100 ms after another
         try:
-            Path("/proc/self/autogroup").write_text("15")
+            AUTOGROUP.write_text("15")
             return
         except BlockingIOError:
             time.sleep(0.1)
@@ -85,7 +81,7 @@ def test_the_worker_processes_take_worker_nice_at_start_up(redis_url, mongodb_ur
                 break
             assert time.monotonic() < deadline, worker.log()
             time.sleep(0.1)
-        assert session_nice_of(children[0]) == 7
+        assert session_nice(children[0]) == 7
     finally:
         stack.stop()
 
