@@ -15,8 +15,9 @@ from redis.commands.core import Script
 
 from queueing.outages import OUTAGE_ERRORS, NotReplicated
 
-#: How long one write waits for its replicas before it counts as not replicated.
-WAIT_TIMEOUT_MS = 100
+#: How long one write waits for its replicas before it counts as not replicated: long enough for a
+#: replica on a busy host, short enough that a shard without one refuses writes promptly.
+WAIT_TIMEOUT_MS = 500
 
 ScriptCall = tuple[list[str], list]  # the keys and the arguments of one script run
 
