@@ -35,7 +35,8 @@ starts a span apart reach the vendor a period apart even if the first one's call
 margin later than the second's, and the margin is the worst start-to-call delay the workers
 reported lately (``jitter``, halving every 30 s), at least the configured floor.  Planned starts
 are further apart by twice how late jobs come for their start on average (``late``): one that
-comes that late seldom finds its window full.
+comes that late seldom finds its window full.  One that finds it full all the same is planned
+again for when it frees, so that its wait does not count as coming late.
 
 Clients share a vendor's starts by start-time fair queuing.  A new job waits in line (``fair``)
 with the start tag max(the vendor's virtual time ``vtime``, its client's finish tag); its
@@ -366,14 +367,15 @@ local function acquire()
   local wait = paused - now
   -- A dispatched job holds its lease already; one planned at once needs a free one.
   if leases_taken() and not redis.call('ZSCORE', inflight, member) then wait = math.max(wait, IN_FLIGHT_RETRY_MS) end
-  local counts = {}
+  local counts, free = {}, now
   for i, limit in ipairs(limits) do
     local span = limit.period + margin
     counts[i] = prune(limit.started, now - span)
-    if counts[i] >= limit.count then
-      wait = math.max(wait, free_at(limit.started, span, limit.count, counts[i], now - span) - now)
-    end
+    if counts[i] >= limit.count then free = math.max(free, free_at(limit.started, span, limit.count, counts[i], now - span)) end
   end
+  -- A full window moves its planned start to when it frees, so that its next ask measures only how late it comes.
+  if free > now then redis.call('ZADD', waiting, math.ceil(free) - offset, member) end
+  wait = math.max(wait, free - now)
   if wait > 0 then return math.ceil(wait) end
 
   -- The circuit breaker: closed, or half-open and this call is the one probe.

@@ -66,6 +66,12 @@ def slots_of(redis_client, names: list[str], vendor_name: str = "acme") -> list[
     return [None if score is None else score + offset for score in scores]
 
 
+def redis_ms(redis_client) -> float:
+    """Return the Redis server's clock in ms, which the limiter plans by."""
+    seconds, microseconds = redis_client.time()
+    return seconds * 1000 + microseconds / 1000
+
+
 def test_waiting_jobs_get_starts_in_submission_order_at_an_even_pace_that_uses_the_whole_quota(limiter, redis_client):
     acme = vendor("5/second")
     waits = [limiter.acquire(acme, f"job-{n}").wait_ms for n in range(15)]
@@ -127,6 +133,19 @@ def test_a_late_job_finds_the_window_full_and_waits_only_until_it_has_room(limit
     assert 0 < b_wait_ms <= 1000 + MARGIN_MS
     time.sleep(b_wait_ms / 1000)
     assert limiter.acquire(acme, "b").wait_ms == 0
+
+
+def test_a_job_refused_by_a_full_window_is_planned_when_it_frees(limiter, redis_client):
+    acme = vendor("1/second")
+    assert limiter.acquire(acme, "a").wait_ms == 0
+    assert limiter.acquire(acme, "b").wait_ms > 0
+    c_wait_ms = limiter.acquire(acme, "c").wait_ms
+    time.sleep(c_wait_ms / 1000 + 0.05)
+    assert limiter.acquire(acme, "c").wait_ms == 0
+    b_wait_ms = limiter.acquire(acme, "b").wait_ms  # late: c's start fills the window
+    asked_ms = redis_ms(redis_client)
+    # Coming back then is on time, not late by its whole wait: how late jobs come sets their pace.
+    assert slots_of(redis_client, ["b"]) == [pytest.approx(asked_ms + b_wait_ms, abs=300)]  # its old plan was a second earlier
 
 
 def test_a_pause_holds_every_start_and_pushes_waiting_jobs_back_in_order(limiter, redis_client):
