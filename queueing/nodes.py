@@ -8,6 +8,7 @@ cluster the owner is the one server.
 from __future__ import annotations
 
 from collections.abc import Callable
+from weakref import WeakSet
 
 import redis
 from redis.client import Pipeline
@@ -16,8 +17,14 @@ from redis.commands.core import Script
 from queueing.outages import OUTAGE_ERRORS, NotReplicated
 
 #: How long one write waits for its replicas before it counts as not replicated: long enough for a
-#: replica on a busy host, short enough that a shard without one refuses writes promptly.
+#: replica on a busy host.
 WAIT_TIMEOUT_MS = 500
+#: How long once a node's last write went unreplicated (a shard without a replica, as after a
+#: failover): short, so that its writes are refused promptly until a replica acknowledges again.
+WAIT_WITHOUT_REPLICA_MS = 100
+
+# The primaries whose latest waited write no replica acknowledged in time.
+unreplicated: WeakSet[redis.Redis] = WeakSet()
 
 ScriptCall = tuple[list[str], list]  # the keys and the arguments of one script run
 
@@ -45,11 +52,13 @@ def on_owner(client: redis.Redis | redis.RedisCluster, key: str, queue: Callable
     acknowledged them in time (they are applied on the primary all the same). The replies keep
     their errors, except that a moved slot or a lost node is raised after refreshing the slot map.
     """
+    owner = owner_connection(client, key)
+    timeout_ms = WAIT_WITHOUT_REPLICA_MS if owner in unreplicated else WAIT_TIMEOUT_MS
     try:
-        with owner_connection(client, key).pipeline(transaction=False) as pipe:
+        with owner.pipeline(transaction=False) as pipe:
             queue(pipe)
             if replicas:
-                pipe.execute_command("WAIT", replicas, WAIT_TIMEOUT_MS)
+                pipe.execute_command("WAIT", replicas, timeout_ms)
             replies = pipe.execute(raise_on_error=False)
     except OUTAGE_ERRORS:
         refresh_slots(client)
@@ -62,7 +71,9 @@ def on_owner(client: redis.Redis | redis.RedisCluster, key: str, queue: Callable
         return replies
     *replies, acknowledged = replies
     if acknowledged < replicas:
-        raise NotReplicated(f"{acknowledged} of {replicas} replicas acknowledged a write to {key!r} within {WAIT_TIMEOUT_MS} ms")
+        unreplicated.add(owner)
+        raise NotReplicated(f"{acknowledged} of {replicas} replicas acknowledged a write to {key!r} within {timeout_ms} ms")
+    unreplicated.discard(owner)
     return replies
 
 

@@ -367,15 +367,17 @@ local function acquire()
   local wait = paused - now
   -- A dispatched job holds its lease already; one planned at once needs a free one.
   if leases_taken() and not redis.call('ZSCORE', inflight, member) then wait = math.max(wait, IN_FLIGHT_RETRY_MS) end
-  local counts, free = {}, now
+  local counts, frees_at = {}, now
   for i, limit in ipairs(limits) do
     local span = limit.period + margin
     counts[i] = prune(limit.started, now - span)
-    if counts[i] >= limit.count then free = math.max(free, free_at(limit.started, span, limit.count, counts[i], now - span)) end
+    if counts[i] >= limit.count then
+      frees_at = math.max(frees_at, free_at(limit.started, span, limit.count, counts[i], now - span))
+    end
   end
   -- A full window moves its planned start to when it frees, so that its next ask measures only how late it comes.
-  if free > now then redis.call('ZADD', waiting, math.ceil(free) - offset, member) end
-  wait = math.max(wait, free - now)
+  if frees_at > now then redis.call('ZADD', waiting, math.ceil(frees_at) - offset, member) end
+  wait = math.max(wait, frees_at - now)
   if wait > 0 then return math.ceil(wait) end
 
   -- The circuit breaker: closed, or half-open and this call is the one probe.

@@ -132,8 +132,8 @@ def test_a_late_job_finds_the_window_full_and_waits_only_until_it_has_room(limit
     b_wait_ms = limiter.acquire(acme, "b").wait_ms
     asked_ms = redis_ms(redis_client)
     assert 0 < b_wait_ms <= 1000 + MARGIN_MS
-    # It is planned for then, a second after its old plan: coming back then is on time, not late
-    # by its whole wait (how late jobs come spaces later plans).
+    # It is planned for when the window frees, a window after c's start: coming back then is on
+    # time, not late by its whole wait (how late jobs come spaces later plans).
     assert slots_of(redis_client, ["b"]) == [pytest.approx(asked_ms + b_wait_ms, abs=300)]
     time.sleep(b_wait_ms / 1000)
     assert limiter.acquire(acme, "b").wait_ms == 0
