@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.priority import AUTOGROUP, session_nice
+from actors.priority import AUTOGROUP, lower_priority, session_nice
 from devtools.stack import ROOT, Stack, free_ports, service_env, vendors_toml
 from service.config import Config, ConfigError
 
@@ -37,11 +37,6 @@ def lowered(niceness: int, *, depth: int = 1, preexec_fn=None) -> tuple[int, int
     return int(own), int(session)
 
 
-def nice_of(pid: int) -> int:
-    """Read a process's nice value from /proc (the 19th field of its stat line)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
-
-
 def test_a_worker_whose_parent_leads_its_session_lowers_itself_and_the_session():
     assert lowered(10) == (max(10, os.getpriority(os.PRIO_PROCESS, 0)), 10)  # as honcho starts a Procfile line
 
@@ -52,19 +47,9 @@ def test_a_worker_further_down_a_session_leaves_that_session_alone():
     assert session == 0
 
 
-def set_from_outside() -> None:
-    """Lower this new process's priority, and its session's, to 15, as an operator's `nice` or a supervisor would."""
-    os.setpriority(os.PRIO_PROCESS, 0, 15)
-    for _ in range(20):  # the kernel may refuse an autogroup change for 100 ms after another
-        try:
-            AUTOGROUP.write_text("15")
-            return
-        except BlockingIOError:
-            time.sleep(0.1)
-
-
 def test_a_lower_priority_set_from_outside_is_kept():
-    assert lowered(10, preexec_fn=set_from_outside) == (15, 15)
+    # The probe's new session, led by its parent, lowered to 15 as an operator's `nice` or a supervisor would.
+    assert lowered(10, preexec_fn=lambda: lower_priority(15)) == (15, 15)
 
 
 def test_the_worker_processes_take_worker_nice_at_start_up(redis_url, mongodb_uri, tmp_path):
@@ -77,7 +62,7 @@ def test_the_worker_processes_take_worker_nice_at_start_up(redis_url, mongodb_ur
         deadline = time.monotonic() + 60
         while True:
             children = [int(pid) for pid in Path(f"/proc/{worker.process.pid}/task/{worker.process.pid}/children").read_text().split()]
-            if children and nice_of(children[0]) == 7:
+            if children and os.getpriority(os.PRIO_PROCESS, children[0]) == 7:
                 break
             assert time.monotonic() < deadline, worker.log()
             time.sleep(0.1)
