@@ -361,9 +361,9 @@ class JobStore:
             update["$unset"] = unset
         if inc:
             update["$inc"] = inc
-        # Plain top-level fields only: with $and or $or the embedded MongoDB-wire server stops
-        # using the _id index and scans the whole collection for every transition.
-        query = {**self._guard(event.guard, guarded_by), "_id": request_id, "status": {"$in": [s.value for s in event.leaves]}}
+        # Plain top-level fields only, `_id` first: with $and or $or the embedded MongoDB-wire server
+        # scans the whole collection for every transition, and it tries each field's indexes in order.
+        query = {"_id": request_id, **self._guard(event.guard, guarded_by), "status": {"$in": [s.value for s in event.leaves]}}
         return query, update
 
     @staticmethod
