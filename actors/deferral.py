@@ -21,12 +21,11 @@ import dramatiq
 import pymongo.errors
 import redis
 from dramatiq.common import current_millis
-from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 
 from queueing.breaker import CircuitBreaker
-from queueing.messages import FETCH_ACTOR, enqueue_dispatched
-from queueing.ratelimit import Dispatched, RateLimiter
+from queueing.messages import FETCH_ACTOR, send_dispatched
+from queueing.ratelimit import RateLimiter
 from service.errors import JobNotFound
 from service.logs import about_job
 from service.metrics import DEFERRALS
@@ -95,10 +94,10 @@ class VendorGate(Middleware):
                 return  # an unknown job or vendor: the runner finds nothing to do and says so
             with about_job(message.args[0], vendor.name):
                 if waited_s(message) > vendor.max_wait_s:  # its turn in the vendor's line came that late
-                    self.give_up(message, vendor, f"its turn came after max_wait_s ({vendor.max_wait_s:g} s)")
+                    self.give_up(broker, message, vendor, f"its turn came after max_wait_s ({vendor.max_wait_s:g} s)")
                 grant = self.limiter.acquire(vendor, message.args[0], self.breaker.check_args(vendor))
                 self.breaker.saw(vendor, grant.failures)
-                self.send(broker, vendor, grant.dispatched)
+                send_dispatched(broker, vendor.name, grant.dispatched)
                 if grant.wait_ms is None:  # its job was cancelled while it waited: nothing is left to do
                     raise SkipMessage("withdrawn")
                 if grant.wait_ms:
@@ -111,14 +110,6 @@ class VendorGate(Middleware):
         except Exception as error:
             # Dramatiq logs and ignores any other error here, which would let the call through unchecked.
             raise GateUnavailable(f"cannot check the vendor's limits: {type(error).__name__}: {error}") from error
-
-    @staticmethod
-    def send(broker: dramatiq.Broker, vendor: Vendor, dispatched: list[Dispatched]) -> None:
-        """Enqueue the messages of the jobs whose turn came; if Redis fails here, the orphan sweep finds them."""
-        try:
-            enqueue_dispatched(broker, vendor.name, dispatched)
-        except (ConnectionClosed, redis.RedisError) as error:
-            log.warning("%d jobs dispatched for %s not enqueued: %s", len(dispatched), vendor.name, type(error).__name__)
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: dramatiq.Message, *, result: object = None, exception: BaseException | None = None,
@@ -142,7 +133,7 @@ class VendorGate(Middleware):
         except redis.RedisError as error:
             log.warning("job %s: lease not given back, it expires: %s", request_id, type(error).__name__)
             return
-        self.send(broker, vendor, dispatched)
+        send_dispatched(broker, vendor.name, dispatched)
 
     def wait_or_give_up(
         self, broker: dramatiq.Broker, message: dramatiq.Message, vendor: Vendor, wait_ms: int, reason: str,
@@ -156,16 +147,16 @@ class VendorGate(Middleware):
             defer(broker, message, wait_ms, vendor.name, reason)
             raise SkipMessage("deferred")
         why = "its circuit breaker is open" if self.breaker.tripped(vendor) else "it is paused or at its rate limit"
-        self.give_up(message, vendor, f"{why} for {wait_ms / 1000:.0f} s more, beyond max_wait_s ({vendor.max_wait_s:g} s)")
+        self.give_up(broker, message, vendor, f"{why} for {wait_ms / 1000:.0f} s more, beyond max_wait_s ({vendor.max_wait_s:g} s)")
 
-    def give_up(self, message: dramatiq.Message, vendor: Vendor, why: str) -> None:
-        """Fail the message's job, which waited or would wait past its vendor's max_wait_s; skip the message."""
+    def give_up(self, broker: dramatiq.Broker, message: dramatiq.Message, vendor: Vendor, why: str) -> None:
+        """Fail the message's job, which waited or would wait past its vendor's max_wait_s, pass its lease on; skip the message."""
         request_id = message.args[0]
         reason = f"gave up after waiting {waited_s(message):.0f} s for {vendor.name}: {why}"
         log.warning("job %s: %s", request_id, reason)
         if self.store.fail(request_id, message.message_id, reason):
             self.outcomes.finished(request_id, JobStatus.FAILED, detail=reason)
-        self.limiter.forget(vendor, request_id)
+        send_dispatched(broker, vendor.name, self.limiter.forget(vendor, request_id))
         raise SkipMessage("gave up")
 
     def postpone(self, request_id: str, wait_ms: int) -> None:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import dramatiq
+import redis
+from dramatiq.errors import ConnectionClosed
 
 from queueing.ratelimit import Dispatched
+
+log = logging.getLogger(__name__)
 
 QUEUE_NAME = "job-queue"
 FETCH_ACTOR = "fetch_job"
@@ -43,6 +49,14 @@ def enqueue_dispatched(broker: dramatiq.Broker, vendor: str, dispatched: list[Di
     """Queue the messages of a vendor's jobs whose turn came, each due at its planned start, in one round trip."""
     if dispatched:
         broker.enqueue_many([(fetch_message(job.request_id, vendor=vendor, since_ms=job.joined_ms), job.delay_ms) for job in dispatched])
+
+
+def send_dispatched(broker: dramatiq.Broker, vendor: str, dispatched: list[Dispatched]) -> None:
+    """Enqueue the messages of a vendor's jobs whose turn came; if Redis fails here, the orphan sweep finds them."""
+    try:
+        enqueue_dispatched(broker, vendor, dispatched)
+    except (ConnectionClosed, redis.RedisError) as error:
+        log.warning("%d jobs dispatched for %s not enqueued: %s", len(dispatched), vendor, type(error).__name__)
 
 
 def request_id_of(message: dramatiq.Message | None, actor_name: str = FETCH_ACTOR) -> str | None:

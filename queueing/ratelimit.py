@@ -109,7 +109,7 @@ class RateLimiter:
         # register_script only hashes the source; nothing touches the server until first use.
         self.scripts = {
             name: client.register_script(getattr(ratelimit_lua, name))
-            for name in ("ACQUIRE", "DISPATCH", "RELEASE", "RESTRICT", "ADMIT", "OUTLOOK", "USAGE", "WITHDRAW")
+            for name in ("ACQUIRE", "DISPATCH", "RELEASE", "RESTRICT", "ADMIT", "OUTLOOK", "USAGE", "WITHDRAW", "FORGET")
         }
         self.started = threading.local()  # this thread's latest start: (vendor name, monotonic s)
         self.delays_ms: dict[str, float] = {}  # worst start-to-call delay per vendor, not reported yet
@@ -193,16 +193,16 @@ class RateLimiter:
         args = [*self.limit_args(vendor), remaining, round(reset_in_s * 1000), SAME_WINDOW_MS]
         self.scripts["RESTRICT"](keys=self.keys(vendor), args=args)
 
-    def forget(self, vendor: Vendor, request_id: str) -> None:
-        """Take a job that will not start out of the backlog, and give back the lease it held from dispatch."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zrem(vendor_key(vendor.name, "waiting"), request_id)
-        pipe.zrem(vendor_key(vendor.name, "inflight"), request_id)
-        pipe.execute()
+    def forget(self, vendor: Vendor, request_id: str) -> list[Dispatched]:
+        """Take a job that will not start out of the backlog, give back the lease it held from dispatch; return the jobs dispatched to take it."""
+        return self.dispatched(self.scripts["FORGET"](keys=self.keys(vendor), args=[*self.limit_args(vendor), request_id]))
 
-    def withdraw(self, vendor: Vendor, request_id: str) -> None:
-        """Take a job that must not start (cancelled) out of the line or the backlog; its message, if any, takes no start."""
-        self.scripts["WITHDRAW"](keys=self.keys(vendor), args=[*self.limit_args(vendor), request_id])
+    def withdraw(self, vendor: Vendor, request_id: str) -> list[Dispatched]:
+        """Take a job that must not start (cancelled) out of the line or the backlog; return the jobs dispatched in its place.
+
+        Its message, if one was sent, takes no start when it comes.
+        """
+        return self.dispatched(self.scripts["WITHDRAW"](keys=self.keys(vendor), args=[*self.limit_args(vendor), request_id]))
 
     def expected_wait_s(self, vendor: Vendor, request_id: str) -> float:
         """Return how long until the job is expected to start (0 once it is due)."""

@@ -420,7 +420,9 @@ return dispatch()
 """
 
 #: Take a job that will not start out of the line or the backlog; once dispatched, mark it
-#: withdrawn so that its message, when it comes, takes no start.  ARGV (own): request_id.
+#: withdrawn so that its message, when it comes, takes no start, and dispatch the jobs in line
+#: that find a start (the lease it held may let one).  Reply as ACQUIRE's dispatched jobs.
+#: ARGV (own): request_id.
 WITHDRAW = PRELUDE + """
 local member = ARGV[arg]
 local client, weight = leave_line(member)
@@ -431,12 +433,21 @@ if client then  -- no message of it was sent
     local finish = tonumber(redis.call('HGET', fair_finish, client) or 0)
     redis.call('HSET', fair_finish, client, math.min(finish, vtime + 1 / weight))
   end
-  return 0
+  return {}
 end
 redis.call('ZREM', waiting, member)
 redis.call('ZREM', inflight, member)
 redis.call('ZADD', waiting, now - offset - 1, member .. '@withdrawn')
-return 0
+return dispatch()
+"""
+
+#: Take a dispatched job whose message will not start (its worker gave up on it) out of the
+#: backlog, give back the lease it held, and dispatch the jobs in line that find a start.
+#: Reply as ACQUIRE's dispatched jobs.  ARGV (own): request_id.
+FORGET = PRELUDE + """
+redis.call('ZREM', waiting, ARGV[arg])
+redis.call('ZREM', inflight, ARGV[arg])
+return dispatch()
 """
 
 #: Give back the lease of a started job whose call ended (or never came), count how long it held

@@ -57,7 +57,7 @@ def create_app(config: Config | None = None) -> falcon.App:
     # No riding out an outage here: a client waits for its answer, and a job left pending is the clock's.
     broker = build_broker(redis_client, wait_replicas=config.redis_wait_replicas)
     outcomes = Outcomes(store, broker if config.callback_secret else None)
-    waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry)
+    waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry, broker)
     clients = ClientStore(store.collection.database, store.cipher)
     jobs = Jobs(
         store, outcomes, registry, Intake(store, registry, waiting, broker), Cleaner(config.pii_keys), waiting,

@@ -2,7 +2,8 @@
 
 Everything here reads Redis only (the rate limiter's state), never MongoDB: one pipeline of
 script calls for each batch of new jobs (service/intake.py) and one for each batch of reads of
-jobs that are not final (service/jobs.py).
+jobs that are not final (service/jobs.py). A job withdrawn from its line may pass its place on:
+the messages of the jobs dispatched in its place are queued at once.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
+import dramatiq
 import redis
 
+from queueing.messages import send_dispatched
 from queueing.ratelimit import Admission, NewJob, RateLimiter
 from service.clients.store import Client
 from service.errors import BacklogFull, ClientBacklogFull
@@ -44,9 +47,10 @@ def poll_hint_s(status: str, estimate: datetime | None) -> int:
 class Waiting:
     """Admit jobs into vendor lines and estimate when jobs will be done."""
 
-    def __init__(self, limiter: RateLimiter, registry: Registry) -> None:
+    def __init__(self, limiter: RateLimiter, registry: Registry, broker: dramatiq.Broker) -> None:
         self.limiter = limiter
         self.registry = registry
+        self.broker = broker
 
     def admit_many(self, jobs: list[tuple[Client, Vendor, str]]) -> list[Admission]:
         """Give each (client, vendor, request_id) its place in the vendor's line, or a refusal, in one round trip.
@@ -63,11 +67,12 @@ class Waiting:
             return [Admission(True, 0.0, 0)] * len(jobs)
 
     def withdraw(self, vendor: Vendor, request_id: str) -> None:
-        """Give up the place of a job that will not start (not stored, or cancelled), if Redis allows."""
+        """Give up the place of a job that will not start (not stored, or cancelled), if Redis allows, to the jobs next in line."""
         try:
-            self.limiter.withdraw(vendor, request_id)
+            dispatched = self.limiter.withdraw(vendor, request_id)
         except redis.RedisError:
-            pass  # the slot passes unused
+            return  # the slot passes unused; a lease the job held expires
+        send_dispatched(self.broker, vendor.name, dispatched)
 
     def estimate_many(self, jobs: list[dict[str, Any]]) -> list[datetime | None]:
         """Return when each job that is not final should be done (None where that cannot be told now), in one round trip."""

@@ -97,11 +97,11 @@ def test_a_withdrawn_job_passes_the_turn_on_when_its_message_comes(limiter):
     assert 59_000 <= grant.dispatched[0].delay_ms <= 61_000  # still a minute after the start a-0 was given
 
 
-def test_the_clock_dispatches_when_no_dispatched_job_is_left_to_pass_the_turn_on(limiter):
+def test_the_clock_dispatches_when_no_dispatched_job_is_left_to_pass_the_turn_on(limiter, redis_client):
     acme = vendor("1/minute")
     admit(limiter, acme, "a", 2)
     assert limiter.dispatch(acme) == []  # a-0's message will pass the turn on
-    limiter.forget(acme, "a-0")  # say a worker gave up on it
+    redis_client.zrem(vendor_key("acme", "waiting"), "a-0")  # say its place went with nobody to pass the turn on
     assert [job.request_id for job in limiter.dispatch(acme)] == ["a-1"]
 
 
@@ -130,8 +130,7 @@ def test_a_dispatched_job_keeps_when_it_joined_the_line(limiter):
     acme = vendor("1/minute")
     before_ms = int(time.time() * 1000)
     admit(limiter, acme, "a", 2)
-    limiter.forget(acme, "a-0")
-    [turn] = limiter.dispatch(acme)
+    [turn] = limiter.forget(acme, "a-0")
     assert turn.request_id == "a-1" and before_ms - 1000 <= turn.joined_ms <= before_ms + 1000
 
 
@@ -161,11 +160,11 @@ def test_with_max_in_flight_jobs_wait_in_line_for_a_lease_and_each_release_dispa
     assert redis_client.zcard(vendor_key("acme", "inflight")) == 2
 
 
-def test_a_job_given_up_or_withdrawn_after_dispatch_gives_its_lease_back(limiter, redis_client):
+def test_a_job_given_up_or_withdrawn_after_dispatch_passes_its_lease_to_the_next_in_line_at_once(limiter, redis_client):
     acme = Vendor(name="acme", mode="sync", url="http://acme/fetch", rate_limit="1000/second", max_in_flight=1, timeout_s=60)
-    assert [a.dispatched for a in admit(limiter, acme, "a", 3)] == [True, False, False]
-    limiter.forget(acme, "a-0")
-    [turn] = limiter.dispatch(acme)
-    assert turn.request_id == "a-1"
-    limiter.withdraw(acme, "a-1")
-    assert [turn.request_id for turn in limiter.dispatch(acme)] == ["a-2"]
+    assert [a.dispatched for a in admit(limiter, acme, "a", 4)] == [True, False, False, False]
+    assert [turn.request_id for turn in limiter.forget(acme, "a-0")] == ["a-1"]
+    assert [turn.request_id for turn in limiter.withdraw(acme, "a-1")] == ["a-2"]
+    assert limiter.withdraw(acme, "a-3") == []  # still in line: it held no lease to pass on
+    assert redis_client.zrange(vendor_key("acme", "inflight"), 0, -1) == [b"a-2"]
+    assert limiter.dispatch(acme) == []

@@ -39,7 +39,7 @@ max_backlog = 0
 @pytest.fixture
 def intake(store, config):
     broker = build_broker(connect_redis(config.redis_url))
-    yield Intake(store, REGISTRY, Waiting(RateLimiter(broker.client, 20), REGISTRY), broker)
+    yield Intake(store, REGISTRY, Waiting(RateLimiter(broker.client, 20), REGISTRY, broker), broker)
     broker.close()
 
 

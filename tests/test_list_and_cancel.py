@@ -15,6 +15,7 @@ from service.egress import EgressPolicy, parse_networks
 from service.store import utcnow
 from tests.conftest import with_registry
 from tests.signing import new_secret
+from tests.test_intake import queued_messages
 
 CALLBACK_SECRET = new_secret("list-and-cancel callbacks")
 REGISTRY = """
@@ -35,6 +36,12 @@ webhook_auth = "none"
 mode = "sync"
 url = "http://127.0.0.1:9/fetch"
 rate_limit = "1/minute"
+
+[vendors.leased]
+mode = "sync"
+url = "http://127.0.0.1:9/fetch"
+rate_limit = "100000/minute"
+max_in_flight = 1
 """
 
 
@@ -201,6 +208,15 @@ def test_cancelling_a_job_in_line_gives_its_place_back(api, key, store, redis_cl
     assert redis_client.zscore(line, second) is not None and redis_client.zscore(line, third) is not None
     api.simulate_post(f"/jobs/{second}/cancel", headers=key)
     assert redis_client.zscore(line, second) is None and redis_client.zscore(line, third) is not None
+
+
+def test_cancelling_a_dispatched_job_passes_its_lease_to_the_next_in_line_at_once(api, key, redis_client):
+    first, second = (submit(api, key, vendor="leased") for _ in range(2))  # the first holds the only lease, the second waits
+    assert set(queued_messages(redis_client)) == {first}
+    api.simulate_post(f"/jobs/{first}/cancel", headers=key)
+    # No worker runs here: the cancel itself sent the second job's message.
+    assert set(queued_messages(redis_client)) == {first, second}
+    assert redis_client.zscore(vendor_key("leased", "fair"), second) is None
 
 
 def test_a_finished_job_cannot_be_cancelled(api, key, store):

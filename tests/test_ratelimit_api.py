@@ -94,8 +94,8 @@ def test_a_final_job_has_no_estimate_and_no_polling_hint(client, store):
 @pytest.fixture
 def jobs(config, store, redis_client):
     registry = parse_registry(tomllib.loads(REGISTRY), "test registry")
-    waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry)
     broker = build_broker(connect_redis(config.redis_url))
+    waiting = Waiting(RateLimiter(redis_client, config.rate_limit_margin_ms), registry, broker)
     yield Jobs(
         store, Outcomes(store, None), registry, Intake(store, registry, waiting, broker), Cleaner(()), waiting,
         IdempotencyKeys(redis_client, config.encryption_key),

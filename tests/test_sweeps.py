@@ -11,7 +11,7 @@ from queueing.breaker import CircuitBreaker
 from queueing.connection import build_broker, connect_redis
 from queueing.keys import delay_key
 from queueing.messages import CALLBACK_QUEUE, QUEUE_NAME, enqueue_client_callback, enqueue_fetch, fetch_message
-from queueing.ratelimit import NewJob, RateLimiter
+from queueing.ratelimit import NewJob, RateLimiter, vendor_key
 from scheduler.sweeps import dispatch_waiting, purge_expired_jobs, queue_missed_callbacks, requeue_orphans, time_out_webhooks
 from service.outcomes import Outcomes
 from service.states import JobStatus
@@ -187,7 +187,7 @@ def test_a_job_waiting_in_its_vendors_line_is_not_an_orphan(store, broker, limit
 def test_the_dispatch_sweep_sends_the_turn_nobody_passed_on(store, broker, limiter, redis_client):
     dispatched, in_line = in_line_behind_a_start(store, limiter)
     assert dispatch_waiting(limiter, REGISTRY, broker) == {"dispatched": 0}  # the first one's start passes the turn on
-    limiter.forget(REGISTRY.get("slow"), dispatched)  # say a worker gave up on it
+    redis_client.zrem(vendor_key("slow", "waiting"), dispatched)  # say its place went with nobody to pass the turn on
     assert dispatch_waiting(limiter, REGISTRY, broker) == {"dispatched": 1}
     [member] = redis_client.zrange(delay_key(QUEUE_NAME), 0, -1)  # due a minute after the start the first one took
     assert dramatiq.Message.decode(member.split(b"|", 1)[1]).args[0] == in_line
