@@ -4,7 +4,8 @@ A new job waits in its vendor's line until its turn: clients with jobs in line t
 proportion to their weights (start-time fair queuing). A job whose turn comes is *dispatched*: it
 gets its planned start and its message waits for that time in the broker's delay set. Admission
 dispatches a job that is first in line at once; after that, every worker's `acquire` dispatches
-the next in line as starts free up, and hands their messages back to be enqueued. A worker asks
+the next in line as starts free up, as do a lease given back and a dispatched job given up or
+withdrawn, and hands their messages back to be enqueued. A worker asks
 `acquire` whether the job may start now, else in how many ms (see actors/deferral.py): its time
 must have come, and every one of its vendor's limits, its pause, its max_in_flight and its
 circuit breaker must allow it. Vendor pushback (a 429, quota headers, an open circuit breaker)

@@ -46,7 +46,8 @@ arrives later starts level with the others instead of behind their backlog, and 
 jobs in line get starts in proportion to their weights.  A job is dispatched once it would start
 within the dispatch horizon, or when no dispatched job is left whose ACQUIRE would pass the turn
 on.  Whichever script finds room dispatches: admission for a job first in line, a worker's
-ACQUIRE after each start, and the clock's DISPATCH every second, for a turn nobody passed on.
+ACQUIRE after each start, RELEASE, FORGET and WITHDRAW as a lease or a dispatched job leaves, and
+the clock's DISPATCH every second, for a turn nobody passed on.
 
 Dispatch plans the job's start: the earliest time every planned window has room, behind the
 latest planned start by the slowest limit's share of its span (waiting jobs come due one by
@@ -442,10 +443,10 @@ return dispatch()
 """
 
 #: Take a dispatched job whose message will not start (its worker gave up on it) out of the
-#: backlog, give back the lease it held, and dispatch the jobs in line that find a start.
-#: Reply as ACQUIRE's dispatched jobs.  ARGV (own): request_id.
+#: backlog, with its withdrawn mark if it was cancelled, give back the lease it held, and dispatch
+#: the jobs in line that find a start.  Reply as ACQUIRE's dispatched jobs.  ARGV (own): request_id.
 FORGET = PRELUDE + """
-redis.call('ZREM', waiting, ARGV[arg])
+redis.call('ZREM', waiting, ARGV[arg], ARGV[arg] .. '@withdrawn')
 redis.call('ZREM', inflight, ARGV[arg])
 return dispatch()
 """

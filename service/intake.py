@@ -97,9 +97,11 @@ class Intake:
         except pymongo.errors.PyMongoError as error:  # MongoDB is down, say: none of them was stored
             errors = [error] * len(submissions)
         for submission, error in zip(submissions, errors):
-            if error is not None:
-                submission.error = error
-                self.waiting.withdraw(submission.vendor, submission.request_id)
+            submission.error = error
+        # Those still in line leave it first: withdrawing a dispatched one dispatches the next in
+        # line, which must not be another job that was not stored.
+        for submission in sorted((s for s in submissions if s.error is not None), key=lambda s: s.admission.dispatched):
+            self.waiting.withdraw(submission.vendor, submission.request_id)
 
     def _enqueue(self, submissions: list[Submission]) -> None:
         """Queue the stored jobs whose turn came at once, each due at its slot; if the queue is down, leave them pending.

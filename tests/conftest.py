@@ -7,11 +7,14 @@ import os
 import tempfile
 import uuid
 
+import dramatiq
 import pymongo
 import pytest
 import redis
 
 from devtools import stores
+from queueing.keys import delay_key, iter_stream
+from queueing.messages import QUEUE_NAME
 
 # Metrics of this run's processes only, apart from any other run's (see service/metrics.py).
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vendorfetch-metrics-")
@@ -152,3 +155,16 @@ def with_registry(config, folder, registry: str, **settings):
     path = folder / "vendors.toml"
     path.write_text(registry)
     return dataclasses.replace(config, vendors_file=str(path), **settings)
+
+
+def queued_messages(redis_client):
+    """Return {request_id: (vendor option, due ms or None)} of every fetch message, in the stream or delayed."""
+    found = {}
+    for _, fields in iter_stream(redis_client, QUEUE_NAME):
+        message = dramatiq.Message.decode(fields[b"message"])
+        found[message.args[0]] = (message.options["vendor"], None)
+    for member, due_ms in redis_client.zrange(delay_key(QUEUE_NAME), 0, -1, withscores=True):
+        message = dramatiq.Message.decode(member.split(b"|", 1)[1])
+        assert message.args[0] not in found, "a job was enqueued twice"
+        found[message.args[0]] = (message.options["vendor"], due_ms)
+    return found

@@ -6,18 +6,16 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-import dramatiq
 import pytest
 
 from devtools.stack import wait_until
 from queueing.connection import build_broker, connect_redis
-from queueing.keys import delay_key, iter_stream
-from queueing.messages import QUEUE_NAME
 from queueing.ratelimit import RateLimiter
 from service.clients.store import Client
 from service.intake import Intake, Submission
 from service.store import PUBLIC_CLIENT
 from service.waiting import Waiting
+from tests.conftest import queued_messages
 from vendors.registry import parse_registry
 
 # Ten a minute: the first ten start at once, every further one waits in line, turns six seconds apart.
@@ -52,19 +50,6 @@ def pinned(store, vendor_name="paced"):
 def submission(store, request_id=None):
     request_id = request_id or str(uuid.uuid4())
     return Submission(request_id, Client(PUBLIC_CLIENT), store.new_job(request_id, {"name": "n", "password": "pw"}))
-
-
-def queued_messages(redis_client):
-    """Return {request_id: (vendor option, due ms or None)} of every fetch message, in the stream or delayed."""
-    found = {}
-    for _, fields in iter_stream(redis_client, QUEUE_NAME):
-        message = dramatiq.Message.decode(fields[b"message"])
-        found[message.args[0]] = (message.options["vendor"], None)
-    for member, due_ms in redis_client.zrange(delay_key(QUEUE_NAME), 0, -1, withscores=True):
-        message = dramatiq.Message.decode(member.split(b"|", 1)[1])
-        assert message.args[0] not in found, "a job was enqueued twice"
-        found[message.args[0]] = (message.options["vendor"], due_ms)
-    return found
 
 
 def test_concurrent_submissions_are_each_stored_once_and_enqueued_for_their_own_slot(intake, store, redis_client):

@@ -7,7 +7,7 @@ import pytest
 from pymongo import monitoring
 
 from service.errors import JobNotFound
-from service.states import JobStatus
+from service.states import EVENTS, JobStatus
 from service.store import HISTORY_LIMIT, Claim, Completion, JobStore, jobs_collection, utcnow
 
 PAYLOAD = {"name": "John", "email": "john@example.com", "password": "hunter2"}
@@ -234,3 +234,10 @@ def test_a_refused_insert_in_a_batch_fails_only_its_own_job(store):
 def test_a_read_batch_tells_missing_jobs_apart(store):
     known = new_job(store)
     assert [job and job["_id"] for job in store.find_many([known, "nope", known])] == [known, None, known]
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=lambda event: event.name)
+def test_a_transitions_filter_names_the_id_first(store, event):
+    """The embedded MongoDB-wire server tries each field's indexes in turn, and reads the job at once by `_id`."""
+    query, _ = store._transition(event, "a-job", guarded_by="a-message")
+    assert next(iter(query)) == "_id"

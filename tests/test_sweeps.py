@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import dramatiq
 import pytest
+from dramatiq.common import current_millis
 from dramatiq.middleware import SkipMessage
 
 from actors.deferral import VendorGate
@@ -16,7 +17,7 @@ from scheduler.sweeps import dispatch_waiting, purge_expired_jobs, queue_missed_
 from service.outcomes import Outcomes
 from service.states import JobStatus
 from service.store import overdue_callbacks, stale_jobs, utcnow
-from tests.conftest import open_test_store
+from tests.conftest import open_test_store, queued_messages
 from tests.signing import new_secret
 from vendors.registry import parse_registry
 
@@ -73,7 +74,8 @@ def awaiting_job(store, vendor="async", overdue_by=timedelta(seconds=1)):
     return request_id
 
 
-def queued_messages(redis_client):
+def stream_messages(redis_client):
+    """Return (request_id, message_id) of every fetch message in the stream, oldest first."""
     messages = [dramatiq.Message.decode(fields[b"message"]) for _, fields in redis_client.xrange(QUEUE_NAME)]
     return [(message.args[0], message.message_id) for message in messages]
 
@@ -99,7 +101,7 @@ def test_a_vendor_with_webhook_retries_is_asked_again_before_the_job_times_out(s
     job = store.get(request_id)
     assert job["status"] == "queued" and job["rerequests"] == 1
     assert job["history"][-1]["detail"] == "no webhook from patient by the deadline; asking again (1 of 1)"
-    [(queued_id, message_id)] = queued_messages(redis_client)
+    [(queued_id, message_id)] = stream_messages(redis_client)
     assert queued_id == request_id and store.claim(request_id, message_id)["payload"]["password"] == "pw"
     store.await_webhook(request_id, utcnow() - timedelta(seconds=1), detail="accepted", attempt=1)
     assert time_out_webhooks(store, Outcomes(store, None), REGISTRY, broker) == {"re_requested": 0, "timed_out": 1}
@@ -132,7 +134,7 @@ def test_old_pending_and_queued_jobs_without_a_message_are_enqueued_again(store,
     store.leave_pending(pending, "enqueue failed")
     age(store, pending), age(store, queued)
     assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1)) == {"pending": 1, "queued": 1, "processing": 0}
-    assert sorted(i for i, _ in queued_messages(redis_client)) == sorted([pending, queued])
+    assert sorted(i for i, _ in stream_messages(redis_client)) == sorted([pending, queued])
     assert store.get(pending)["status"] == "queued"
     assert store.get(queued)["history"][-1]["event"] == "message lost; enqueued again by the orphan sweep"
     assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(0)) == {"pending": 0, "queued": 0, "processing": 0}
@@ -156,7 +158,7 @@ def test_jobs_whose_message_waits_in_the_stream_the_group_or_the_delay_set_are_l
 def test_recent_queued_jobs_are_not_orphans_yet(store, broker, redis_client, limiter):
     new_job(store)
     assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1))["queued"] == 0
-    assert queued_messages(redis_client) == []
+    assert stream_messages(redis_client) == []
 
 
 def test_a_queued_job_is_not_an_orphan_before_its_slot_has_come(store, broker, redis_client, limiter):
@@ -166,7 +168,7 @@ def test_a_queued_job_is_not_an_orphan_before_its_slot_has_come(store, broker, r
     assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1))["queued"] == 0
     age(store, request_id)  # its slot came an hour ago and no message was there for it
     assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1))["queued"] == 1
-    assert [i for i, _ in queued_messages(redis_client)] == [request_id]
+    assert [i for i, _ in stream_messages(redis_client)] == [request_id]
 
 
 def in_line_behind_a_start(store, limiter):
@@ -181,7 +183,7 @@ def test_a_job_waiting_in_its_vendors_line_is_not_an_orphan(store, broker, limit
     dispatched, in_line = in_line_behind_a_start(store, limiter)
     age(store, dispatched), age(store, in_line)
     assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1))["queued"] == 1
-    assert [i for i, _ in queued_messages(redis_client)] == [dispatched]
+    assert [i for i, _ in stream_messages(redis_client)] == [dispatched]
 
 
 def test_the_dispatch_sweep_sends_the_turn_nobody_passed_on(store, broker, limiter, redis_client):
@@ -247,6 +249,20 @@ def test_a_job_whose_turn_in_line_comes_after_max_wait_fails_instead_of_starting
     assert job["status"] == "failed" and "its turn came after max_wait_s (1.5 s)" in job["error"]
 
 
+def test_a_job_given_up_after_dispatch_passes_its_lease_to_the_next_in_line_at_once(store, broker):
+    leased = {"mode": "sync", "url": "http://127.0.0.1:9/fetch", "rate_limit": "1000/second", "max_in_flight": 1, "max_wait_s": 1}
+    registry = parse_registry({"vendors": {"leased": leased}}, "one call at a time, a short wait")
+    limiter = RateLimiter(broker.client, 20)
+    gate = VendorGate(registry, limiter, CircuitBreaker(broker.client), store, Outcomes(store, None))
+    first, second = new_job(store, "leased"), new_job(store, "leased")
+    assert [limiter.admit(NewJob(registry.get("leased"), i)).dispatched for i in (first, second)] == [True, False]
+    late = fetch_message(first, vendor="leased", since_ms=current_millis() - 5_000)  # its turn came past max_wait_s
+    with pytest.raises(SkipMessage):
+        gate.before_process_message(broker, late)
+    assert store.get(first)["status"] == "failed"
+    assert set(queued_messages(broker.client)) == {second}  # no worker's release and no clock: the give-up sent it
+
+
 def test_jobs_an_earlier_version_stored_are_dated_for_the_sweeps_by_each_migration(store, broker, limiter):
     """Earlier versions kept due_at on queued jobs only, if at all, and the sweeps' queries cannot see a missing field."""
     queued, processing = new_job(store), new_job(store)
@@ -275,7 +291,7 @@ def test_a_processing_job_whose_message_was_lost_is_redelivered_under_the_same_m
     age(store, lost)
     age(store, recent, timedelta(milliseconds=broker.visibility_timeout_ms))  # within visibility + vendor timeout
     assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 1}
-    assert queued_messages(redis_client) == [(lost, "m-lost")]
+    assert stream_messages(redis_client) == [(lost, "m-lost")]
     assert store.claim(lost, "m-lost")["message_id"] == "m-lost"  # the redelivery may re-claim it
 
 
@@ -292,7 +308,7 @@ def test_a_job_a_worker_takes_while_the_orphan_sweep_looks_is_not_enqueued_again
 
     monkeypatch.setattr(store, "stale_ids", found_then_taken)
     assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1)) == {"pending": 0, "queued": 0, "processing": 0}
-    assert queued_messages(redis_client) == []
+    assert stream_messages(redis_client) == []
     assert [entry.get("state") for entry in store.get(request_id)["history"]] == ["queued", "processing"]
 
 
@@ -301,7 +317,7 @@ def test_the_orphan_sweep_works_in_bounded_batches_and_old_jobs_with_messages_do
         age(store, new_job(store))
     assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1), limit=2)["queued"] == 2
     assert requeue_orphans(store, REGISTRY, broker, limiter, timedelta(minutes=1), limit=2)["queued"] == 1
-    assert len(queued_messages(redis_client)) == 3
+    assert len(stream_messages(redis_client)) == 3
 
 
 def time_out(store, request_id):
