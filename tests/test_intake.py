@@ -104,3 +104,22 @@ def test_a_job_that_cannot_be_stored_fails_alone_and_gives_its_slot_back(intake,
     assert redis_client.zscore("{vendor:paced}:waiting", fresh.request_id) is not None
     assert set(queued_messages(redis_client)) == {fresh.request_id}
     assert store.get(taken)["status"] == "queued"
+
+
+def test_jobs_of_one_batch_that_cannot_be_stored_pass_no_lease_to_one_another(store, config, redis_client):
+    leased = parse_registry({"vendors": {"leased": {
+        "mode": "sync", "url": "http://127.0.0.1:9/fetch", "rate_limit": "1000/second", "max_in_flight": 1,
+    }}}, "one call at a time")
+    broker = build_broker(connect_redis(config.redis_url))
+    intake = Intake(store, leased, Waiting(RateLimiter(broker.client, 20), leased, broker), broker)
+    batch = [submission(store, str(uuid.uuid4())) for _ in range(2)]
+    for job in batch:
+        store.create(job.request_id, "leased", {"name": "stored before"})  # so that the batch's inserts fail
+        job.pinned = leased.get("leased")
+    intake._take_in(batch)
+    assert [job.admission.dispatched for job in batch] == [True, False]  # the first took the only lease
+    assert all("duplicate key" in str(job.error).lower() for job in batch)
+    # The first one's lease went to no one: the second had left the line before the first withdrew.
+    assert queued_messages(redis_client) == {}
+    assert redis_client.zcard("{vendor:leased}:inflight") == 0 and redis_client.zcard("{vendor:leased}:fair") == 0
+    broker.close()
