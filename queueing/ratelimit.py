@@ -4,11 +4,11 @@ A new job waits in its vendor's line until its turn: clients with jobs in line t
 proportion to their weights (start-time fair queuing). A job whose turn comes is *dispatched*: it
 gets its planned start and its message waits for that time in the broker's delay set. Admission
 dispatches a job that is first in line at once; after that, every worker's `acquire` dispatches
-the next in line as starts free up, as do a lease given back and a dispatched job given up or
-withdrawn, and hands their messages back to be enqueued. A worker asks
-`acquire` whether the job may start now, else in how many ms (see actors/deferral.py): its time
-must have come, and every one of its vendor's limits, its pause, its max_in_flight and its
-circuit breaker must allow it. Vendor pushback (a 429, quota headers, an open circuit breaker)
+the next in line as starts free up (as do a lease given back and a dispatched job given up or
+withdrawn), and hands their messages back to be enqueued. A worker asks `acquire` whether the
+job may start now, else in how many ms (see actors/deferral.py): its time must have come, and
+every one of its vendor's limits, its pause, its max_in_flight and its circuit breaker must
+allow it. Vendor pushback (a 429, quota headers, an open circuit breaker)
 pauses or restricts the vendor for every worker. The jobs in line or waiting for a later start
 are the vendor's backlog, which bounds how much work the API accepts and tells how long each job
 will wait. The state kept per vendor does not grow with its limits (see ratelimit_lua).
@@ -195,7 +195,7 @@ class RateLimiter:
         self.scripts["RESTRICT"](keys=self.keys(vendor), args=args)
 
     def forget(self, vendor: Vendor, request_id: str) -> list[Dispatched]:
-        """Take a job that will not start out of the backlog, give back the lease it held from dispatch; return the jobs dispatched to take it."""
+        """Take a dispatched job that will not start out of the backlog; return the jobs dispatched in its place (its lease, if any)."""
         return self.dispatched(self.scripts["FORGET"](keys=self.keys(vendor), args=[*self.limit_args(vendor), request_id]))
 
     def withdraw(self, vendor: Vendor, request_id: str) -> list[Dispatched]:
