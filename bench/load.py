@@ -12,9 +12,10 @@ API (gunicorn), the worker and callbacks processes and the clock, all on 127.0.0
 Procfile's settings (process counts, the worker's default WORKER_NICE, LOG_LEVEL=INFO) unless
 told otherwise. Then prints requests/s, latency percentiles, failures, the jobs completed end to
 end while the load ran (and per second) and how long they took, and the busy CPU per request of
-each part (read from /proc). Last, the same load against bench/baseline_app.py (one insert per POST, one read per
-GET, the same gunicorn settings, stores of its own): the limit the store sets, in the same run,
-and the service's ratio to it. The machine's speed moves from hour to hour: compare within a run.
+each part (read from /proc). Last, the same load against bench/baseline_app.py (one insert per
+POST, one read per GET, the same gunicorn settings, stores of its own): the limit the store sets,
+in the same run, and the service's ratio to it. The machine's speed moves from hour to hour:
+compare within a run.
 """
 
 from __future__ import annotations

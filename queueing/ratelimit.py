@@ -8,10 +8,10 @@ the next in line as starts free up (as do a lease given back and a dispatched jo
 withdrawn), and hands their messages back to be enqueued. A worker asks `acquire` whether the
 job may start now, else in how many ms (see actors/deferral.py): its time must have come, and
 every one of its vendor's limits, its pause, its max_in_flight and its circuit breaker must
-allow it. Vendor pushback (a 429, quota headers, an open circuit breaker)
-pauses or restricts the vendor for every worker. The jobs in line or waiting for a later start
-are the vendor's backlog, which bounds how much work the API accepts and tells how long each job
-will wait. The state kept per vendor does not grow with its limits (see ratelimit_lua).
+allow it. Vendor pushback (a 429, quota headers, an open circuit breaker) pauses or restricts the
+vendor for every worker. The jobs in line or waiting for a later start are the vendor's backlog,
+which bounds how much work the API accepts and tells how long each job will wait. The state kept
+per vendor does not grow with its limits (see ratelimit_lua).
 """
 
 from __future__ import annotations

@@ -3,13 +3,12 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from actors.priority import AUTOGROUP, lower_priority, session_nice
-from devtools.stack import ROOT, Stack, free_ports, service_env, vendors_toml
+from devtools.stack import ROOT, Stack, free_ports, service_env, vendors_toml, wait_until
 from service.config import Config, ConfigError
 
 # Lowers its priority as a worker process does at start-up, then reports its nice value and its session's.
@@ -59,14 +58,14 @@ def test_the_worker_processes_take_worker_nice_at_start_up(redis_url, mongodb_ur
     stack = Stack({**service_env(redis_url, mongodb_uri, registry, api_port), "WORKER_NICE": "7"}, tmp_path)
     try:
         worker = stack.start_worker(processes=1, threads=1, queues=("priority-probe",))  # a queue nothing else uses
-        deadline = time.monotonic() + 60
-        while True:
-            children = [int(pid) for pid in Path(f"/proc/{worker.process.pid}/task/{worker.process.pid}/children").read_text().split()]
-            if children and os.getpriority(os.PRIO_PROCESS, children[0]) == 7:
-                break
-            assert time.monotonic() < deadline, worker.log()
-            time.sleep(0.1)
-        assert session_nice(children[0]) == 7
+        children = Path(f"/proc/{worker.process.pid}/task/{worker.process.pid}/children")
+
+        def reniced_child() -> int | None:
+            pids = [int(pid) for pid in children.read_text().split()]
+            return pids[0] if pids and os.getpriority(os.PRIO_PROCESS, pids[0]) == 7 else None
+
+        child = wait_until(reniced_child, 60, "a worker process at nice 7", interval_s=0.1)
+        assert session_nice(child) == 7
     finally:
         stack.stop()
 
