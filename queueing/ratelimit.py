@@ -121,14 +121,20 @@ class RateLimiter:
         return self.admit_many([job])[0]
 
     def admit_many(self, jobs: list[NewJob]) -> list[Admission]:
-        """Admit several new jobs, each as `admit` would, in submission order and one round trip."""
-        calls = [
-            (self.keys(job.vendor), [*self.limit_args(job.vendor), job.vendor.max_backlog, round(job.vendor.max_wait_s * 1000),
-                                     job.request_id, job.client, job.weight, job.cap or 0])
-            for job in jobs
-        ]
-        replies = self.run_many("ADMIT", calls)
-        return [self.admission(job, *reply) for job, reply in zip(jobs, replies)]
+        """Admit several new jobs, each as `admit` would, in submission order: one script call per vendor, one round trip."""
+        by_vendor: dict[str, list[int]] = {}
+        for index, job in enumerate(jobs):
+            by_vendor.setdefault(job.vendor.name, []).append(index)
+        calls = []
+        for indexes in by_vendor.values():
+            vendor = jobs[indexes[0]].vendor
+            each_job = [arg for i in indexes for arg in (jobs[i].request_id, jobs[i].client, jobs[i].weight, jobs[i].cap or 0)]
+            calls.append((self.keys(vendor), [*self.limit_args(vendor), vendor.max_backlog, round(vendor.max_wait_s * 1000), *each_job]))
+        admissions: dict[int, Admission] = {}
+        for indexes, (now_ms, *replies) in zip(by_vendor.values(), self.run_many("ADMIT", calls)):
+            for i, outcome, at_ms in zip(indexes, replies[::2], replies[1::2]):
+                admissions[i] = self.admission(jobs[i], outcome, now_ms, at_ms)
+        return [admissions[i] for i in range(len(jobs))]
 
     def run_many(self, name: str, calls: list[tuple[list[str], list]]) -> list:
         """Run a script once per (keys, args), one round trip per node; load it where a restarted server lost it."""

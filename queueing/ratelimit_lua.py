@@ -486,48 +486,58 @@ redis.call('HSET', state, 'remaining', remaining, 'reset', reset)
 return 1
 """
 
-#: Put a new job in line, and dispatch it at once if it is first and finds a planned start;
-#: unless max_backlog jobs already wait, its client's cap of jobs in line is reached, or it would
-#: wait longer than max_wait (the vendor is paused).
-#: Return {1 (dispatched) or 2 (in line), now ms, expected start ms}, or {0 (backlog full), -1
-#: (wait too long) or -2 (client's cap), now ms, when to try again ms}.
-#: ARGV (own): max backlog, max wait ms, request_id, client, its weight, its cap (0: none).
+#: Put new jobs in line, in order, and dispatch each at once if it is first and finds a planned
+#: start; unless max_backlog jobs already wait, its client's cap of jobs in line is reached, or it
+#: would wait longer than max_wait (the vendor is paused).  One call admits a batch: the prelude's
+#: work is done once, and each job sees the line as the jobs before it left it.
+#: Return {now ms, then for each job: 1 (dispatched) or 2 (in line), expected start ms; or 0
+#: (backlog full), -1 (wait too long) or -2 (client's cap), when to try again ms}.
+#: ARGV (own): max backlog, max wait ms, then for each job: request_id, client, its weight, its cap (0: none).
 ADMIT = PRELUDE + """
-local max_backlog, max_wait, member = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1]), ARGV[arg + 2]
-local client, weight, cap = ARGV[arg + 3], tonumber(ARGV[arg + 4]), tonumber(ARGV[arg + 5])
+local max_backlog, max_wait = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])
 local now_v = now - offset
 redis.call('ZREMRANGEBYSCORE', waiting, '-inf', '(' .. (now_v - STALE_MS))  -- jobs that never came
-local in_line = redis.call('ZCARD', fair)
-if redis.call('ZCOUNT', waiting, '(' .. now_v, '+inf') + in_line >= max_backlog then
-  -- a place frees up when the next planned job starts, or else when the first in line does
-  local first = redis.call('ZRANGEBYSCORE', waiting, '(' .. now_v, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-  return {0, now, first[2] and math.ceil(tonumber(first[2]) + offset) or expected_start(1)}
-end
-local finish = tonumber(redis.call('HGET', fair_finish, client) or 0)
-if cap > 0 then
-  local queued = tonumber(redis.call('HGET', fair_clients, client) or 0)
-  if queued >= cap then  -- a place frees up when its first job in line is dispatched
-    return {-2, now, expected_start(redis.call('ZCOUNT', fair, '-inf', finish - queued / weight))}
+
+local function admit(member, client, weight, cap)
+  local in_line = redis.call('ZCARD', fair)
+  if redis.call('ZCOUNT', waiting, '(' .. now_v, '+inf') + in_line >= max_backlog then
+    -- a place frees up when the next planned job starts, or else when the first in line does
+    local first = redis.call('ZRANGEBYSCORE', waiting, '(' .. now_v, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    return 0, first[2] and math.ceil(tonumber(first[2]) + offset) or expected_start(1)
   end
-end
-local tag = math.max(vtime, finish)
-local ahead = redis.call('ZCOUNT', fair, '-inf', tag)
-if ahead == 0 then
-  local at, windows, counts = dispatchable(plan_margin())
-  if at then
-    if at - now_v > max_wait then return {-1, now, math.ceil(at + offset - max_wait)} end
-    redis.call('HSET', fair_finish, client, tag + 1 / weight)
-    take_turn(member, tag, at, windows, counts)
-    return {1, now, math.ceil(at + offset)}
+  local finish = tonumber(redis.call('HGET', fair_finish, client) or 0)
+  if cap > 0 then
+    local queued = tonumber(redis.call('HGET', fair_clients, client) or 0)
+    if queued >= cap then  -- a place frees up when its first job in line is dispatched
+      return -2, expected_start(redis.call('ZCOUNT', fair, '-inf', finish - queued / weight))
+    end
   end
+  local tag = math.max(vtime, finish)
+  local ahead = redis.call('ZCOUNT', fair, '-inf', tag)
+  if ahead == 0 then
+    local at, windows, counts = dispatchable(plan_margin())
+    if at then
+      if at - now_v > max_wait then return -1, math.ceil(at + offset - max_wait) end
+      redis.call('HSET', fair_finish, client, tag + 1 / weight)
+      take_turn(member, tag, at, windows, counts)
+      return 1, math.ceil(at + offset)
+    end
+  end
+  local at = expected_start(ahead + 1)
+  if at - now > max_wait then return -1, at - max_wait end
+  redis.call('ZADD', fair, tag, member)
+  redis.call('HSET', fair_jobs, member, client .. ' ' .. weight .. ' ' .. now)
+  redis.call('HINCRBY', fair_clients, client, 1)
+  redis.call('HSET', fair_finish, client, tag + 1 / weight)
+  return 2, at
 end
-local at = expected_start(ahead + 1)
-if at - now > max_wait then return {-1, now, at - max_wait} end
-redis.call('ZADD', fair, tag, member)
-redis.call('HSET', fair_jobs, member, client .. ' ' .. weight .. ' ' .. now)
-redis.call('HINCRBY', fair_clients, client, 1)
-redis.call('HSET', fair_finish, client, tag + 1 / weight)
-return {2, now, at}
+
+local out = {now}
+for i = arg + 2, #ARGV, 4 do
+  local outcome, at = admit(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]))
+  out[#out + 1], out[#out + 2] = outcome, at
+end
+return out
 """
 
 #: Return {now ms, expected start ms} of a job: its planned start (now if that has passed), when

@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from queueing import ratelimit_lua
 from queueing.ratelimit import NewJob, RateLimiter, vendor_key
 from vendors.registry import Vendor
 
@@ -69,6 +70,22 @@ def test_a_client_at_its_cap_is_refused_alone_until_a_turn_frees_a_place(limiter
     assert limiter.in_line(acme) == {"capped": 2, "other": 1}
     turns(redis_client, acme)
     assert limiter.in_line(acme) == {} and limiter.admit(NewJob(acme, "capped-3", "capped", 1, 2)).accepted
+
+
+def test_a_batch_takes_one_script_call_per_vendor_and_admits_each_job_as_if_it_came_alone(limiter, redis_client):
+    acme, other = vendor("1/minute"), Vendor(name="other", mode="sync", url="http://other/fetch", rate_limit="1/minute")
+    jobs = [NewJob(acme, f"capped-{n}", "capped", 1, 2) for n in range(4)]
+    jobs.insert(2, NewJob(other, "other-0"))
+    redis_client.script_load(ratelimit_lua.ADMIT)  # counted below: the calls, not the first one's loading
+    redis_client.config_resetstat()
+
+    admissions = limiter.admit_many(jobs)
+
+    assert redis_client.info("commandstats")["cmdstat_evalsha"]["calls"] == 2
+    # As in the test above, one by one: the first starts, two wait in line, the fourth meets its client's cap.
+    assert [(a.accepted, a.dispatched) for a in admissions] == [(True, True), (True, False), (True, True), (True, False), (False, False)]
+    assert admissions[-1].by_client and 59 <= admissions[-1].wait_s <= 61
+    assert limiter.in_line(acme) == {"capped": 2} and limiter.in_line(other) == {}
 
 
 def test_each_start_dispatches_the_next_in_line_and_every_job_starts_once_in_turn(limiter):
