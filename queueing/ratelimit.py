@@ -121,7 +121,7 @@ class RateLimiter:
         return self.admit_many([job])[0]
 
     def admit_many(self, jobs: list[NewJob]) -> list[Admission]:
-        """Admit several new jobs, each as `admit` would, in submission order: one script call per vendor, one round trip."""
+        """Admit several new jobs, each as `admit` would, in submission order: one script call per vendor, one round trip per node."""
         by_vendor: dict[str, list[int]] = {}
         for index, job in enumerate(jobs):
             by_vendor.setdefault(job.vendor.name, []).append(index)
